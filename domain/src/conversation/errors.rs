@@ -1,0 +1,49 @@
+/// Business rejections of Conversation commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversationError {
+    /// `StartConversation` on an existing id.
+    #[error("the conversation already exists")]
+    AlreadyStarted,
+    /// The conversation does not exist, or belongs to someone else.
+    #[error("the conversation does not exist")]
+    NotFound,
+    /// The conversation was deleted.
+    #[error("the conversation was deleted")]
+    Deleted,
+    /// The conversation is archived and takes no new messages.
+    #[error("the conversation is archived; unarchive it first")]
+    Archived,
+    /// Archive of an archived conversation.
+    #[error("the conversation is already archived")]
+    AlreadyArchived,
+    /// Unarchive of a conversation that is not archived.
+    #[error("the conversation is not archived")]
+    NotArchived,
+    /// Empty or overlong title.
+    #[error("the title must be between 1 and {max} characters")]
+    InvalidTitle {
+        /// The limit.
+        max: usize,
+    },
+    /// Empty or overlong model name.
+    #[error("the model name must be between 1 and {max} characters")]
+    InvalidModel {
+        /// The limit.
+        max: usize,
+    },
+    /// Empty or overlong system prompt.
+    #[error("the system prompt must be between 1 and {max} characters")]
+    InvalidSystemPrompt {
+        /// The limit.
+        max: usize,
+    },
+    /// Empty or overlong message.
+    #[error("the message must be between 1 and {max} characters")]
+    InvalidMessage {
+        /// The limit.
+        max: usize,
+    },
+    /// A message with this id is already in the conversation.
+    #[error("a message with this id already exists")]
+    DuplicateMessage,
+}

@@ -1,0 +1,97 @@
+use cqrs_es::DomainEvent;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The conversation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// A plain chat with a model.
+    #[default]
+    Chat,
+    /// A chat whose answers are grounded in the owner's knowledge base.
+    Knowledge,
+}
+
+/// A conversation was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationStarted {
+    /// The conversation's id.
+    pub conversation_id: Uuid,
+    /// Its owner.
+    pub owner_id: Uuid,
+    /// The title.
+    pub title: String,
+    /// The type.
+    pub kind: ConversationKind,
+    /// The model to answer with.
+    pub model: String,
+    /// The system prompt, if any.
+    pub system_prompt: Option<String>,
+}
+
+/// The title changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationRenamed {
+    /// The new title.
+    pub title: String,
+}
+
+/// The conversation was archived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationArchived {}
+
+/// The conversation was unarchived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationUnarchived {}
+
+/// The conversation was deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationDeleted {}
+
+/// The owner posted a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserMessagePosted {
+    /// The message's id.
+    pub message_id: Uuid,
+    /// The author (the owner).
+    pub author_id: Uuid,
+    /// The text.
+    pub content: String,
+}
+
+/// Everything that can happen to a Conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConversationEvent {
+    /// See [`ConversationStarted`].
+    ConversationStarted(ConversationStarted),
+    /// See [`ConversationRenamed`].
+    ConversationRenamed(ConversationRenamed),
+    /// See [`ConversationArchived`].
+    ConversationArchived(ConversationArchived),
+    /// See [`ConversationUnarchived`].
+    ConversationUnarchived(ConversationUnarchived),
+    /// See [`ConversationDeleted`].
+    ConversationDeleted(ConversationDeleted),
+    /// See [`UserMessagePosted`].
+    UserMessagePosted(UserMessagePosted),
+}
+
+impl DomainEvent for ConversationEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ConversationStarted(_) => "ConversationStarted",
+            Self::ConversationRenamed(_) => "ConversationRenamed",
+            Self::ConversationArchived(_) => "ConversationArchived",
+            Self::ConversationUnarchived(_) => "ConversationUnarchived",
+            Self::ConversationDeleted(_) => "ConversationDeleted",
+            Self::UserMessagePosted(_) => "UserMessagePosted",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}

@@ -1,0 +1,18 @@
+//! The User aggregate: registration, profile and preferences, deactivation, role.
+
+mod aggregate;
+mod commands;
+mod errors;
+mod events;
+
+pub use aggregate::{User, UserStatus};
+pub use commands::UserCommand;
+pub use errors::UserError;
+pub use events::{ProfileUpdated, Role, UserDeactivated, UserEvent, UserRegistered};
+
+/// Longest accepted full name, in characters.
+pub const FULL_NAME_MAX: usize = 200;
+/// Longest accepted default system prompt, in characters.
+pub const SYSTEM_PROMPT_MAX: usize = 20_000;
+/// Longest accepted model name, in characters.
+pub const MODEL_NAME_MAX: usize = 200;

@@ -1,0 +1,37 @@
+/// Business rejections of User commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// `RegisterUser` on a user that exists.
+    #[error("the user is already registered")]
+    AlreadyRegistered,
+    /// Any command but `RegisterUser` on a user that does not exist.
+    #[error("the user does not exist")]
+    NotRegistered,
+    /// Any command on a deactivated user.
+    #[error("the user is deactivated")]
+    Deactivated,
+    /// The e-mail address is not plausible.
+    #[error("the e-mail address is not valid")]
+    InvalidEmail,
+    /// The full name is empty or longer than the limit.
+    #[error("the full name must be between 1 and {max} characters")]
+    InvalidFullName {
+        /// The limit.
+        max: usize,
+    },
+    /// The default model name is empty or too long.
+    #[error("the model name must be between 1 and {max} characters")]
+    InvalidModel {
+        /// The limit.
+        max: usize,
+    },
+    /// The system prompt is empty or too long.
+    #[error("the system prompt must be between 1 and {max} characters")]
+    InvalidSystemPrompt {
+        /// The limit.
+        max: usize,
+    },
+    /// An update that names no field.
+    #[error("the update changes nothing")]
+    EmptyUpdate,
+}

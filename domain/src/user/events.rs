@@ -1,0 +1,96 @@
+use cqrs_es::DomainEvent;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::EmailAddress;
+
+/// What a user may do beyond their own data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An ordinary user.
+    #[default]
+    Member,
+    /// An operator who may use the administrative and audit routes.
+    Admin,
+}
+
+/// A user registered. Carries no credential: the password hash lives outside the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserRegistered {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// The normalised e-mail address.
+    pub email: EmailAddress,
+    /// The display name.
+    pub full_name: String,
+    /// The role granted at registration.
+    pub role: Role,
+}
+
+/// Profile fields changed. Each field is the new value; absent fields did not change.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ProfileUpdated {
+    /// New display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
+    /// New default model (`null` inside `Some` clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[schemars(with = "Option<String>")]
+    pub default_model: Option<Option<String>>,
+    /// New default system prompt (`null` inside `Some` clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[schemars(with = "Option<String>")]
+    pub system_prompt: Option<Option<String>>,
+}
+
+/// The account was deactivated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserDeactivated {
+    /// Why, if a reason was given.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Everything that can happen to a User.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    /// See [`UserRegistered`].
+    UserRegistered(UserRegistered),
+    /// See [`ProfileUpdated`].
+    ProfileUpdated(ProfileUpdated),
+    /// See [`UserDeactivated`].
+    UserDeactivated(UserDeactivated),
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::UserRegistered(_) => "UserRegistered",
+            Self::ProfileUpdated(_) => "ProfileUpdated",
+            Self::UserDeactivated(_) => "UserDeactivated",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Serde for `Option<Option<T>>` telling "absent" from "explicitly null".
+pub(crate) mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
