@@ -66,3 +66,6 @@ mod tests {
         assert_eq!(names.len(), all.len());
     }
 }
+
+/// Every aggregate type, each with its own Kafka topic.
+pub const AGGREGATE_TYPES: &[&str] = &["User", "Conversation"];

@@ -1,0 +1,162 @@
+//! Loads an aggregate (snapshot + later events), lets it decide, appends the new events in
+//! one transaction and answers the new version. A concurrent append to the same aggregate
+//! fails on the primary key and is retried a bounded number of times.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use colloquy_domain::metadata;
+use colloquy_infra::metrics::Metrics;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventStore};
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use sqlx::PgPool;
+use tracing::instrument;
+
+/// Who caused a command, and which request or reaction it belongs to.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    /// `user:<uuid>` or `system:<worker>`.
+    pub actor: String,
+    /// Shared by everything one request caused.
+    pub correlation_id: String,
+    /// The command or event that directly caused this one.
+    pub causation_id: Option<String>,
+}
+
+impl CommandMeta {
+    fn to_map(&self) -> HashMap<String, String> {
+        let mut m = HashMap::from([
+            (metadata::ACTOR.to_string(), self.actor.clone()),
+            (metadata::CORRELATION_ID.to_string(), self.correlation_id.clone()),
+        ]);
+        if let Some(c) = &self.causation_id {
+            m.insert(metadata::CAUSATION_ID.to_string(), c.clone());
+        }
+        m
+    }
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate's version after the command.
+    pub version: i64,
+    /// How many events it appended.
+    pub events: usize,
+}
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate said no.
+    #[error("rejected: {0}")]
+    Rejected(E),
+    /// Concurrent writers kept winning after every retry.
+    #[error("the aggregate was changed concurrently; retry")]
+    Conflict,
+    /// The event store failed.
+    #[error("event store failure: {0}")]
+    Store(String),
+}
+
+/// Handles commands for one aggregate type.
+pub struct CommandService<A: Aggregate> {
+    store: PersistedEventStore<PostgresEventRepository, A>,
+    services: A::Services,
+    metrics: Metrics,
+    max_attempts: u32,
+}
+
+/// Events between Conversation snapshots.
+pub const SNAPSHOT_EVERY: usize = 100;
+
+impl<A> CommandService<A>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    /// A service that replays the full history on every load (short-lived aggregates).
+    pub fn event_sourced(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
+        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool));
+        Self { store, services, metrics, max_attempts: 8 }
+    }
+
+    /// A service that snapshots every `every` events, so load cost stays flat.
+    pub fn snapshotted(pool: PgPool, services: A::Services, metrics: Metrics, every: usize) -> Self {
+        let store = PersistedEventStore::new_snapshot_store(PostgresEventRepository::new(pool), every);
+        Self { store, services, metrics, max_attempts: 8 }
+    }
+
+    /// Decides `command` against the current state and appends the resulting events.
+    #[instrument(skip_all, fields(aggregate = A::TYPE, %aggregate_id))]
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let outcome = self.try_execute(aggregate_id, command, meta).await;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(CommandError::Store(_)) => "error",
+        };
+        self.metrics.commands.with_label_values(&[A::TYPE, label]).inc();
+        outcome
+    }
+
+    async fn try_execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        for attempt in 1..=self.max_attempts {
+            let mut context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
+            let version = context.current_sequence as i64;
+            let sink = EventSink::default();
+            context
+                .aggregate
+                .handle(command.clone(), &self.services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed { version, events: 0 });
+            }
+            match self.store.commit(events, context, meta.to_map()).await {
+                Ok(committed) => {
+                    let version = committed.last().map_or(version, |e| e.sequence as i64);
+                    tracing::debug!(version, attempt, "Command committed.");
+                    return Ok(Committed { version, events: committed.len() });
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    // Someone appended first: back off with jitter and decide again on fresh state.
+                    let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        tracing::warn!(attempts = self.max_attempts, "Command gave up after repeated conflicts.");
+        Err(CommandError::Conflict)
+    }
+
+    /// The aggregate as it stands (for decisions outside the aggregate, such as login).
+    pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
+        let context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
+        Ok((context.aggregate, context.current_sequence as i64))
+    }
+}
+
+fn store_error<E: std::error::Error>(e: AggregateError<E>) -> CommandError<E> {
+    match e {
+        AggregateError::UserError(e) => CommandError::Rejected(e),
+        AggregateError::AggregateConflict => CommandError::Conflict,
+        other => CommandError::Store(other.to_string()),
+    }
+}

@@ -1,0 +1,221 @@
+//! The relay: publishes committed events to Kafka in commit order, gap-safe and
+//! checkpointed, with exactly one active instance.
+//!
+//! * One active relay: a session-level advisory lock held on a dedicated connection.
+//!   Standbys wait for it; the checkpoint is written on that same connection, so a relay
+//!   that lost its lock (its connection died) cannot move the checkpoint.
+//! * Gap-safe: events are read behind the `pg_snapshot_xmin` fence (see `event_log`).
+//! * At-least-once: the checkpoint advances only after Kafka acknowledged every record of
+//!   the batch; after any failure the batch is re-sent from the checkpoint.
+
+use std::time::Duration;
+
+use colloquy_infra::cloudevents::{self, headers};
+use colloquy_infra::event_log::{self, LogCursor, StoredEvent};
+use colloquy_infra::kafka::{producer_config, Topics};
+use colloquy_infra::metrics::Metrics;
+use colloquy_infra::settings::{KafkaSettings, RelaySettings};
+use futures::future::try_join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgPool, Postgres};
+use tokio_util::sync::CancellationToken;
+
+/// The advisory lock key that elects the active relay (per checkpoint name).
+fn lock_key(name: &str) -> i64 {
+    // A stable 63-bit hash of the name: FNV-1a.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in format!("colloquy.relay.{name}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h >> 1) as i64
+}
+
+/// Relay failures that end a run (the caller decides whether to restart).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Postgres failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Reading events failed.
+    #[error(transparent)]
+    EventLog(#[from] event_log::EventLogError),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// An event could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The relay process.
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    topics: Topics,
+    settings: RelaySettings,
+    metrics: Metrics,
+}
+
+impl Relay {
+    /// Creates the producer; does not connect to anything yet.
+    pub fn new(pool: PgPool, kafka: &KafkaSettings, settings: RelaySettings, metrics: Metrics) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = producer_config(kafka).create()?;
+        Ok(Self { pool, producer, topics: Topics::new(kafka), settings, metrics })
+    }
+
+    /// Runs until `shutdown`: waits to become the active relay, then publishes. Any error
+    /// drops leadership, waits a moment and starts over from the checkpoint.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "Relay failed; starting over from the checkpoint.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        tracing::info!("Relay stopped.");
+    }
+
+    async fn lead(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut conn = self.pool.acquire().await?;
+        let key = lock_key(&self.settings.name);
+        let mut waiting_logged = false;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+            if got {
+                break;
+            }
+            if !waiting_logged {
+                tracing::info!(name = %self.settings.name, "Another relay is active; standing by.");
+                waiting_logged = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        tracing::info!(name = %self.settings.name, "Relay is active.");
+        let result = self.publish_loop(&mut conn, shutdown).await;
+        // Give leadership back explicitly; if the connection is broken the server drops it.
+        if sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await.is_err() {
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn publish_loop(&self, conn: &mut PoolConnection<Postgres>, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut cursor = self.load_checkpoint(conn).await?;
+        let mut last_lag_check = std::time::Instant::now() - Duration::from_secs(60);
+        while !shutdown.is_cancelled() {
+            if last_lag_check.elapsed() > Duration::from_secs(1) {
+                let lag = event_log::count_after(&self.pool, cursor, 1_000_000).await?;
+                self.metrics.relay_lag_events.set(lag);
+                last_lag_check = std::time::Instant::now();
+            }
+            let batch = event_log::read_committed(&self.pool, cursor, None, self.settings.batch_size).await?;
+            let Some((_, last)) = batch.last() else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(self.settings.idle_poll_ms)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            };
+            let last = *last;
+            self.publish(&batch).await?;
+            self.save_checkpoint(conn, last).await?;
+            cursor = last;
+        }
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self, conn: &mut PoolConnection<Postgres>) -> Result<LogCursor, RelayError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT last_tx_id::text::bigint, last_position FROM relay_checkpoint WHERE name = $1",
+        )
+        .bind(&self.settings.name)
+        .fetch_optional(&mut **conn)
+        .await?;
+        Ok(row.map(|(tx_id, position)| LogCursor { tx_id, position }).unwrap_or_default())
+    }
+
+    async fn save_checkpoint(&self, conn: &mut PoolConnection<Postgres>, at: LogCursor) -> Result<(), RelayError> {
+        conn.ping().await?;
+        sqlx::query(
+            "INSERT INTO relay_checkpoint (name, last_tx_id, last_position, updated_at)
+             VALUES ($1, $2::text::xid8, $3, now())
+             ON CONFLICT (name) DO UPDATE
+                SET last_tx_id = EXCLUDED.last_tx_id, last_position = EXCLUDED.last_position, updated_at = now()",
+        )
+        .bind(&self.settings.name)
+        .bind(at.tx_id.to_string())
+        .bind(at.position)
+        .execute(&mut **conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Produces every event and waits for every acknowledgement.
+    async fn publish(&self, batch: &[(StoredEvent, LogCursor)]) -> Result<(), RelayError> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for (event, _) in batch {
+            let topic = self.topics.events(&event.aggregate_type);
+            let payload = cloudevents::encode(event)?;
+            let id = event.event_id.to_string();
+            let ty = colloquy_domain::event_catalog::cloud_event_type(&event.aggregate_type, &event.event_type, &event.event_version);
+            let seq = event.sequence.to_string();
+            let hdrs = OwnedHeaders::new()
+                .insert(Header { key: headers::ID, value: Some(id.as_bytes()) })
+                .insert(Header { key: headers::TYPE, value: Some(ty.as_bytes()) })
+                .insert(Header { key: headers::SEQUENCE, value: Some(seq.as_bytes()) })
+                .insert(Header { key: headers::CONTENT_TYPE, value: Some(headers::STRUCTURED.as_bytes()) });
+            let mut record = FutureRecord::to(&topic).key(&event.aggregate_id).payload(&payload).headers(hdrs);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(async move {
+                            match delivery.await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err((e, _))) => Err(e),
+                                Err(_) => Err(KafkaError::Canceled),
+                            }
+                        });
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue is full: let deliveries drain, never drop.
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+            self.metrics.relay_published.with_label_values(&[&topic]).inc();
+        }
+        try_join_all(deliveries).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_key;
+
+    #[test]
+    fn lock_key_is_stable_and_positive() {
+        assert_eq!(lock_key("kafka"), lock_key("kafka"));
+        assert_ne!(lock_key("kafka"), lock_key("other"));
+        assert!(lock_key("kafka") >= 0);
+    }
+}

@@ -1,0 +1,196 @@
+//! Ordered reads of the event store, shared by the relay, projections (gap filling and
+//! rebuilds) and the audit tooling.
+//!
+//! Reads in commit order sit behind a fence: only rows written by transactions older than
+//! the oldest one still running (`pg_snapshot_xmin`) are returned, ordered by
+//! `(tx_id, position)`. A transaction that commits late therefore holds later events back
+//! instead of being skipped.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+/// One event as stored, with its payload unwrapped from the enum tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Stable identity (CloudEvents `id`).
+    pub event_id: Uuid,
+    /// Global insertion position.
+    pub position: i64,
+    /// `User`, `Conversation`, ...
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The aggregate's version after this event (1-based).
+    pub sequence: i64,
+    /// The event type (the enum variant's name).
+    pub event_type: String,
+    /// The payload version.
+    pub event_version: String,
+    /// The payload without its enum tag (the CloudEvents `data`).
+    pub data: Value,
+    /// Actor, correlation and causation ids.
+    pub metadata: HashMap<String, String>,
+    /// Commit time.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLogError {
+    /// The database failed.
+    #[error("event store query failed: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row could not be decoded.
+    #[error("malformed event {aggregate_type}/{aggregate_id}#{sequence}: {reason}")]
+    Malformed {
+        /// Aggregate type.
+        aggregate_type: String,
+        /// Aggregate id.
+        aggregate_id: String,
+        /// Sequence.
+        sequence: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StoredEvent {
+    /// The domain event (`UserEvent`, `ConversationEvent`, ...) this record holds.
+    pub fn to_domain<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        let mut tagged = serde_json::Map::with_capacity(1);
+        tagged.insert(self.event_type.clone(), self.data.clone());
+        serde_json::from_value(Value::Object(tagged))
+    }
+
+    /// A metadata value, if present.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+}
+
+/// Where a commit-order reader stands: the last `(tx_id, position)` it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogCursor {
+    /// The writing transaction (xid8 as a number).
+    pub tx_id: i64,
+    /// The position.
+    pub position: i64,
+}
+
+const COLUMNS: &str = "event_id, position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata, recorded_at, tx_id::text::bigint AS tx";
+
+fn decode(row: &sqlx::postgres::PgRow) -> Result<(StoredEvent, LogCursor), EventLogError> {
+    let aggregate_type: String = row.try_get("aggregate_type")?;
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let sequence: i64 = row.try_get("sequence")?;
+    let event_type: String = row.try_get("event_type")?;
+    let malformed = |reason: String| EventLogError::Malformed {
+        aggregate_type: aggregate_type.clone(),
+        aggregate_id: aggregate_id.clone(),
+        sequence,
+        reason,
+    };
+    let payload: Value = row.try_get("payload")?;
+    let data = match payload {
+        Value::Object(mut map) if map.len() == 1 => map.remove(&event_type).ok_or_else(|| malformed("payload tag differs from event_type".into()))?,
+        // A unit variant serialises as a bare string.
+        Value::String(tag) if tag == event_type => Value::Object(Default::default()),
+        _ => return Err(malformed("payload is not a tagged event".into())),
+    };
+    let metadata: Value = row.try_get("metadata")?;
+    let metadata: HashMap<String, String> = serde_json::from_value(metadata).map_err(|e| malformed(e.to_string()))?;
+    let position: i64 = row.try_get("position")?;
+    let tx_id: i64 = row.try_get("tx")?;
+    let event = StoredEvent {
+        event_id: row.try_get("event_id")?,
+        position,
+        aggregate_type,
+        aggregate_id,
+        sequence,
+        event_type,
+        event_version: row.try_get("event_version")?,
+        data,
+        metadata,
+        recorded_at: row.try_get("recorded_at")?,
+    };
+    Ok((event, LogCursor { tx_id, position }))
+}
+
+/// Up to `limit` events after `after` in commit order, behind the fence, optionally only of
+/// the given aggregate types.
+pub async fn read_committed<'e>(
+    db: impl PgExecutor<'e>,
+    after: LogCursor,
+    aggregate_types: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<(StoredEvent, LogCursor)>, EventLogError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE (tx_id, position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
+          ORDER BY tx_id, position
+          LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.tx_id.to_string())
+        .bind(after.position)
+        .bind(aggregate_types)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// How many events lie beyond `after` (committed or not), capped at `cap`.
+pub async fn count_after<'e>(db: impl PgExecutor<'e>, after: LogCursor, cap: i64) -> Result<i64, EventLogError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE (tx_id, position) > ($1::text::xid8, $2) LIMIT $3) AS t",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.position)
+    .bind(cap)
+    .fetch_one(db)
+    .await?;
+    Ok(n)
+}
+
+/// Events of one aggregate with `from < sequence <= to` (`to = None`: to the end).
+pub async fn read_aggregate<'e>(
+    db: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    from_exclusive: i64,
+    to_inclusive: Option<i64>,
+) -> Result<Vec<StoredEvent>, EventLogError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND ($4::bigint IS NULL OR sequence <= $4)
+          ORDER BY sequence"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(from_exclusive)
+        .bind(to_inclusive)
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(|r| decode(r).map(|(e, _)| e)).collect()
+}
+
+/// The aggregate's current version (0 when it has no events).
+pub async fn aggregate_version<'e>(db: impl PgExecutor<'e>, aggregate_type: &str, aggregate_id: &str) -> Result<i64, EventLogError> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2")
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(db)
+        .await?;
+    Ok(v.unwrap_or(0))
+}

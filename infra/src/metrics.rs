@@ -1,0 +1,101 @@
+//! Prometheus metrics for every queue-like thing, rendered in the text format on `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process's metrics. Create one per process and share it.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by method, route and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP latency by method and route.
+    pub http_latency: HistogramVec,
+    /// Command outcomes by aggregate and outcome (`ok`, `rejected`, `conflict`, `error`).
+    pub commands: IntCounterVec,
+    /// Events in the store the relay has not yet published.
+    pub relay_lag_events: IntGauge,
+    /// Events published by the relay.
+    pub relay_published: IntCounterVec,
+    /// Consumer lag per projection (messages behind the high watermark).
+    pub consumer_lag: IntGaugeVec,
+    /// Events applied by projections.
+    pub projection_applied: IntCounterVec,
+    /// Messages sent to the dead-letter topic, by consumer.
+    pub dlq_messages: IntCounterVec,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    // Metric construction only fails on invalid names, which are constants here.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("colloquy".into()), None).unwrap_or_default();
+        let http_requests = must(IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests"),
+            &["method", "route", "status"],
+        ));
+        let http_latency = must(HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["method", "route"],
+        ));
+        let commands = must(IntCounterVec::new(Opts::new("commands_total", "Commands handled"), &["aggregate", "outcome"]));
+        let relay_lag_events = must(IntGauge::new("relay_lag_events", "Committed events not yet published to Kafka"));
+        let relay_published = must(IntCounterVec::new(Opts::new("relay_published_total", "Events published"), &["topic"]));
+        let consumer_lag = must(IntGaugeVec::new(
+            Opts::new("consumer_lag_messages", "Messages behind the high watermark, per consumer"),
+            &["consumer"],
+        ));
+        let projection_applied = must(IntCounterVec::new(
+            Opts::new("projection_events_total", "Events handled by projections"),
+            &["projection", "outcome"],
+        ));
+        let dlq_messages = must(IntCounterVec::new(Opts::new("dlq_messages_total", "Messages sent to the DLQ"), &["consumer"]));
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_latency.clone()),
+            Box::new(commands.clone()),
+            Box::new(relay_lag_events.clone()),
+            Box::new(relay_published.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(projection_applied.clone()),
+            Box::new(dlq_messages.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            commands,
+            relay_lag_events,
+            relay_published,
+            consumer_lag,
+            projection_applied,
+            dlq_messages,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
