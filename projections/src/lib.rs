@@ -1,1 +1,26 @@
+//! The read side: projections that turn events into read models (PostgreSQL tables and
+//! Redis caches), the Kafka consumer that drives them, rebuilds from the event store, and
+//! the queries the API serves from the read models.
 
+pub mod cache;
+pub mod conversations;
+pub mod freshness;
+pub mod messages;
+pub mod projection;
+pub mod projector;
+pub mod rebuild;
+pub mod users;
+
+use std::sync::Arc;
+
+pub use projection::{ApplyError, Projection};
+
+/// Every projection, by name.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(users::UsersProjection), Arc::new(conversations::ConversationsProjection), Arc::new(messages::MessagesProjection)]
+}
+
+/// The projection called `name`.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
+    all().into_iter().find(|p| p.name() == name)
+}

@@ -1,0 +1,42 @@
+//! Redis caches of read models, invalidated by generation: every change to a user's data
+//! bumps that user's generation, and cached values live under the generation they were
+//! read at. A reader that raced a change can only ever write under a generation nobody
+//! reads any more, so a stale value is never served after the change's generation bump.
+//! Redis is a cache only: every value here can be recomputed from Postgres.
+
+use colloquy_infra::redis_store::RedisStore;
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+/// How long a cached value lives, in seconds.
+pub const TTL_SECS: u64 = 300;
+
+fn gen_key(redis: &RedisStore, user: Uuid) -> String {
+    redis.key(&["cachegen", &format!("{{{user}}}")])
+}
+
+fn value_key(redis: &RedisStore, user: Uuid, generation: u64, name: &str) -> String {
+    redis.key(&["cache", &format!("{{{user}}}"), &generation.to_string(), name])
+}
+
+/// Marks every cached view of `user` stale.
+pub async fn invalidate(redis: &RedisStore, user: Uuid) -> Result<(), redis::RedisError> {
+    let mut conn = redis.conn.clone();
+    let key = gen_key(redis, user);
+    redis::pipe().incr(&key, 1).ignore().expire(&key, 86_400).ignore().query_async::<()>(&mut conn).await
+}
+
+/// A cached value and the generation it was looked up at (to `put` a fresh one under).
+pub async fn get(redis: &RedisStore, user: Uuid, name: &str) -> Result<(u64, Option<String>), redis::RedisError> {
+    let mut conn = redis.conn.clone();
+    let generation: Option<u64> = conn.get(gen_key(redis, user)).await?;
+    let generation = generation.unwrap_or(0);
+    let value: Option<String> = conn.get(value_key(redis, user, generation, name)).await?;
+    Ok((generation, value))
+}
+
+/// Stores `value` under the generation a `get` returned.
+pub async fn put(redis: &RedisStore, user: Uuid, generation: u64, name: &str, value: &str) -> Result<(), redis::RedisError> {
+    let mut conn = redis.conn.clone();
+    conn.set_ex(value_key(redis, user, generation, name), value, TTL_SECS).await
+}

@@ -1,0 +1,153 @@
+//! The conversations read model (`rm_conversations`): one row per live conversation with
+//! its message count and last activity, listed per owner with keyset pagination.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use colloquy_domain::conversation::ConversationEvent;
+use colloquy_infra::event_log::StoredEvent;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::projection::{domain_event, ApplyError, Projection};
+
+/// Projects Conversation events into `rm_conversations`.
+pub struct ConversationsProjection;
+
+/// The projection's name.
+pub const NAME: &str = "conversations";
+
+/// One conversation as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ConversationSummary {
+    /// The id.
+    pub conversation_id: Uuid,
+    /// The owner.
+    pub owner_id: Uuid,
+    /// The title.
+    pub title: String,
+    /// `chat` or `knowledge`.
+    pub kind: String,
+    /// The model.
+    pub model: String,
+    /// The system prompt.
+    pub system_prompt: Option<String>,
+    /// Whether archived.
+    pub archived: bool,
+    /// Number of messages.
+    pub message_count: i64,
+    /// The aggregate version this row reflects.
+    pub version: i64,
+    /// When started.
+    pub created_at: DateTime<Utc>,
+    /// Time of the last change.
+    pub last_activity_at: DateTime<Utc>,
+}
+
+fn enum_str<T: Serialize>(v: T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+#[async_trait]
+impl Projection for ConversationsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn table(&self) -> &'static str {
+        "rm_conversations"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Conversation"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
+        use ConversationEvent as E;
+        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
+        let event = domain_event::<ConversationEvent>(e)?;
+        if let E::ConversationStarted(s) = &event {
+            sqlx::query(&format!(
+                "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+            ))
+            .bind(id)
+            .bind(s.owner_id)
+            .bind(&s.title)
+            .bind(enum_str(s.kind))
+            .bind(&s.model)
+            .bind(&s.system_prompt)
+            .bind(e.sequence)
+            .bind(e.recorded_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(Some(s.owner_id));
+        }
+        let owner: Option<Uuid> = if let E::ConversationDeleted(_) = event {
+            sqlx::query_scalar(&format!("DELETE FROM {table} WHERE conversation_id = $1 RETURNING owner_id"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        } else {
+            let (set, text): (&str, Option<String>) = match event {
+                E::ConversationRenamed(r) => ("title = $4", Some(r.title)),
+                E::ConversationArchived(_) => ("archived = true", None),
+                E::ConversationUnarchived(_) => ("archived = false", None),
+                E::UserMessagePosted(_) => ("message_count = message_count + 1", None),
+                E::ConversationStarted(_) | E::ConversationDeleted(_) => unreachable!("handled above"),
+            };
+            sqlx::query_scalar(&format!(
+                "UPDATE {table} SET {set}, version = $2, last_activity_at = $3 WHERE conversation_id = $1 RETURNING owner_id"
+            ))
+            .bind(id)
+            .bind(e.sequence)
+            .bind(e.recorded_at)
+            .bind(text)
+            .fetch_optional(&mut *conn)
+            .await?
+        };
+        Ok(owner)
+    }
+}
+
+/// Where a page of the list starts: after this (last_activity_at, conversation_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageCursor {
+    /// Last activity of the last row of the previous page.
+    pub last_activity_at: DateTime<Utc>,
+    /// Its id.
+    pub conversation_id: Uuid,
+}
+
+/// One page of `owner`'s conversations, newest activity first.
+pub async fn list(
+    pool: &PgPool,
+    owner: Uuid,
+    archived: bool,
+    after: Option<PageCursor>,
+    limit: i64,
+) -> Result<Vec<ConversationSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM rm_conversations
+          WHERE owner_id = $1 AND archived = $2
+            AND ($3::timestamptz IS NULL OR (last_activity_at, conversation_id) < ($3, $4))
+          ORDER BY last_activity_at DESC, conversation_id DESC
+          LIMIT $5",
+    )
+    .bind(owner)
+    .bind(archived)
+    .bind(after.map(|c| c.last_activity_at))
+    .bind(after.map(|c| c.conversation_id))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One conversation of `owner` (another owner's is `None`, like a missing one).
+pub async fn find(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<ConversationSummary>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM rm_conversations WHERE conversation_id = $1 AND owner_id = $2")
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await
+}
