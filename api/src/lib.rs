@@ -1,1 +1,112 @@
+//! The HTTP API (actix-web): command and query routes, authentication, rate limits,
+//! health, metrics and the OpenAPI document.
 
+pub mod auth;
+pub mod body;
+pub mod errors;
+pub mod idempotency;
+pub mod openapi;
+pub mod rate_limit;
+pub mod requests;
+pub mod routes;
+pub mod state;
+
+use std::net::TcpListener;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use colloquy_commands::command_service::SNAPSHOT_EVERY;
+use colloquy_commands::credentials::Credentials;
+use colloquy_commands::CommandService;
+use colloquy_infra::metrics::Metrics;
+use colloquy_infra::passwords::PasswordHasher;
+use colloquy_infra::redis_store::RedisStore;
+use colloquy_infra::Settings;
+use sqlx::PgPool;
+use tracing_actix_web::{RequestId, TracingLogger};
+
+use crate::errors::ApiError;
+use crate::state::AppState;
+
+/// A bound, not yet awaited, API server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Builds the app and binds its port (0 picks a free one).
+    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, metrics: Metrics) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            users: CommandService::event_sourced(pool.clone(), (), metrics.clone()),
+            conversations: CommandService::snapshotted(pool.clone(), (), metrics.clone(), SNAPSHOT_EVERY),
+            credentials: Credentials::new(pool.clone(), PasswordHasher::new(settings.auth.hash_concurrency)),
+            tokens: auth::Tokens::new(&settings.auth)?,
+            limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),
+            settings: settings.clone(),
+            pool,
+            redis,
+            metrics,
+        });
+        let json_limit = settings.http.json_limit_bytes;
+        let mut server = HttpServer::new(move || {
+            let metrics = state.metrics.clone();
+            App::new()
+                .app_data(state.clone())
+                .app_data(body::json_config(json_limit))
+                .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("resource").into()))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+                )
+                .configure(routes::configure)
+                .configure(routes::health::configure)
+                .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route")) }))
+                .wrap_fn(move |req, srv| {
+                    // Request metrics, labelled by route pattern (not raw path: bounded cardinality).
+                    let started = Instant::now();
+                    let method = req.method().to_string();
+                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let request_id = req.extensions().get::<RequestId>().map(|r| r.to_string());
+                    let metrics = metrics.clone();
+                    let fut = srv.call(req);
+                    async move {
+                        let mut res = fut.await?;
+                        metrics.http_requests.with_label_values(&[&method, &route, res.status().as_str()]).inc();
+                        metrics.http_latency.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
+                        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                            res.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
+                        }
+                        Ok(res)
+                    }
+                })
+                .wrap(TracingLogger::default())
+        })
+        .listen(listener)?
+        .shutdown_timeout(settings.http.shutdown_timeout_secs)
+        .disable_signals();
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        Ok(Self { port, server: server.run() })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server gracefully (in-flight requests finish).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

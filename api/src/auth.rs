@@ -1,0 +1,126 @@
+//! Access tokens (JWT, HS256, one key per `kid`) and the authenticated-user extractor,
+//! which also applies the per-user rate limit.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{web, FromRequest, HttpRequest};
+use chrono::Utc;
+use colloquy_infra::settings::AuthSettings;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::errors::ApiError;
+use crate::state::AppState;
+
+/// The claims of an access token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Token id.
+    pub jti: String,
+    /// `access` (refresh tokens, when they come, say `refresh`).
+    pub typ: String,
+}
+
+/// Issues and verifies access tokens.
+pub struct Tokens {
+    settings: AuthSettings,
+    decoding: HashMap<String, DecodingKey>,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+/// A configuration problem with the keys.
+#[derive(Debug, thiserror::Error)]
+#[error("auth configuration: {0}")]
+pub struct TokenConfigError(String);
+
+impl Tokens {
+    /// Loads the keys; the signing key must be among them and every secret ≥ 32 bytes.
+    pub fn new(settings: &AuthSettings) -> Result<Self, TokenConfigError> {
+        if let Some(k) = settings.keys.iter().find(|k| k.secret.len() < 32) {
+            return Err(TokenConfigError(format!("key {} is shorter than 32 bytes", k.kid)));
+        }
+        let signing = settings
+            .keys
+            .iter()
+            .find(|k| k.kid == settings.signing_kid)
+            .ok_or_else(|| TokenConfigError(format!("no key with kid {}", settings.signing_kid)))?;
+        let decoding = settings.keys.iter().map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes()))).collect();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Ok(Self { settings: settings.clone(), decoding, encoding: EncodingKey::from_secret(signing.secret.as_bytes()), validation })
+    }
+
+    /// A signed access token for `user` and its lifetime in seconds.
+    pub fn issue(&self, user: Uuid) -> Result<(String, u64), ApiError> {
+        let now = Utc::now().timestamp();
+        let ttl = self.settings.access_token_ttl_secs;
+        let claims = Claims {
+            sub: user.to_string(),
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            exp: now + ttl as i64,
+            iat: now,
+            jti: Uuid::new_v4().to_string(),
+            typ: "access".into(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.settings.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(ApiError::internal)?;
+        Ok((token, ttl))
+    }
+
+    /// The user a valid access token names.
+    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+        let invalid = || ApiError::Unauthorized("the access token is missing, invalid or expired".into());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        let key = header.kid.as_deref().and_then(|kid| self.decoding.get(kid)).ok_or_else(invalid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| invalid())?;
+        if data.claims.typ != "access" {
+            return Err(invalid());
+        }
+        data.claims.sub.parse().map_err(|_| invalid())
+    }
+}
+
+/// The authenticated user of a request (and the request passed its rate limit).
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser(pub Uuid);
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_string());
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+            let token = token.ok_or_else(|| ApiError::Unauthorized("an access token is required".into()))?;
+            let user = state.tokens.verify(&token)?;
+            state.limiter.check_user(user).await?;
+            Ok(AuthUser(user))
+        })
+    }
+}

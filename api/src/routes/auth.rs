@@ -1,0 +1,90 @@
+//! `POST /auth/register`, `POST /auth/login`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::body::parse;
+use crate::errors::ApiError;
+use crate::requests::command_meta;
+use crate::state::AppState;
+
+/// Registration request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// E-mail address (unique).
+    pub email: String,
+    /// Display name.
+    pub full_name: String,
+    /// 8 to 256 characters.
+    pub password: String,
+}
+
+/// Registration result.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    /// The new user's id.
+    pub user_id: Uuid,
+    /// The User aggregate's version.
+    pub version: i64,
+}
+
+/// Login request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// E-mail address.
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+/// An access token.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// The bearer token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// Whose token it is.
+    pub user_id: Uuid,
+}
+
+fn client_address(req: &HttpRequest) -> String {
+    req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Registers a user.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = Registered), (status = 409, description = "email_taken"), (status = 422, description = "invalid input"), (status = 429)))]
+pub async fn post_register(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    state.limiter.check_auth(&client_address(&req)).await?;
+    let r: RegisterRequest = parse(body.into_inner())?;
+    let meta = command_meta(&req, "anonymous".into());
+    let (user_id, committed) = state.credentials.register(&state.users, &r.email, &r.full_name, r.password, &meta).await?;
+    tracing::info!(%user_id, "User registered.");
+    Ok(HttpResponse::build(StatusCode::CREATED).json(Registered { user_id, version: committed.version }))
+}
+
+/// Exchanges an e-mail address and password for an access token.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, description = "invalid credentials"), (status = 429)))]
+pub async fn post_login(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    state.limiter.check_auth(&client_address(&req)).await?;
+    let r: LoginRequest = parse(body.into_inner())?;
+    let user_id = state.credentials.login(&state.users, &r.email, r.password).await?;
+    let (access_token, expires_in) = state.tokens.issue(user_id)?;
+    Ok(HttpResponse::Ok().json(TokenResponse { access_token, token_type: "Bearer".into(), expires_in, user_id }))
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/auth/register").route(web::post().to(post_register)))
+        .service(web::resource("/auth/login").route(web::post().to(post_login)));
+}

@@ -1,0 +1,304 @@
+//! Conversations and their messages: commands, list and detail queries, and the audit trail.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::DateTime;
+use colloquy_domain::conversation::{ConversationCommand, ConversationKind};
+use colloquy_domain::Conversation;
+use colloquy_infra::event_log;
+use colloquy_projections::conversations::{self, PageCursor};
+use colloquy_projections::{cache, messages};
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{await_version, Freshness};
+use crate::auth::AuthUser;
+use crate::body::parse;
+use crate::errors::ApiError;
+use crate::idempotency;
+use crate::requests::command_meta;
+use crate::state::AppState;
+
+/// Model used when neither the request nor the user's preferences name one.
+pub const DEFAULT_MODEL: &str = "offline";
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+/// Start a conversation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Client-chosen id (optional; makes retries safe without an Idempotency-Key).
+    pub id: Option<Uuid>,
+    /// The title.
+    pub title: String,
+    /// `chat` (default) or `knowledge`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub kind: Option<ConversationKind>,
+    /// The model; defaults to the user's default model.
+    pub model: Option<String>,
+    /// A system prompt; defaults to the user's default system prompt.
+    pub system_prompt: Option<String>,
+}
+
+/// Rename a conversation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// The new title.
+    pub title: String,
+}
+
+/// Post a message.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessageRequest {
+    /// Client-chosen id (optional).
+    pub id: Option<Uuid>,
+    /// The text.
+    pub content: String,
+}
+
+/// List filters and paging.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Archived conversations instead of active ones.
+    #[serde(default)]
+    pub archived: bool,
+    /// Page size (1..=100, default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// With `conversation_id`: wait until the list reflects this version of that conversation.
+    pub min_version: Option<i64>,
+    /// The conversation `min_version` refers to.
+    pub conversation_id: Option<Uuid>,
+}
+
+/// Message paging.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct MessagesQuery {
+    /// Only messages after this sequence.
+    #[serde(default)]
+    pub after: i64,
+    /// Page size (1..=100, default 20).
+    pub limit: Option<i64>,
+    /// Wait until the messages reflect this conversation version.
+    pub min_version: Option<i64>,
+}
+
+fn page_size(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        _ => Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}"))),
+    }
+}
+
+fn encode_cursor(c: &conversations::ConversationSummary) -> String {
+    format!("{}_{}", c.last_activity_at.timestamp_micros(), c.conversation_id.simple())
+}
+
+fn decode_cursor(raw: &str) -> Result<PageCursor, ApiError> {
+    let invalid = || ApiError::bad_request("invalid_cursor", "the cursor is not one this API issued");
+    let (micros, id) = raw.split_once('_').ok_or_else(invalid)?;
+    let last_activity_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?).ok_or_else(invalid)?;
+    Ok(PageCursor { last_activity_at, conversation_id: id.parse().map_err(|_| invalid())? })
+}
+
+fn actor(user: AuthUser) -> String {
+    format!("user:{}", user.0)
+}
+
+/// Starts a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations", tag = "conversations", request_body = StartRequest,
+    responses((status = 201, description = "{conversation_id, version}"), (status = 409), (status = 422)), security(("bearer" = [])))]
+pub async fn post_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    idempotency::once(&state, user.0, &req, &body, || async {
+        let r: StartRequest = parse(body.clone())?;
+        let (profile, _) = state.users.load(&user.0.to_string()).await?;
+        let id = r.id.unwrap_or_else(Uuid::new_v4);
+        let cmd = ConversationCommand::StartConversation {
+            conversation_id: id,
+            owner_id: user.0,
+            title: r.title,
+            kind: r.kind.unwrap_or_default(),
+            model: r.model.or(profile.default_model).unwrap_or_else(|| DEFAULT_MODEL.into()),
+            system_prompt: r.system_prompt.or(profile.system_prompt),
+        };
+        let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
+        Ok((StatusCode::CREATED, json!({"conversation_id": id, "version": committed.version})))
+    })
+    .await
+}
+
+async fn simple_command(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: Uuid,
+    body: Value,
+    make: impl FnOnce(Value) -> Result<ConversationCommand, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    idempotency::once(&state, user.0, &req, &body, || async {
+        let cmd = make(body.clone())?;
+        let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
+        Ok((StatusCode::OK, json!({"conversation_id": id, "version": committed.version})))
+    })
+    .await
+}
+
+/// Renames a conversation.
+#[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = RenameRequest,
+    responses((status = 200, description = "{conversation_id, version}"), (status = 404), (status = 422)), security(("bearer" = [])))]
+pub async fn patch_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, body.into_inner(), |b| {
+        let r: RenameRequest = parse(b)?;
+        Ok(ConversationCommand::RenameConversation { actor_id: user.0, title: r.title })
+    })
+    .await
+}
+
+/// Archives a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/archive", tag = "conversations",
+    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn post_archive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::ArchiveConversation { actor_id: user.0 })).await
+}
+
+/// Unarchives a conversation.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/unarchive", tag = "conversations",
+    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn post_unarchive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::UnarchiveConversation { actor_id: user.0 })).await
+}
+
+/// Deletes a conversation.
+#[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "conversations",
+    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn delete_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::DeleteConversation { actor_id: user.0 })).await
+}
+
+/// Posts a user message.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "conversations", request_body = PostMessageRequest,
+    responses((status = 201, description = "{message_id, version}"), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let id = *id;
+    let body = body.into_inner();
+    idempotency::once(&state, user.0, &req, &body, || async {
+        let r: PostMessageRequest = parse(body.clone())?;
+        let message_id = r.id.unwrap_or_else(Uuid::new_v4);
+        let cmd = ConversationCommand::PostUserMessage { actor_id: user.0, message_id, content: r.content };
+        let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
+        Ok((StatusCode::CREATED, json!({"conversation_id": id, "message_id": message_id, "version": committed.version})))
+    })
+    .await
+}
+
+/// Lists the user's conversations, newest activity first.
+#[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, description = "{items, next_cursor}")), security(("bearer" = [])))]
+pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = page_size(q.limit)?;
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    match (q.min_version, q.conversation_id) {
+        (Some(_), None) => {
+            return Err(ApiError::bad_request("min_version_needs_conversation_id", "on the list, min_version refers to the conversation named by conversation_id"))
+        }
+        (min, Some(cid)) => await_version(&state, &[conversations::NAME], &cid.to_string(), min).await?,
+        (None, None) => {}
+    }
+    // The hot first page comes from Redis, unless a particular version was asked for.
+    let cache_name = format!("conversations:{}:{limit}", if q.archived { "archived" } else { "active" });
+    let cacheable = after.is_none() && q.min_version.is_none();
+    let cached = if cacheable { cache::get(&state.redis, user.0, &cache_name).await.ok() } else { None };
+    if let Some((_, Some(body))) = &cached {
+        return Ok(HttpResponse::Ok().content_type("application/json").body(body.clone()));
+    }
+    let items = conversations::list(&state.pool, user.0, q.archived, after, limit).await?;
+    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(encode_cursor)).flatten();
+    let body = serde_json::to_string(&json!({"items": items, "next_cursor": next_cursor})).map_err(ApiError::internal)?;
+    if let Some((generation, None)) = cached {
+        let _ = cache::put(&state.redis, user.0, generation, &cache_name, &body).await;
+    }
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+/// One conversation.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "conversations", params(Freshness),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+pub async fn get_conversation(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
+    await_version(&state, &[conversations::NAME], &id.to_string(), q.min_version).await?;
+    let c = conversations::find(&state.pool, user.0, *id).await?.ok_or(ApiError::NotFound("conversation"))?;
+    Ok(HttpResponse::Ok().json(c))
+}
+
+/// A conversation's messages, in order.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations", params(MessagesQuery),
+    responses((status = 200, description = "{items}"), (status = 404)), security(("bearer" = [])))]
+pub async fn get_messages(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<MessagesQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = page_size(q.limit)?;
+    await_version(&state, &[conversations::NAME, messages::NAME], &id.to_string(), q.min_version).await?;
+    // Ownership comes from the conversations read model: another user's id is a 404.
+    conversations::find(&state.pool, user.0, *id).await?.ok_or(ApiError::NotFound("conversation"))?;
+    let items = messages::list(&state.pool, user.0, *id, q.after, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({"items": items})))
+}
+
+/// Serialised audit record.
+#[derive(Serialize)]
+struct AuditEvent<'a> {
+    event_id: Uuid,
+    sequence: i64,
+    event_type: &'a str,
+    event_version: &'a str,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    actor: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    data: &'a Value,
+}
+
+/// The conversation's audit trail, straight from the event store (deleted ones included).
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations",
+    responses((status = 200, description = "{items}"), (status = 404)), security(("bearer" = [])))]
+pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let events = event_log::read_aggregate(&state.pool, Conversation::TYPE, &id.to_string(), 0, None).await.map_err(ApiError::internal)?;
+    let owner = events.first().and_then(|e| e.data.get("owner_id")).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
+    if owner != Some(user.0) {
+        return Err(ApiError::NotFound("conversation"));
+    }
+    let items: Vec<AuditEvent<'_>> = events
+        .iter()
+        .map(|e| AuditEvent {
+            event_id: e.event_id,
+            sequence: e.sequence,
+            event_type: &e.event_type,
+            event_version: &e.event_version,
+            recorded_at: e.recorded_at,
+            actor: e.meta(colloquy_domain::metadata::ACTOR),
+            correlation_id: e.meta(colloquy_domain::metadata::CORRELATION_ID),
+            data: &e.data,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"items": items})))
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/conversations").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
+        .service(
+            web::resource("/conversations/{id}")
+                .route(web::get().to(get_conversation))
+                .route(web::patch().to(patch_conversation))
+                .route(web::delete().to(delete_conversation)),
+        )
+        .service(web::resource("/conversations/{id}/archive").route(web::post().to(post_archive)))
+        .service(web::resource("/conversations/{id}/unarchive").route(web::post().to(post_unarchive)))
+        .service(web::resource("/conversations/{id}/messages").route(web::post().to(post_message)).route(web::get().to(get_messages)))
+        .service(web::resource("/conversations/{id}/events").route(web::get().to(get_events)));
+}

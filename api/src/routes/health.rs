@@ -1,0 +1,53 @@
+//! `GET /health` (liveness), `GET /health/ready` (dependencies), `GET /metrics`,
+//! `GET /openapi.json`.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200)))]
+pub async fn get_health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Postgres, Redis and Kafka all answer.
+#[utoipa::path(get, path = "/health/ready", tag = "operations", responses((status = 200), (status = 503)))]
+pub async fn get_ready(state: web::Data<AppState>) -> HttpResponse {
+    let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
+    let postgres = matches!(postgres, Ok(Ok(_)));
+    let redis = matches!(tokio::time::timeout(Duration::from_secs(2), state.redis.ping()).await, Ok(Ok(())));
+    let kafka = colloquy_infra::kafka::check(&state.settings.kafka, Duration::from_secs(2)).await.is_ok();
+    let status = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = json!({
+        "status": status(postgres && redis && kafka),
+        "checks": {"postgres": status(postgres), "redis": status(redis), "kafka": status(kafka)},
+    });
+    if postgres && redis && kafka {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}
+
+/// The OpenAPI description of every route.
+pub async fn get_openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document())
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(get_health))
+        .route("/health/ready", web::get().to(get_ready))
+        .route("/metrics", web::get().to(get_metrics))
+        .route("/openapi.json", web::get().to(get_openapi));
+}

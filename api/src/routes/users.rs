@@ -1,0 +1,80 @@
+//! `GET /users/me`, `PATCH /users/me`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use colloquy_domain::user::UserCommand;
+use colloquy_projections::{cache, users};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::{await_version, Freshness};
+use crate::auth::AuthUser;
+use crate::body::parse;
+use crate::errors::ApiError;
+use crate::idempotency;
+use crate::requests::command_meta;
+use crate::state::AppState;
+
+/// A profile update; absent fields stay as they are, `null` clears an optional field.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    /// New display name.
+    pub full_name: Option<String>,
+    /// New default model, or null to clear.
+    #[serde(default, deserialize_with = "present")]
+    pub default_model: Option<Option<String>>,
+    /// New default system prompt, or null to clear.
+    #[serde(default, deserialize_with = "present")]
+    pub system_prompt: Option<Option<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// A command's result.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The aggregate's version after the command; pass it as `min_version` to queries.
+    pub version: i64,
+}
+
+/// The authenticated user's profile.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", params(Freshness),
+    responses((status = 200, description = "the profile"), (status = 401), (status = 404)), security(("bearer" = [])))]
+pub async fn get_me(state: web::Data<AppState>, user: AuthUser, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
+    let id = user.0;
+    await_version(&state, &[users::NAME], &id.to_string(), q.min_version).await?;
+    // The cache is only trusted when no particular version was asked for.
+    let cached = if q.min_version.is_none() { cache::get(&state.redis, id, "profile").await.ok() } else { None };
+    if let Some((_, Some(body))) = &cached {
+        return Ok(HttpResponse::Ok().content_type("application/json").body(body.clone()));
+    }
+    let profile = users::find(&state.pool, id).await?.ok_or(ApiError::NotFound("user"))?;
+    let body = serde_json::to_string(&profile).map_err(ApiError::internal)?;
+    if let Some((generation, None)) = cached {
+        let _ = cache::put(&state.redis, id, generation, "profile", &body).await;
+    }
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+/// Updates the authenticated user's profile.
+#[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", request_body = UpdateProfileRequest,
+    responses((status = 200, body = Accepted), (status = 422)), security(("bearer" = [])))]
+pub async fn patch_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    idempotency::once(&state, user.0, &req, &body, || async {
+        let r: UpdateProfileRequest = parse(body.clone())?;
+        let cmd = UserCommand::UpdateProfile { full_name: r.full_name, default_model: r.default_model, system_prompt: r.system_prompt };
+        let committed = state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
+        Ok((StatusCode::OK, json!({"version": committed.version})))
+    })
+    .await
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)));
+}
