@@ -40,3 +40,8 @@ pub async fn put(redis: &RedisStore, user: Uuid, generation: u64, name: &str, va
     let mut conn = redis.conn.clone();
     conn.set_ex(value_key(redis, user, generation, name), value, TTL_SECS).await
 }
+
+/// Drops every cached view (after a rebuild replaced a table under the caches).
+pub async fn invalidate_all(redis: &RedisStore) -> Result<u64, redis::RedisError> {
+    redis.delete_prefixed("cache").await
+}

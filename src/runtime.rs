@@ -1,0 +1,124 @@
+//! Starts colloquy's processes: the API, the relay and the projectors, alone or together.
+
+use std::sync::Arc;
+
+use colloquy_api::Application;
+use colloquy_commands::relay::Relay;
+use colloquy_infra::metrics::Metrics;
+use colloquy_infra::redis_store::RedisStore;
+use colloquy_infra::{kafka, postgres, Settings};
+use colloquy_projections::projector::Projector;
+use colloquy_projections::Projection;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The connections every process needs.
+pub struct Deps {
+    /// Postgres.
+    pub pool: PgPool,
+    /// Redis.
+    pub redis: RedisStore,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Connects Postgres (migrating if configured) and Redis.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Deps> {
+    let pool = postgres::connect(&settings.database).await?;
+    if settings.database.migrate_on_start {
+        postgres::migrate(&pool).await?;
+    }
+    let redis = RedisStore::connect(&settings.redis).await?;
+    Ok(Deps { pool, redis, metrics: Metrics::new() })
+}
+
+/// Which processes to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Processes {
+    /// The HTTP API.
+    pub api: bool,
+    /// The relay.
+    pub relay: bool,
+    /// The projectors.
+    pub projectors: bool,
+}
+
+/// Running processes.
+pub struct Running {
+    /// The API's port, if it runs.
+    pub port: Option<u16>,
+    shutdown: CancellationToken,
+    api: Option<actix_web::dev::ServerHandle>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops everything gracefully: the API finishes in-flight requests, projectors commit
+    /// their offsets, the relay flushes its producer.
+    pub async fn stop(mut self) {
+        if let Some(api) = &self.api {
+            api.stop(true).await;
+        }
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until every process ended (after `stop`, or a failure).
+    pub async fn wait(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// The shutdown signal shared by the processes.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the selected processes on `deps`. Topics are created first when Kafka is used.
+pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    if which.relay || which.projectors {
+        let created = kafka::ensure_topics(&settings.kafka).await?;
+        if !created.is_empty() {
+            tracing::info!(?created, "Topics created.");
+        }
+    }
+    if which.relay {
+        let relay = Relay::new(deps.pool.clone(), &settings.kafka, settings.relay.clone(), deps.metrics.clone())?;
+        let token = shutdown.clone();
+        tasks.spawn(async move { relay.run(token).await });
+    }
+    if which.projectors {
+        for projection in colloquy_projections::all() {
+            spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
+        }
+    }
+    let mut port = None;
+    let mut api = None;
+    if which.api {
+        let app = Application::build(settings.clone(), deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
+        port = Some(app.port());
+        api = Some(app.handle());
+        tracing::info!(port = app.port(), "API listening.");
+        tasks.spawn(async move {
+            if let Err(e) = app.run_until_stopped().await {
+                tracing::error!(error = %e, "API server failed.");
+            }
+        });
+    }
+    Ok(Running { port, shutdown, api, tasks })
+}
+
+fn spawn_projector(
+    tasks: &mut JoinSet<()>,
+    settings: &Settings,
+    deps: &Deps,
+    projection: Arc<dyn Projection>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let projector = Projector::new(projection, &settings.kafka, deps.pool.clone(), Some(deps.redis.clone()), deps.metrics.clone())?;
+    tasks.spawn(async move { projector.run(token).await });
+    Ok(())
+}
