@@ -1,0 +1,191 @@
+//! Access control, bad input, idempotency, rate limits and the operational endpoints.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::json;
+use support::{isolated_settings, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_users_conversation_is_404_on_every_route_and_bad_tokens_are_401() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.user().await;
+    let (_, stranger) = app.user().await;
+    let (conv, _) = app.conversation(&owner, "Private").await;
+    app.message(&owner, conv, "secret").await;
+    let (s, _) = app.get(&format!("/conversations/{conv}/messages?min_version=2"), &owner).await;
+    assert_eq!(s, 200);
+    let before = app.event_count().await;
+
+    let routes: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (Method::GET, format!("/conversations/{conv}"), None),
+        (Method::PATCH, format!("/conversations/{conv}"), Some(json!({"title": "mine now"}))),
+        (Method::POST, format!("/conversations/{conv}/archive"), None),
+        (Method::POST, format!("/conversations/{conv}/unarchive"), None),
+        (Method::DELETE, format!("/conversations/{conv}"), None),
+        (Method::POST, format!("/conversations/{conv}/messages"), Some(json!({"content": "hi"}))),
+        (Method::GET, format!("/conversations/{conv}/messages"), None),
+        (Method::GET, format!("/conversations/{conv}/events"), None),
+    ];
+    for (method, path, body) in &routes {
+        let (s, b, _) = app.send(method.clone(), path, Some(&stranger), body.clone()).await;
+        assert_eq!(s, 404, "{method} {path} as a stranger: {b}");
+        assert_eq!(b["error"]["code"], "not_found");
+    }
+    assert_eq!(app.event_count().await, before, "a stranger changed nothing");
+    let (_, list) = app.get("/conversations", &stranger).await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+
+    // Missing, malformed, wrongly signed, expired and wrong-audience tokens: 401 everywhere.
+    let forged = {
+        let mut settings = isolated_settings().auth;
+        settings.keys[0].secret = "another-secret-that-is-long-enough-0123456789".into();
+        colloquy_api::auth::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+    };
+    let wrong_audience = {
+        let mut settings = app.settings.auth.clone();
+        settings.audience = "someone-else".into();
+        colloquy_api::auth::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+    };
+    let expired = {
+        let key = jsonwebtoken::EncodingKey::from_secret(app.settings.auth.keys[0].secret.as_bytes());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(app.settings.auth.keys[0].kid.clone());
+        let claims = json!({"sub": uuid::Uuid::new_v4().to_string(), "iss": app.settings.auth.issuer, "aud": app.settings.auth.audience,
+                            "exp": chrono::Utc::now().timestamp() - 3600, "iat": 0, "jti": "x", "typ": "access"});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    for token in [None, Some("garbage"), Some(forged.as_str()), Some(wrong_audience.as_str()), Some(expired.as_str())] {
+        for (method, path, body) in routes.iter().chain([(Method::GET, "/conversations".to_string(), None), (Method::GET, "/users/me".to_string(), None)].iter()) {
+            let (s, b, h) = app.send(method.clone(), path, token, body.clone()).await;
+            assert_eq!(s, 401, "{method} {path} with {token:?}: {b}");
+            assert_eq!(b["error"]["code"], "unauthorized");
+            assert_eq!(h.get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+        }
+    }
+    assert_eq!(app.event_count().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    let (conv, _) = app.conversation(&token, "Inputs").await;
+    let before = app.event_count().await;
+    let raw = |body: &'static str| {
+        app.http.post(app.url(&format!("/conversations/{conv}/messages"))).bearer_auth(&token).header("content-type", "application/json").body(body)
+    };
+    let r = raw("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_json");
+    let cases = [
+        (format!("/conversations/{conv}/messages"), json!({}), 422, "invalid_request"),
+        (format!("/conversations/{conv}/messages"), json!({"content": "  "}), 422, "invalid_message"),
+        (format!("/conversations/{conv}/messages"), json!({"content": "x", "extra": 1}), 422, "invalid_request"),
+        ("/conversations".to_string(), json!({"title": ""}), 422, "invalid_title"),
+        ("/conversations".to_string(), json!({"title": "x".repeat(201)}), 422, "invalid_title"),
+        ("/conversations".to_string(), json!({"title": "ok", "kind": "weird"}), 422, "invalid_request"),
+        (format!("/conversations/{}/messages", uuid::Uuid::new_v4()), json!({"content": "hi"}), 404, "not_found"),
+        ("/conversations/not-a-uuid/messages".to_string(), json!({"content": "hi"}), 404, "not_found"),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, b) = app.post_json(&path, Some(&token), body.clone()).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (status, Some(code)), "{path} {body}");
+        assert!(b["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let huge = json!({"content": "x".repeat(app.settings.http.json_limit_bytes + 10)});
+    let (s, b) = app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), huge).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")));
+    let (s, b) = app.post_json("/auth/register", None, json!({"email": "nope", "full_name": "A", "password": "long enough pw"})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_email")));
+    let (s, b) = app.post_json("/auth/register", None, json!({"email": "short@example.com", "full_name": "A", "password": "short"})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_password")));
+    let (s, _) = app.post_json("/auth/login", None, json!({"email": "nobody@example.com", "password": "whatever123"})).await;
+    assert_eq!(s, 401);
+    assert_eq!(app.event_count().await, before, "rejected requests recorded nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_replays_and_rejects_reuse() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    let (conv, _) = app.conversation(&token, "Idem").await;
+    let send = |key: &'static str, content: &'static str| {
+        app.http
+            .post(app.url(&format!("/conversations/{conv}/messages")))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&json!({"content": content}))
+            .send()
+    };
+    let first = send("k-1", "hello").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let before = app.event_count().await;
+    let again = send("k-1", "hello").await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first, "same response");
+    assert_eq!(app.event_count().await, before, "no new event");
+    let other = send("k-1", "different").await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(other.json::<serde_json::Value>().await.unwrap()["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.event_count().await, before);
+    // Another key is another request.
+    assert_eq!(send("k-2", "hello").await.unwrap().status(), 201);
+    assert_eq!(app.event_count().await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let mut settings = isolated_settings();
+    settings.rate_limit.per_minute = 60;
+    settings.rate_limit.burst = 4;
+    let app = TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false }).await;
+    let (_, token) = app.user().await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (s, _, h) = app.send(Method::GET, "/conversations", Some(&token), None).await;
+        if s == 429 {
+            let retry: u64 = h.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry));
+        }
+        statuses.push(s);
+    }
+    // burst 4 → the first 5 pass, the rest within the same second are limited.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+    // Another user has their own budget.
+    let (_, other) = app.user().await;
+    assert_eq!(app.get("/conversations", &other).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_metrics_and_openapi() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    app.conversation(&token, "m").await;
+    let get = |p: &str| app.http.get(format!("{}{p}", app.base)).send();
+    let r = get("/health").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = get("/health/ready").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"], json!({"postgres": "ok", "redis": "ok", "kafka": "ok"}));
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in ["colloquy_http_requests_total", "colloquy_http_request_duration_seconds", "colloquy_relay_lag_events", "colloquy_commands_total"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let doc: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/users/me", "/api/v1/conversations", "/api/v1/conversations/{id}",
+        "/api/v1/conversations/{id}/archive", "/api/v1/conversations/{id}/unarchive", "/api/v1/conversations/{id}/messages",
+        "/api/v1/conversations/{id}/events", "/health", "/health/ready", "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+    }
+    let r = get("/nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -1,0 +1,214 @@
+//! Test harness: a whole colloquy (API, relay, projectors) on the real services, isolated
+//! per test by its own database, Redis key prefix and Kafka topic prefix, and removed
+//! afterwards (also when the test fails).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use colloquy::runtime::{self, Deps, Processes, Running};
+use colloquy_infra::Settings;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Makes sure the broker runs (the project's script installs/starts it when missing).
+pub fn ensure_broker() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+        let status = std::process::Command::new("bash").arg(script).arg("kafka").status().expect("run services.sh");
+        assert!(status.success(), "could not start the Kafka broker");
+    });
+}
+
+/// Settings isolated for one test.
+pub fn isolated_settings() -> Settings {
+    let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut s = Settings::default();
+    s.database.url = format!("postgres://postgres@127.0.0.1:5432/colloquy_test_{tag}");
+    s.database.max_connections = 10;
+    s.redis.key_prefix = format!("colloquy_test_{tag}:");
+    s.kafka.topic_prefix = format!("t{tag}.");
+    s.kafka.partitions = 2;
+    s.http.port = 0;
+    s.http.workers = 2;
+    s.http.min_version_wait_ms = 15_000;
+    s.rate_limit.per_minute = 1_000_000;
+    s.rate_limit.burst = 1_000_000;
+    s.rate_limit.auth_per_minute = 1_000_000;
+    s.auth.hash_concurrency = 8;
+    s.log.filter = "warn".into();
+    s
+}
+
+async fn create_database(settings: &Settings) {
+    let name = settings.database.url.rsplit('/').next().unwrap().to_string();
+    let mut admin = PgConnection::connect(ADMIN_URL).await.expect("connect to postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+}
+
+/// A running colloquy for one test.
+pub struct TestApp {
+    pub settings: Settings,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub deps: Deps,
+    running: Option<Running>,
+}
+
+impl TestApp {
+    /// Everything: API, relay, projectors.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(isolated_settings(), Processes { api: true, relay: true, projectors: true }).await
+    }
+
+    /// The given processes with the given settings (database created here).
+    pub async fn spawn_with(settings: Settings, which: Processes) -> Self {
+        ensure_broker();
+        colloquy_infra::telemetry::init(&settings.log);
+        create_database(&settings).await;
+        Self::attach(settings, which).await
+    }
+
+    /// Starts processes on an existing test database (e.g. after `stop_processes`).
+    pub async fn attach(settings: Settings, which: Processes) -> Self {
+        let deps = runtime::connect(&settings).await.expect("connect");
+        let running = runtime::start(&settings, &deps, which).await.expect("start");
+        let base = format!("http://127.0.0.1:{}", running.port.unwrap_or(0));
+        Self { settings, base, http: reqwest::Client::new(), deps, running: Some(running) }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.deps.pool
+    }
+
+    /// Stops the processes but keeps the database, topics and keys.
+    pub async fn stop_processes(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.base, path)
+    }
+
+    /// Registers and logs in a fresh user; returns (user_id, token).
+    pub async fn user(&self) -> (Uuid, String) {
+        let email = format!("u{}@example.com", Uuid::new_v4().simple());
+        let r = self.post_json("/auth/register", None, json!({"email": email, "full_name": "Test User", "password": "correct horse battery"})).await;
+        assert_eq!(r.0, 201, "register: {}", r.1);
+        let r = self.post_json("/auth/login", None, json!({"email": email, "password": "correct horse battery"})).await;
+        assert_eq!(r.0, 200, "login: {}", r.1);
+        (r.1["user_id"].as_str().unwrap().parse().unwrap(), r.1["access_token"].as_str().unwrap().to_string())
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let (s, b, _) = self.send(reqwest::Method::POST, path, token, Some(body)).await;
+        (s, b)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let (s, b, _) = self.send(reqwest::Method::GET, path, Some(token), None).await;
+        (s, b)
+    }
+
+    /// Starts a conversation; returns (id, version).
+    pub async fn conversation(&self, token: &str, title: &str) -> (Uuid, i64) {
+        let (s, b) = self.post_json("/conversations", Some(token), json!({"title": title})).await;
+        assert_eq!(s, 201, "start conversation: {b}");
+        (b["conversation_id"].as_str().unwrap().parse().unwrap(), b["version"].as_i64().unwrap())
+    }
+
+    /// Posts a message; returns the new version.
+    pub async fn message(&self, token: &str, conversation: Uuid, content: &str) -> i64 {
+        let (s, b) = self.post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content})).await;
+        assert_eq!(s, 201, "post message: {b}");
+        b["version"].as_i64().unwrap()
+    }
+
+    /// Number of rows in the events table.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(self.pool()).await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Clean up on a separate runtime so it also happens when the test panicked.
+        let settings = self.settings.clone();
+        let running = self.running.take();
+        drop(running);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(cleanup(settings));
+        })
+        .join();
+    }
+}
+
+/// Drops the test's database, topics and Redis keys.
+pub async fn cleanup(settings: Settings) {
+    let name = settings.database.url.rsplit('/').next().unwrap().to_string();
+    if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+    }
+    if let Ok(redis) = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await {
+        let _ = redis.delete_prefixed("").await;
+    }
+    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create();
+    if let Ok(admin) = admin {
+        let topics = colloquy_infra::kafka::Topics::new(&settings.kafka).all();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(10), admin.delete_topics(&refs, &AdminOptions::new())).await;
+    }
+}
+
+/// Reads every record of `topic` from the beginning until `done` says enough (or 30 s pass).
+pub async fn consume_until(
+    settings: &Settings,
+    topic: &str,
+    mut done: impl FnMut(&[(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)]) -> bool,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", format!("{}test-reader-{}", settings.kafka.topic_prefix, Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        let m = tokio::time::timeout_at(deadline, consumer.recv()).await.expect("timed out reading Kafka").unwrap();
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
+    }
+    out
+}
