@@ -68,6 +68,25 @@ pub struct CommandService<A: Aggregate> {
     services: A::Services,
     metrics: Metrics,
     max_attempts: u32,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Striped in-process locks: commands to one aggregate on one instance queue up instead of
+/// racing each other to the primary key (which would waste loads and exhaust retries).
+/// Writers on other instances are still handled by optimistic concurrency.
+const STRIPES: usize = 1024;
+
+fn stripes() -> Vec<tokio::sync::Mutex<()>> {
+    (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()
+}
+
+fn stripe_of(aggregate_id: &str) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in aggregate_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % STRIPES as u64) as usize
 }
 
 /// Events between Conversation snapshots.
@@ -81,13 +100,13 @@ where
     /// A service that replays the full history on every load (short-lived aggregates).
     pub fn event_sourced(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
         let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool));
-        Self { store, services, metrics, max_attempts: 8 }
+        Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
     /// A service that snapshots every `every` events, so load cost stays flat.
     pub fn snapshotted(pool: PgPool, services: A::Services, metrics: Metrics, every: usize) -> Self {
         let store = PersistedEventStore::new_snapshot_store(PostgresEventRepository::new(pool), every);
-        Self { store, services, metrics, max_attempts: 8 }
+        Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
     /// Decides `command` against the current state and appends the resulting events.
@@ -115,6 +134,7 @@ where
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<A::Error>> {
+        let _serialized = self.stripes[stripe_of(aggregate_id)].lock().await;
         for attempt in 1..=self.max_attempts {
             let mut context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
             let version = context.current_sequence as i64;
