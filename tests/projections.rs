@@ -1,0 +1,154 @@
+//! Projections: exactly-once effect under duplicate and out-of-order delivery, poison
+//! messages to the DLQ, and rebuilds equal to the live read models.
+
+mod support;
+
+use colloquy::runtime::Processes;
+use colloquy_infra::event_log;
+use colloquy_infra::kafka::{producer_config, Topics};
+use colloquy_projections::projection::{apply_in_order, Applied};
+use colloquy_projections::Projection;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use support::{consume_until, isolated_settings, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_and_out_of_order_delivery_leave_the_read_model_correct() {
+    // API only: the projector under test is driven by hand.
+    let app = TestApp::spawn_with(isolated_settings(), Processes { api: true, ..Default::default() }).await;
+    let (_, token) = app.user().await;
+    let (conv, _) = app.conversation(&token, "Order").await;
+    for i in 0..3 {
+        app.message(&token, conv, &format!("m{i}")).await;
+    }
+    let events = event_log::read_aggregate(app.pool(), "Conversation", &conv.to_string(), 0, None).await.unwrap();
+    assert_eq!(events.len(), 4);
+    let projection = colloquy_projections::conversations::ConversationsProjection;
+    let messages = colloquy_projections::messages::MessagesProjection;
+    // Delivery order: 3, 1, 3, 2, 4, 4, 1 — late, early, repeated.
+    let order = [2usize, 0, 2, 1, 3, 3, 0];
+    let mut outcomes = Vec::new();
+    for i in order {
+        let mut tx = app.pool().begin().await.unwrap();
+        for p in [&projection as &dyn Projection, &messages] {
+            let outcome = apply_in_order(&mut tx, p, p.name(), p.table(), &events[i]).await.unwrap();
+            if p.name() == "conversations" {
+                outcomes.push(outcome);
+            }
+        }
+        tx.commit().await.unwrap();
+    }
+    assert!(matches!(outcomes[0], Applied::Applied { filled: 2, .. }), "seq 3 first: 1 and 2 read from the store: {:?}", outcomes[0]);
+    assert_eq!(outcomes.iter().filter(|o| **o == Applied::Duplicate).count(), 5);
+    let (count, version): (i64, i64) = sqlx::query_as("SELECT message_count, version FROM rm_conversations WHERE conversation_id = $1")
+        .bind(conv)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!((count, version), (3, 4));
+    let contents: Vec<String> = sqlx::query_scalar("SELECT content FROM rm_messages WHERE conversation_id = $1 ORDER BY sequence")
+        .bind(conv)
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(contents, ["m0", "m1", "m2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_go_to_the_dlq_and_the_projector_continues() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    let topics = Topics::new(&app.settings.kafka);
+    let producer: FutureProducer = producer_config(&app.settings.kafka).create().unwrap();
+    let bad = [
+        b"definitely not json".to_vec(),
+        // A well-formed CloudEvent whose data is not a valid ConversationStarted.
+        serde_json::to_vec(&json!({
+            "specversion": "1.0", "id": uuid::Uuid::new_v4(), "source": "colloquy/conversation/x", "type": "colloquy.conversation.ConversationStarted.v1",
+            "time": "2026-01-01T00:00:00Z", "subject": uuid::Uuid::new_v4().to_string(), "datacontenttype": "application/json",
+            "data": {"title": 42}, "sequence": 1, "position": 1, "eventversion": "1.0"
+        }))
+        .unwrap(),
+    ];
+    for payload in &bad {
+        producer
+            .send(FutureRecord::<str, [u8]>::to(&topics.events("Conversation")).key("poison").payload(&payload[..]), std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    // Later events are still projected.
+    let (conv, version) = app.conversation(&token, "After poison").await;
+    let (s, _) = app.get(&format!("/conversations/{conv}?min_version={version}"), &token).await;
+    assert_eq!(s, 200);
+    // Both poison messages (for each projection reading the topic) are in the DLQ with the error.
+    let dlq = consume_until(&app.settings, &topics.dlq(), |r| r.len() >= 4).await;
+    for (_, payload, headers) in &dlq {
+        assert!(bad.contains(payload));
+        let error = headers.iter().find(|(k, _)| k == "dlq_error").map(|(_, v)| String::from_utf8(v.clone()).unwrap()).unwrap();
+        assert!(!error.is_empty());
+        assert!(headers.iter().any(|(k, _)| k == "dlq_offset"));
+    }
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("colloquy_dlq_messages_total{consumer=\"messages\"} 2"), "{metrics}");
+}
+
+async fn table_json(app: &TestApp, table: &str, order: &str) -> Vec<Value> {
+    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {order}")).fetch_all(app.pool()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuilt_projection_equals_the_live_one() {
+    let app = TestApp::spawn().await;
+    let mut last = Vec::new();
+    for u in 0..3 {
+        let (_, token) = app.user().await;
+        let (_, v) = app.send(reqwest::Method::PATCH, "/users/me", Some(&token), Some(json!({"full_name": format!("Renamed {u}"), "default_model": "offline"}))).await.1.get("version").map(|v| ((), v.as_i64())).unwrap();
+        assert_eq!(v, Some(2));
+        for c in 0..3 {
+            let (conv, _) = app.conversation(&token, &format!("u{u}c{c}")).await;
+            let mut version = 1;
+            for m in 0..4 {
+                version = app.message(&token, conv, &format!("u{u}c{c}m{m}")).await;
+            }
+            if c == 1 {
+                version = app.post_json(&format!("/conversations/{conv}/archive"), Some(&token), json!(null)).await.1["version"].as_i64().unwrap();
+            }
+            if c == 2 && u == 0 {
+                version = app.send(reqwest::Method::DELETE, &format!("/conversations/{conv}"), Some(&token), None).await.1["version"].as_i64().unwrap();
+            }
+            last.push((token.clone(), conv, version));
+        }
+        let (s, _) = app.get("/users/me?min_version=2", &token).await;
+        assert_eq!(s, 200);
+    }
+    for (token, conv, version) in &last {
+        let (s, b) = app.get(&format!("/conversations/{conv}/messages?min_version={version}"), token).await;
+        assert!(s == 200 || s == 404, "{b}");
+    }
+    let tables = [("users", "rm_users", "user_id"), ("conversations", "rm_conversations", "conversation_id"), ("messages", "rm_messages", "message_id")];
+    for (name, table, key) in tables {
+        let live = table_json(&app, table, key).await;
+        assert!(!live.is_empty());
+        let state_before: Vec<(String, i64)> = sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id")
+            .bind(name)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+        let projection = colloquy_projections::by_name(name).unwrap();
+        let report = colloquy_projections::rebuild::rebuild(app.pool(), projection.as_ref()).await.unwrap();
+        assert!(report.events > 0);
+        assert_eq!(table_json(&app, table, key).await, live, "{name} rebuilt differs from live");
+        let state_after: Vec<(String, i64)> = sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id")
+            .bind(name)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+        assert_eq!(state_after, state_before);
+    }
+    // The live projectors keep working on the switched tables.
+    let (token, conv, _) = &last[0];
+    let version = app.message(token, *conv, "after rebuild").await;
+    let (s, page) = app.get(&format!("/conversations/{conv}/messages?min_version={version}"), token).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["items"].as_array().unwrap().last().unwrap()["content"], "after rebuild");
+}
