@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real PostgreSQL, Redis and the Kafka-compatible broker
+# (started here when they are not running). Each test isolates itself (own database, key
+# prefix and topic prefix) and cleans up after itself, so tests run in parallel.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/services.sh all
+cargo test --workspace --locked "$@"
