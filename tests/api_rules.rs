@@ -1,4 +1,5 @@
 //! Access control, bad input, idempotency, rate limits and the operational endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Concurrent writers: optimistic concurrency on one conversation, one winner per e-mail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! The whole path of an event over HTTP: command → event store → Kafka → read models → query.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

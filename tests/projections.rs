@@ -1,5 +1,6 @@
 //! Projections: exactly-once effect under duplicate and out-of-order delivery, poison
 //! messages to the DLQ, and rebuilds equal to the live read models.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The relay: gap-safe under out-of-order commits, at-least-once across a crash, and a
 //! single active instance with takeover.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The published JSON Schemas (schemas/) agree with the Rust event types, and real
 //! payloads carry every field their schema requires.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

@@ -47,6 +47,9 @@ pub fn cloud_event_type(aggregate: &str, event_type: &str, version: &str) -> Str
     format!("colloquy.{}.{}.v{}", aggregate.to_lowercase(), event_type, major)
 }
 
+/// Every aggregate type, each with its own Kafka topic.
+pub const AGGREGATE_TYPES: &[&str] = &["User", "Conversation"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +69,3 @@ mod tests {
         assert_eq!(names.len(), all.len());
     }
 }
-
-/// Every aggregate type, each with its own Kafka topic.
-pub const AGGREGATE_TYPES: &[&str] = &["User", "Conversation"];

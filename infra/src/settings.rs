@@ -9,7 +9,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Everything a colloquy process can be configured with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// PostgreSQL.
@@ -28,21 +28,6 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// Logging.
     pub log: LogSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            redis: RedisSettings::default(),
-            kafka: KafkaSettings::default(),
-            http: HttpSettings::default(),
-            auth: AuthSettings::default(),
-            rate_limit: RateLimitSettings::default(),
-            relay: RelaySettings::default(),
-            log: LogSettings::default(),
-        }
-    }
 }
 
 /// PostgreSQL settings.
@@ -286,6 +271,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("COLLOQUY_HTTP__PORT", "9999");
@@ -293,6 +279,20 @@ mod tests {
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(s.http.port, 9999);
             assert_eq!(s.kafka.topic_prefix, "t1.");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn jwt_keys_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_AUTH__KEYS", r#"[{kid="k2",secret="0123456789abcdef0123456789abcdef"}]"#);
+            jail.set_env("COLLOQUY_AUTH__SIGNING_KID", "k2");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.auth.keys.len(), 1);
+            assert_eq!(s.auth.keys[0].kid, "k2");
+            assert_eq!(s.auth.signing_kid, "k2");
             Ok(())
         });
     }

@@ -1,7 +1,7 @@
 //! Test harness: a whole colloquy (API, relay, projectors) on the real services, isolated
 //! per test by its own database, Redis key prefix and Kafka topic prefix, and removed
 //! afterwards (also when the test fails).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
