@@ -42,17 +42,16 @@ CREATE TABLE rm_conversations
 CREATE INDEX rm_conversations_owner_activity
     ON rm_conversations (owner_id, archived, last_activity_at DESC, conversation_id DESC);
 
+-- Message ids are unique within their conversation (clients may choose them).
 CREATE TABLE rm_messages
 (
-    message_id      uuid PRIMARY KEY,
+    message_id      uuid        NOT NULL,
     conversation_id uuid        NOT NULL,
     owner_id        uuid        NOT NULL,
     sequence        bigint      NOT NULL,
     role            text        NOT NULL,
     content         text        NOT NULL,
-    created_at      timestamptz NOT NULL
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (conversation_id, message_id)
 );
 CREATE INDEX rm_messages_conversation ON rm_messages (conversation_id, sequence);
-
--- Versions each projection has reached per aggregate, readable by `min_version` waits
--- without knowing the read model's shape, are the rows of projection_state.

@@ -97,6 +97,18 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     }
     let mut port = None;
     let mut api = None;
+    if !which.api && settings.http.ops_port != 0 {
+        match colloquy_api::ops_server(&settings.http.host, settings.http.ops_port, deps.metrics.clone()) {
+            Ok((ops_port, server)) => {
+                tracing::info!(port = ops_port, "Metrics and health listening.");
+                api = Some(server.handle());
+                tasks.spawn(async move {
+                    let _ = server.await;
+                });
+            }
+            Err(e) => tracing::warn!(port = settings.http.ops_port, error = %e, "No metrics listener (port taken?)."),
+        }
+    }
     if which.api {
         let app = Application::build(settings.clone(), deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
         port = Some(app.port());

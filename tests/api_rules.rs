@@ -190,3 +190,65 @@ async fn health_metrics_and_openapi() {
     let r = get("/nope").await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deactivated_account_cannot_log_in_and_its_tokens_stop_working() {
+    let app = TestApp::spawn().await;
+    let email = format!("d{}@example.com", uuid::Uuid::new_v4().simple());
+    let (s, _) = app.post_json("/auth/register", None, json!({"email": email, "full_name": "D", "password": "long password"})).await;
+    assert_eq!(s, 201);
+    let (_, login) = app.post_json("/auth/login", None, json!({"email": email, "password": "long password"})).await;
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let (s, b, _) = app.send(Method::PATCH, "/users/me", Some(&token), Some(json!({"system_prompt": "Be brief.", "default_model": "m1"}))).await;
+    assert_eq!((s, b["version"].as_i64()), (200, Some(2)));
+    let (s, me) = app.get("/users/me?min_version=2", &token).await;
+    assert_eq!((s, me["system_prompt"].as_str(), me["default_model"].as_str()), (200, Some("Be brief."), Some("m1")));
+    // New conversations inherit the user's preferences.
+    let (conv, _) = app.conversation(&token, "Prefs").await;
+    let (_, c) = app.get(&format!("/conversations/{conv}?min_version=1"), &token).await;
+    assert_eq!((c["model"].as_str(), c["system_prompt"].as_str()), (Some("m1"), Some("Be brief.")));
+
+    let (s, b, _) = app.send(Method::DELETE, "/users/me", Some(&token), None).await;
+    assert_eq!((s, b["version"].as_i64()), (200, Some(3)));
+    let (s, b) = app.get("/conversations", &token).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (s, _) = app.post_json("/auth/login", None, json!({"email": email, "password": "long password"})).await;
+    assert_eq!(s, 401);
+    let (user_id, _) = (login["user_id"].as_str().unwrap().to_string(), ());
+    assert!(colloquy_projections::freshness::wait_for_version(app.pool(), &["users"], &user_id, 3, std::time::Duration::from_secs(15)).await.unwrap());
+    let active: bool = sqlx::query_scalar("SELECT active FROM rm_users WHERE email = $1").bind(&email).fetch_one(app.pool()).await.unwrap();
+    assert!(!active, "the read model shows the deactivation");
+    let deactivated: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserDeactivated'").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(deactivated, 1);
+    // The address stays taken.
+    let (s, _) = app.post_json("/auth/register", None, json!({"email": email, "full_name": "D2", "password": "long password"})).await;
+    assert_eq!(s, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_chosen_ids_are_scoped_and_retry_safe() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    let (a, _) = app.conversation(&token, "A").await;
+    let (b, _) = app.conversation(&token, "B").await;
+    let id = uuid::Uuid::new_v4();
+    let (s, r) = app.post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "in a"})).await;
+    assert_eq!((s, r["message_id"].as_str()), (201, Some(id.to_string().as_str())));
+    // The same message id in another conversation is another message.
+    let (s, r) = app.post_json(&format!("/conversations/{b}/messages"), Some(&token), json!({"id": id, "content": "in b"})).await;
+    assert_eq!(s, 201);
+    let vb = r["version"].as_i64().unwrap();
+    // Repeating it in the same conversation is refused and records nothing.
+    let before = app.event_count().await;
+    let (s, r) = app.post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "again"})).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("duplicate_message")));
+    assert_eq!(app.event_count().await, before);
+    let (s, page) = app.get(&format!("/conversations/{b}/messages?min_version={vb}"), &token).await;
+    assert_eq!((s, page["items"][0]["content"].as_str()), (200, Some("in b")));
+    // A client-chosen conversation id makes a retried start detectable.
+    let cid = uuid::Uuid::new_v4();
+    let (s, _) = app.post_json("/conversations", Some(&token), json!({"id": cid, "title": "Mine"})).await;
+    assert_eq!(s, 201);
+    let (s, r) = app.post_json("/conversations", Some(&token), json!({"id": cid, "title": "Mine"})).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("conversation_exists")));
+}

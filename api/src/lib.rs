@@ -110,3 +110,27 @@ impl Application {
         self.server.await
     }
 }
+
+/// A small listener with `/health` and `/metrics` for processes without the API (relay,
+/// projectors), so every process can be probed and scraped.
+pub fn ops_server(host: &str, port: u16, metrics: Metrics) -> std::io::Result<(u16, Server)> {
+    let listener = TcpListener::bind((host, port))?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .route("/health", web::get().to(routes::health::get_health))
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let body = metrics.render();
+                    async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)?
+    .disable_signals()
+    .run();
+    Ok((port, server))
+}

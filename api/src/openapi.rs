@@ -20,7 +20,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     paths(
         auth::post_register, auth::post_login,
-        users::get_me, users::patch_me,
+        users::get_me, users::patch_me, users::delete_me,
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,

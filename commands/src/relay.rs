@@ -34,6 +34,22 @@ fn lock_key(name: &str) -> i64 {
     (h >> 1) as i64
 }
 
+/// Where the relay called `name` stands (the beginning when it never ran).
+pub async fn checkpoint<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<LogCursor, RelayError> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT last_tx_id::text::bigint, last_position FROM relay_checkpoint WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(tx_id, position)| LogCursor { tx_id, position }).unwrap_or_default())
+}
+
+/// Events in the store that the relay called `name` has not published yet (capped at 10⁶).
+pub async fn lag(pool: &PgPool, name: &str) -> Result<i64, RelayError> {
+    let after = checkpoint(pool, name).await?;
+    Ok(event_log::count_after(pool, after, 1_000_000).await?)
+}
+
 /// Relay failures that end a run (the caller decides whether to restart).
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -141,13 +157,7 @@ impl Relay {
     }
 
     async fn load_checkpoint(&self, conn: &mut PoolConnection<Postgres>) -> Result<LogCursor, RelayError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT last_tx_id::text::bigint, last_position FROM relay_checkpoint WHERE name = $1",
-        )
-        .bind(&self.settings.name)
-        .fetch_optional(&mut **conn)
-        .await?;
-        Ok(row.map(|(tx_id, position)| LogCursor { tx_id, position }).unwrap_or_default())
+        checkpoint(&mut **conn, &self.settings.name).await
     }
 
     async fn save_checkpoint(&self, conn: &mut PoolConnection<Postgres>, at: LogCursor) -> Result<(), RelayError> {

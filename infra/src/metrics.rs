@@ -24,6 +24,8 @@ pub struct Metrics {
     pub projection_applied: IntCounterVec,
     /// Messages sent to the dead-letter topic, by consumer.
     pub dlq_messages: IntCounterVec,
+    /// Queries currently waiting for a read model to reach their `min_version`.
+    pub min_version_waiting: IntGauge,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -59,6 +61,8 @@ impl Metrics {
             &["projection", "outcome"],
         ));
         let dlq_messages = must(IntCounterVec::new(Opts::new("dlq_messages_total", "Messages sent to the DLQ"), &["consumer"]));
+        let min_version_waiting =
+            must(IntGauge::new("min_version_waiting", "Queries waiting for a read model to reach their min_version"));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -68,6 +72,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(projection_applied.clone()),
             Box::new(dlq_messages.clone()),
+            Box::new(min_version_waiting.clone()),
         ] {
             must(registry.register(c));
         }
@@ -81,6 +86,7 @@ impl Metrics {
             consumer_lag,
             projection_applied,
             dlq_messages,
+            min_version_waiting,
         }
     }
 

@@ -115,6 +115,9 @@ pub struct HttpSettings {
     pub min_version_wait_ms: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Port of the `/metrics` and `/health` listener of processes without the API
+    /// (`relay`, `project`); 0 disables it.
+    pub ops_port: u16,
 }
 
 impl Default for HttpSettings {
@@ -126,6 +129,7 @@ impl Default for HttpSettings {
             json_limit_bytes: 256 * 1024,
             min_version_wait_ms: 5_000,
             shutdown_timeout_secs: 30,
+            ops_port: 9464,
         }
     }
 }

@@ -94,6 +94,9 @@ impl Projector {
     ) -> Result<Self, KafkaError> {
         let topics = Topics::new(kafka);
         let group = topics.group(&format!("projection.{}", projection.name()));
+        // Publish every series from the start, so dashboards and alerts see zeros, not gaps.
+        metrics.consumer_lag.with_label_values(&[projection.name()]).set(0);
+        metrics.dlq_messages.with_label_values(&[projection.name()]).inc_by(0);
         let context = LagContext { consumer: projection.name().to_string(), metrics: metrics.clone() };
         let consumer: StreamConsumer<LagContext> = consumer_config(kafka, &group)
             .set("statistics.interval.ms", "5000")

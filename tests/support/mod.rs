@@ -37,16 +37,17 @@ pub fn isolated_settings() -> Settings {
     s.kafka.partitions = 2;
     s.http.port = 0;
     s.http.workers = 2;
+    s.http.ops_port = 0;
     s.http.min_version_wait_ms = 15_000;
     s.rate_limit.per_minute = 1_000_000;
     s.rate_limit.burst = 1_000_000;
     s.rate_limit.auth_per_minute = 1_000_000;
     s.auth.hash_concurrency = 8;
-    s.log.filter = "warn".into();
+    s.log.filter = "error".into();
     s
 }
 
-async fn create_database(settings: &Settings) {
+pub async fn create_database(settings: &Settings) {
     let name = settings.database.url.rsplit('/').next().unwrap().to_string();
     let mut admin = PgConnection::connect(ADMIN_URL).await.expect("connect to postgres");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");

@@ -36,8 +36,15 @@ pub async fn get_ready(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
+    // Relay lag is read from Postgres at scrape time, so every API instance reports it
+    // truthfully whichever process runs the relay.
+    match colloquy_commands::relay::lag(&state.pool, &state.settings.relay.name).await {
+        Ok(lag) => state.metrics.relay_lag_events.set(lag),
+        Err(e) => tracing::warn!(error = %e, "Could not measure relay lag."),
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
+
 
 /// The OpenAPI description of every route.
 pub async fn get_openapi() -> HttpResponse {

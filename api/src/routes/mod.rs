@@ -32,7 +32,10 @@ pub async fn await_version(
         return Err(ApiError::bad_request("invalid_min_version", "min_version must not be negative"));
     }
     let timeout = Duration::from_millis(state.settings.http.min_version_wait_ms);
-    if colloquy_projections::freshness::wait_for_version(&state.pool, projections, aggregate_id, min, timeout).await? {
+    state.metrics.min_version_waiting.inc();
+    let reached = colloquy_projections::freshness::wait_for_version(&state.pool, projections, aggregate_id, min, timeout).await;
+    state.metrics.min_version_waiting.dec();
+    if reached? {
         Ok(())
     } else {
         Err(ApiError::Unavailable(format!("the read model has not reached version {min} yet; retry shortly")))

@@ -74,7 +74,26 @@ pub async fn patch_me(state: web::Data<AppState>, user: AuthUser, req: HttpReque
     .await
 }
 
+/// Deactivates the authenticated user's account: no more logins, and its access tokens
+/// stop working at once.
+#[utoipa::path(delete, path = "/api/v1/users/me", tag = "users",
+    responses((status = 200, body = Accepted), (status = 401)), security(("bearer" = [])))]
+pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let cmd = UserCommand::DeactivateUser { reason: Some("deactivated by the user".into()) };
+    let committed = state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
+    // Tokens outlive this call by at most their lifetime; deny them for that long.
+    if let Err(e) = state.limiter.deny_user(user.0, state.settings.auth.access_token_ttl_secs).await {
+        // The account is deactivated regardless (no login succeeds); only tokens already
+        // issued keep working until they expire.
+        tracing::error!(user_id = %user.0, error = %e, "Could not revoke the user's tokens in Redis.");
+    }
+    tracing::info!(user_id = %user.0, "User deactivated.");
+    Ok(HttpResponse::Ok().json(json!({"version": committed.version})))
+}
+
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)));
+    cfg.service(
+        web::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
+    );
 }
