@@ -211,9 +211,11 @@ impl Relay {
                     Err((e, _)) => return Err(e.into()),
                 }
             }
-            self.metrics.relay_published.with_label_values(&[&topic]).inc();
         }
         try_join_all(deliveries).await?;
+        for (event, _) in batch {
+            self.metrics.relay_published.with_label_values(&[&self.topics.events(&event.aggregate_type)]).inc();
+        }
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -33,8 +33,9 @@ pub struct Conversation {
     pub title: String,
     /// Lifecycle state.
     pub status: ConversationStatus,
-    /// Ids of every message, to reject duplicates and (later) resolve parents.
-    pub message_ids: HashSet<Uuid>,
+    /// Ids of every message, to reject duplicates and (later) resolve parents. Ordered, so
+    /// snapshots serialise deterministically.
+    pub message_ids: BTreeSet<Uuid>,
 }
 
 impl Conversation {

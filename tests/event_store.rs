@@ -1,0 +1,69 @@
+//! The event store through the command service: snapshots keep long aggregates cheap to
+//! load and equal to a full replay; events are immutable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use colloquy::runtime::Processes;
+use colloquy_commands::command_service::SNAPSHOT_EVERY;
+use colloquy_commands::{CommandMeta, CommandService};
+use colloquy_domain::conversation::{ConversationCommand, ConversationKind};
+use colloquy_domain::Conversation;
+use colloquy_infra::metrics::Metrics;
+use support::{isolated_settings, TestApp};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
+    let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
+    let service: CommandService<Conversation> = CommandService::snapshotted(app.pool().clone(), (), Metrics::new(), SNAPSHOT_EVERY);
+    let owner = Uuid::new_v4();
+    let id = Uuid::new_v4();
+    let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "test".into(), causation_id: None };
+    let start = ConversationCommand::StartConversation {
+        conversation_id: id,
+        owner_id: owner,
+        title: "long".into(),
+        kind: ConversationKind::Chat,
+        model: "offline".into(),
+        system_prompt: None,
+    };
+    service.execute(&id.to_string(), start, &meta).await.unwrap();
+    let messages = 2 * SNAPSHOT_EVERY + 30;
+    for i in 0..messages {
+        let cmd = ConversationCommand::PostUserMessage { actor_id: owner, message_id: Uuid::new_v4(), content: format!("m{i}") };
+        let committed = service.execute(&id.to_string(), cmd, &meta).await.unwrap();
+        assert_eq!(committed.version, i as i64 + 2);
+    }
+    let (last_sequence,): (i64,) = sqlx::query_as("SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Conversation' AND aggregate_id = $1")
+        .bind(id.to_string())
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(last_sequence, 2 * SNAPSHOT_EVERY as i64, "one snapshot, at the last multiple of {SNAPSHOT_EVERY}");
+    let (loaded, version) = service.load(&id.to_string()).await.unwrap();
+    assert_eq!(version, messages as i64 + 1);
+    assert_eq!(loaded.message_ids.len(), messages);
+    let replayed = colloquy::audit::state_at(app.pool(), "Conversation", &id.to_string(), None).await.unwrap();
+    assert_eq!(serde_json::to_value(&loaded).unwrap(), replayed, "snapshot + tail equals a full replay");
+    // And the state at an earlier version is a prefix of the history.
+    let early = colloquy::audit::state_at(app.pool(), "Conversation", &id.to_string(), Some(3)).await.unwrap();
+    assert_eq!(early["message_ids"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stored_events_cannot_be_changed_or_removed() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    app.conversation(&token, "immutable").await;
+    let update = sqlx::query("UPDATE events SET payload = '{}'").execute(app.pool()).await;
+    assert!(update.unwrap_err().to_string().contains("immutable"));
+    let delete = sqlx::query("DELETE FROM events").execute(app.pool()).await;
+    assert!(delete.unwrap_err().to_string().contains("immutable"));
+    // Our columns are filled for every event.
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id IS NULL OR recorded_at IS NULL OR tx_id IS NULL OR position IS NULL")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(missing, 0);
+}
