@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds colloquy-bench in release mode and runs it; arguments pass through, e.g.
+#   bench/run.sh --seconds 15
+#   bench/run.sh --help
+# Needs PostgreSQL (trust auth for user postgres on 127.0.0.1) and Redis running
+# (scripts/services.sh starts both); the bench starts the Kafka broker itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo build --release -p colloquy-bench
+# `cargo run` finds the binary wherever the target directory is (CARGO_TARGET_DIR).
+exec cargo run --quiet --release -p colloquy-bench -- "$@"

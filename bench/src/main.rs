@@ -1,0 +1,887 @@
+//! `colloquy-bench`: starts colloquy in-process (API, relay and projectors) on a fresh
+//! database and measures, over real HTTP:
+//!
+//! 1. command throughput and latency: `POST .../messages` from N keep-alive connections
+//!    spread over many conversations;
+//! 2. command-to-read-model lag: for a sample of those commands, the time from the
+//!    command's acknowledgement until `GET .../messages` shows the message;
+//! 3. the raw Postgres append rate (`pgbench` inserting into `events`), as a ceiling the
+//!    command rate can be compared with;
+//! 4. whether a long conversation (thousands of events) is slower to write to than a
+//!    fresh one.
+//!
+//! It prints figures; it is not a test and never fails on a missed target.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use colloquy::runtime::{self, Processes};
+use colloquy_infra::{telemetry, Settings};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// The targets the README states; printed next to the figures.
+const TARGET_COMMANDS_PER_SEC: f64 = 1_000.0;
+const TARGET_LAG_P99_MS: f64 = 250.0;
+const TARGET_LONG_NEW_RATIO: f64 = 1.5;
+
+/// How long a lag checker polls before it gives the sample up as timed out.
+const LAG_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(name = "colloquy-bench", about = "Throughput, latency and read-model lag of colloquy (prints figures)")]
+struct Args {
+    /// Duration of the load phase, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Concurrent HTTP connections (one load task, one keep-alive connection each).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Conversations the load is spread over.
+    #[arg(long, default_value_t = 1_000)]
+    conversations: usize,
+    /// Measure read-model lag for every N-th command.
+    #[arg(long, default_value_t = 20)]
+    lag_every: u64,
+    /// Most lag checkers polling at once (a sample is skipped when all are busy).
+    #[arg(long, default_value_t = 16)]
+    lag_checkers: usize,
+    /// Pause between two polls of one lag checker, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    lag_poll_ms: u64,
+    /// Messages posted into the long conversation before it is measured.
+    #[arg(long, default_value_t = 2_000)]
+    long_messages: usize,
+    /// Concurrent posters filling the long conversation.
+    #[arg(long, default_value_t = 8)]
+    fill_concurrency: usize,
+    /// Sequential posts measured on the long conversation, and fresh conversations measured.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// pgbench duration, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
+    /// pgbench clients.
+    #[arg(long, default_value_t = 32)]
+    pgbench_clients: usize,
+    /// Postgres server URL without a database name (the bench creates and drops its own).
+    #[arg(long, env = "COLLOQUY_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres_url: String,
+    /// colloquy's Postgres pool size (default: colloquy's default).
+    #[arg(long)]
+    db_pool: Option<u32>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure_kafka()?;
+
+    let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let server = args.postgres_url.trim_end_matches('/').to_string();
+    let db_name = format!("colloquy_bench_{tag}");
+    let db_url = format!("{server}/{db_name}");
+    admin(&server, &format!("CREATE DATABASE \"{db_name}\"")).await.context("creating the bench database")?;
+    eprintln!("[bench] database {db_name} created");
+
+    let outcome = run(&args, &tag, &db_url).await;
+
+    // Always drop the database, also after a failure; FORCE ends connections left behind.
+    let dropped = admin(&server, &format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
+    let report = outcome?;
+    dropped.context("dropping the bench database")?;
+    eprintln!("[bench] database {db_name} dropped");
+    report.print(&args)?;
+    Ok(())
+}
+
+/// Starts the broker (idempotent) with the project's own script.
+fn ensure_kafka() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/services.sh"))
+        .arg("kafka")
+        .current_dir(&root)
+        .status()
+        .context("running scripts/services.sh kafka")?;
+    if !status.success() {
+        bail!("scripts/services.sh kafka failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs one statement on the server's maintenance database.
+async fn admin(server: &str, statement: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&format!("{server}/postgres")).await?;
+    sqlx::raw_sql(statement).execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Everything between database creation and its removal.
+async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
+    let mut settings = Settings::default();
+    settings.database.url = db_url.to_string();
+    if let Some(pool) = args.db_pool {
+        settings.database.max_connections = pool;
+    }
+    // Unique topic, consumer-group and key prefixes: runs never see each other's data.
+    settings.kafka.topic_prefix = format!("bench{tag}.");
+    settings.redis.key_prefix = format!("colloquy-bench-{tag}:");
+    settings.http.port = 0;
+    settings.http.ops_port = 0;
+    // One user sends everything, far above the production per-user limit.
+    settings.rate_limit.per_minute = 10_000_000;
+    settings.rate_limit.burst = 10_000_000;
+    settings.log.filter = "warn".into();
+    telemetry::init(&settings.log);
+
+    let deps = runtime::connect(&settings).await.context("connecting Postgres and Redis")?;
+    let running = runtime::start(&settings, &deps, Processes { api: true, relay: true, projectors: true }).await?;
+    let Some(port) = running.port else { bail!("the API did not start") };
+    eprintln!("[bench] colloquy listening on 127.0.0.1:{port}");
+
+    let measured = measure(args, tag, port).await;
+
+    if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
+        eprintln!("[bench] warning: colloquy did not stop within 30 s");
+    }
+    if let Err(e) = forget_redis_keys(deps.redis.conn.clone(), &settings.redis.key_prefix).await {
+        eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
+    }
+    deps.pool.close().await;
+    let mut report = measured?;
+
+    // pgbench runs with colloquy stopped: the relay would otherwise try to publish the
+    // rows pgbench inserts, and the figure is meant to be Postgres's own ceiling.
+    eprintln!("[bench] pgbench: {} clients, {} s", args.pgbench_clients, args.pgbench_seconds);
+    report.pgbench = Some(pgbench(args, tag, db_url).await?);
+    Ok(report)
+}
+
+/// The HTTP phases, against a running colloquy.
+async fn measure(args: &Args, tag: &str, port: u16) -> anyhow::Result<Report> {
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let api = Api::login(http_client(4)?, &base, tag).await?;
+    let mut report = Report::default();
+
+    eprintln!("[bench] creating {} conversations", args.conversations);
+    let conversations = Arc::new(create_conversations(&api, args.conversations, "load").await?);
+    wait_for_conversations(&api, &conversations).await?;
+
+    eprintln!("[bench] load: {} connections for {} s", args.connections, args.seconds);
+    report.load = Some(load(args, &api, conversations).await?);
+
+    eprintln!("[bench] long vs new conversation");
+    report.long_new = Some(long_vs_new(args, &api).await?);
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------
+
+/// A keep-alive HTTP/1.1 client holding at most `idle` idle connections.
+fn http_client(idle: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// An authenticated API client.
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// Registers a user and logs it in.
+    async fn login(client: reqwest::Client, base: &str, tag: &str) -> anyhow::Result<Self> {
+        let email = format!("bench-{tag}@example.com");
+        let password = format!("bench-password-{tag}");
+        let register = json!({"email": email, "full_name": "Bench User", "password": password});
+        let response = client.post(format!("{base}/auth/register")).json(&register).send().await?;
+        expect(response.status(), StatusCode::CREATED, "register", &response.text().await?)?;
+        let response = client.post(format!("{base}/auth/login")).json(&json!({"email": email, "password": password})).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        expect(status, StatusCode::OK, "login", &body.to_string())?;
+        let token = body["access_token"].as_str().context("login answered no access_token")?.to_string();
+        Ok(Self { client, base: base.to_string(), token })
+    }
+
+    /// The same identity over another client (another connection pool).
+    fn with_client(&self, client: reqwest::Client) -> Self {
+        Self { client, ..self.clone() }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), reqwest::Error> {
+        let request = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body);
+        Self::send(request).await
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Value), reqwest::Error> {
+        Self::send(self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token)).await
+    }
+
+    /// Sends and reads the whole body (a body that is not JSON reads as `null`).
+    async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, Value), reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// Posts one message; `Ok` only on 201.
+    async fn post_message(&self, conversation: Uuid, content: String) -> Result<Posted, Failure> {
+        match self.post(&format!("/conversations/{conversation}/messages"), &json!({"content": content})).await {
+            Ok((StatusCode::CREATED, body)) => {
+                let version = body["version"].as_i64().ok_or(Failure::Malformed)?;
+                let message_id = body["message_id"].as_str().ok_or(Failure::Malformed)?.to_string();
+                Ok(Posted { version, message_id })
+            }
+            Ok((status, _)) => Err(Failure::Status(status)),
+            Err(_) => Err(Failure::Transport),
+        }
+    }
+}
+
+/// A committed message.
+#[derive(Clone)]
+struct Posted {
+    version: i64,
+    message_id: String,
+}
+
+/// Why a request did not succeed.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Status(StatusCode),
+    Transport,
+    Malformed,
+}
+
+fn expect(got: StatusCode, want: StatusCode, what: &str, body: &str) -> anyhow::Result<()> {
+    if got != want {
+        bail!("{what}: expected {want}, got {got}: {body}");
+    }
+    Ok(())
+}
+
+/// Runs `f(0..count)` on `workers` concurrent tasks; results in index order.
+async fn parallel<T, F, Fut>(workers: usize, count: usize, f: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (next, f) = (next.clone(), f.clone());
+        set.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(done);
+                }
+                done.push((i, f(i).await?));
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    while let Some(joined) = set.join_next().await {
+        all.extend(joined??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
+async fn create_conversations(api: &Api, count: usize, label: &'static str) -> anyhow::Result<Vec<Uuid>> {
+    let api = api.clone();
+    parallel(16, count, move |i| {
+        let api = api.clone();
+        async move {
+            let (status, body) = api.post("/conversations", &json!({"title": format!("bench {label} {i}")})).await?;
+            expect(status, StatusCode::CREATED, "create conversation", &body.to_string())?;
+            body["conversation_id"].as_str().context("no conversation_id")?.parse::<Uuid>().context("conversation_id")
+        }
+    })
+    .await
+}
+
+/// Waits until the read model knows every conversation, so the load starts with the
+/// projectors idle and lag checkers never see a 404 for a conversation that exists.
+async fn wait_for_conversations(api: &Api, conversations: &Arc<Vec<Uuid>>) -> anyhow::Result<()> {
+    let (api, ids) = (api.clone(), conversations.clone());
+    parallel(16, ids.len(), move |i| {
+        let (api, id) = (api.clone(), ids[i]);
+        // min_version makes the server wait (up to its own limit) for the projection.
+        async move { wait_until_ok(&api, &format!("/conversations/{id}?min_version=1")).await }
+    })
+    .await?;
+    Ok(())
+}
+
+/// GETs `path` until it answers 200 (at most 60 s).
+async fn wait_until_ok(api: &Api, path: &str) -> anyhow::Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((StatusCode::OK, _)) = api.get(path).await {
+            return Ok(());
+        }
+        if Instant::now() > give_up {
+            bail!("GET {path} did not answer 200 within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load and lag
+// ---------------------------------------------------------------------------------------
+
+/// Outcomes by kind: successes, error statuses, transport failures.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    ok: u64,
+    statuses: BTreeMap<u16, u64>,
+    transport: u64,
+    malformed: u64,
+}
+
+impl Tally {
+    fn fail(&mut self, failure: Failure) {
+        match failure {
+            Failure::Status(s) => *self.statuses.entry(s.as_u16()).or_default() += 1,
+            Failure::Transport => self.transport += 1,
+            Failure::Malformed => self.malformed += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        for (status, n) in &other.statuses {
+            *self.statuses.entry(*status).or_default() += n;
+        }
+        self.transport += other.transport;
+        self.malformed += other.malformed;
+    }
+
+    fn failures(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.transport + self.malformed
+    }
+
+    fn describe_failures(&self) -> String {
+        let mut parts: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{n}× HTTP {s}")).collect();
+        if self.transport > 0 {
+            parts.push(format!("{}× transport error", self.transport));
+        }
+        if self.malformed > 0 {
+            parts.push(format!("{}× malformed 201 body", self.malformed));
+        }
+        parts.join(", ")
+    }
+}
+
+/// One lag sample.
+struct LagSample {
+    /// When the command's response arrived.
+    acked: Instant,
+    /// When a read first showed the message; `None`: not within `LAG_TIMEOUT`.
+    seen: Option<Instant>,
+    polls: u64,
+    /// Polls answered with something other than 200 or 404, or not at all.
+    poll_errors: u64,
+}
+
+/// What one load task saw.
+struct WorkerResult {
+    latencies: Vec<Duration>,
+    tally: Tally,
+    stopped: Instant,
+    lags: Vec<LagSample>,
+    lag_skipped: u64,
+    /// The check of the task's last command (always made, outside the sample).
+    last: Option<LagSample>,
+}
+
+/// The load phase's figures.
+struct LoadResult {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    tally: Tally,
+    lags: Vec<Duration>,
+    /// Median lag of the samples acknowledged in each third of the load phase: a rising
+    /// series means the relay or projectors fall behind and a backlog builds up.
+    lag_thirds: [f64; 3],
+    lag_timeouts: u64,
+    lag_skipped: u64,
+    lag_polls: u64,
+    lag_poll_errors: u64,
+    /// From the last command's response until the read model showed every connection's
+    /// last command; `None` if one never showed.
+    drain: Option<Duration>,
+}
+
+async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::Result<LoadResult> {
+    let workers = args.connections.max(1);
+    let checkers = Arc::new(Semaphore::new(args.lag_checkers));
+    // Checkers share one pool of their own, so they never queue behind a load connection.
+    let checker_api = api.with_client(http_client(args.lag_checkers)?);
+    let sequence = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.seconds);
+
+    let mut set = JoinSet::new();
+    for w in 0..workers {
+        // Task w owns conversations w, w+workers, w+2·workers, …: no two connections ever
+        // write to the same conversation at once, so no optimistic-concurrency conflicts
+        // are manufactured (each conversation has one writer at a time, as with real users).
+        let mine: Vec<Uuid> = conversations.iter().skip(w).step_by(workers).copied().collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let worker = LoadWorker {
+            api: api.with_client(http_client(1)?),
+            checker_api: checker_api.clone(),
+            conversations: mine,
+            deadline,
+            lag_every: args.lag_every.max(1),
+            poll: Duration::from_millis(args.lag_poll_ms),
+            checkers: checkers.clone(),
+            sequence: sequence.clone(),
+        };
+        set.spawn(worker.run());
+    }
+
+    let mut result = LoadResult {
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        tally: Tally::default(),
+        lags: Vec::new(),
+        lag_thirds: [f64::NAN; 3],
+        lag_timeouts: 0,
+        lag_skipped: 0,
+        lag_polls: 0,
+        lag_poll_errors: 0,
+        drain: None,
+    };
+    let mut last_stop = start;
+    let mut thirds: [Vec<Duration>; 3] = Default::default();
+    let mut lasts = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let w = joined?;
+        last_stop = last_stop.max(w.stopped);
+        result.latencies.extend(w.latencies);
+        result.tally.merge(&w.tally);
+        result.lag_skipped += w.lag_skipped;
+        lasts.extend(w.last);
+        for sample in w.lags {
+            result.lag_polls += sample.polls;
+            result.lag_poll_errors += sample.poll_errors;
+            match sample.seen {
+                Some(seen) => {
+                    let lag = seen - sample.acked;
+                    let third = (3.0 * (sample.acked - start).as_secs_f64() / args.seconds) as usize;
+                    thirds[third.min(2)].push(lag);
+                    result.lags.push(lag);
+                }
+                None => result.lag_timeouts += 1,
+            }
+        }
+    }
+    // Throughput counts until the last connection's last response, not until the last
+    // lag checker finished.
+    result.elapsed = last_stop - start;
+    for (median, third) in result.lag_thirds.iter_mut().zip(thirds.iter_mut()) {
+        *median = percentile_ms(third, 0.50);
+    }
+    if !lasts.is_empty() {
+        let seen: Option<Vec<Instant>> = lasts.iter().map(|s| s.seen).collect();
+        result.drain = seen.and_then(|seen| seen.into_iter().max()).map(|at| at.saturating_duration_since(last_stop));
+    }
+    Ok(result)
+}
+
+struct LoadWorker {
+    api: Api,
+    checker_api: Api,
+    conversations: Vec<Uuid>,
+    deadline: Instant,
+    lag_every: u64,
+    poll: Duration,
+    checkers: Arc<Semaphore>,
+    sequence: Arc<AtomicU64>,
+}
+
+impl LoadWorker {
+    async fn run(self) -> WorkerResult {
+        let mut latencies = Vec::new();
+        let mut tally = Tally::default();
+        let mut lag_skipped = 0;
+        let mut checks = JoinSet::new();
+        let mut last_posted = None;
+        let mut next = 0;
+        while Instant::now() < self.deadline {
+            let conversation = self.conversations[next % self.conversations.len()];
+            next += 1;
+            let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            let outcome = self.api.post_message(conversation, format!("bench message {n}")).await;
+            let acked = Instant::now();
+            match outcome {
+                Ok(posted) => {
+                    tally.ok += 1;
+                    latencies.push(acked - sent);
+                    last_posted = Some((conversation, posted.clone(), acked));
+                    if n % self.lag_every == 0 {
+                        // Never wait for a checker: a busy pool skips the sample instead of
+                        // slowing the load down.
+                        match self.checkers.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                checks.spawn(check_lag(self.checker_api.clone(), conversation, posted, acked, self.poll, Some(permit)));
+                            }
+                            Err(_) => lag_skipped += 1,
+                        }
+                    }
+                }
+                Err(failure) => tally.fail(failure),
+            }
+        }
+        let stopped = Instant::now();
+        // The last command is always checked (outside the sample, so it never skews the
+        // lag figures): how long the read model takes to drain once the load stops.
+        let last = match last_posted {
+            Some((conversation, posted, acked)) => Some(check_lag(self.checker_api.clone(), conversation, posted, acked, self.poll, None).await),
+            None => None,
+        };
+        let mut lags = Vec::new();
+        while let Some(joined) = checks.join_next().await {
+            if let Ok(sample) = joined {
+                lags.push(sample);
+            }
+        }
+        WorkerResult { latencies, tally, stopped, lags, lag_skipped, last }
+    }
+}
+
+/// Polls the messages read model until it shows `posted`; the lag runs from the command's
+/// acknowledgement (`acked`) to the response that first shows the message.
+async fn check_lag(api: Api, conversation: Uuid, posted: Posted, acked: Instant, poll: Duration, _permit: Option<OwnedSemaphorePermit>) -> LagSample {
+    // Message sequence numbers are the conversation's event versions.
+    let path = format!("/conversations/{conversation}/messages?after={}&limit=1", posted.version - 1);
+    let mut sample = LagSample { acked, seen: None, polls: 0, poll_errors: 0 };
+    loop {
+        sample.polls += 1;
+        match api.get(&path).await {
+            Ok((StatusCode::OK, body)) if body["items"][0]["message_id"].as_str() == Some(posted.message_id.as_str()) => {
+                sample.seen = Some(Instant::now());
+                return sample;
+            }
+            // Not projected yet.
+            Ok((StatusCode::OK | StatusCode::NOT_FOUND, _)) => {}
+            _ => sample.poll_errors += 1,
+        }
+        if acked.elapsed() > LAG_TIMEOUT {
+            return sample;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Long vs new conversation
+// ---------------------------------------------------------------------------------------
+
+struct LongNewResult {
+    long: Vec<Duration>,
+    new: Vec<Duration>,
+    fill: Duration,
+    fill_retries: u64,
+    tally: Tally,
+}
+
+async fn long_vs_new(args: &Args, api: &Api) -> anyhow::Result<LongNewResult> {
+    let fresh = create_conversations(api, args.samples, "fresh").await?;
+    let long = create_conversations(api, 1, "long").await?;
+    let long = *long.first().context("no long conversation")?;
+
+    // Fill the long conversation. Concurrent posters to one conversation do conflict; the
+    // server retries a few times and may still answer 409, in which case we post again.
+    let retries = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let versions = {
+        let (api, retries) = (api.clone(), retries.clone());
+        parallel(args.fill_concurrency, args.long_messages, move |i| {
+            let (api, retries) = (api.clone(), retries.clone());
+            async move {
+                for _ in 0..50 {
+                    match api.post_message(long, format!("filler {i}")).await {
+                        Ok(posted) => return Ok(posted.version),
+                        Err(Failure::Status(StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE)) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(failure) => bail!("filling the long conversation: {failure:?}"),
+                    }
+                }
+                bail!("filling the long conversation: still conflicting after 50 attempts")
+            }
+        })
+        .await?
+    };
+    let fill = started.elapsed();
+    let last = versions.into_iter().max().unwrap_or(0);
+
+    // Let the relay and projectors drain the fill before measuring, so both series see an
+    // idle system (the server waits for the version itself, up to its own limit).
+    wait_until_ok(api, &format!("/conversations/{long}/messages?after={}&limit=1&min_version={last}", last - 1)).await?;
+
+    // Interleave long and new posts: background noise (a late projector batch, a
+    // checkpoint) then hits both series alike instead of whichever ran second.
+    let mut result = LongNewResult { long: Vec::new(), new: Vec::new(), fill, fill_retries: retries.load(Ordering::Relaxed), tally: Tally::default() };
+    for (i, conversation) in fresh.iter().enumerate() {
+        for (target, series) in [(long, 0), (*conversation, 1)] {
+            let sent = Instant::now();
+            match api.post_message(target, format!("measured {i}")).await {
+                Ok(_) => {
+                    result.tally.ok += 1;
+                    let latency = sent.elapsed();
+                    if series == 0 { result.long.push(latency) } else { result.new.push(latency) }
+                }
+                Err(failure) => result.tally.fail(failure),
+            }
+        }
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// pgbench
+// ---------------------------------------------------------------------------------------
+
+/// One event per transaction, shaped like a `UserMessagePosted` colloquy appends (same
+/// table, same columns, payload and metadata of similar size). A random aggregate id
+/// keeps the primary key free of conflicts.
+const PGBENCH_SCRIPT: &str = r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+VALUES ('PgBench', md5(random()::text), 1, 'UserMessagePosted', '1.0',
+        '{"UserMessagePosted":{"message_id":"0b0e2f4e-5d6a-4c1e-9a43-2b7f3c1d9e10","author_id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","content":"bench message 123456"}}',
+        '{"actor":"user:6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","correlation_id":"5e8a7d6c-1b2a-4f3e-9d8c-7b6a5f4e3d2c"}');
+"#;
+
+struct PgbenchResult {
+    tps: f64,
+    transactions: Option<u64>,
+    failed: Option<u64>,
+}
+
+/// `pgbench` on PATH, else the newest Debian-packaged one.
+fn pgbench_binary() -> PathBuf {
+    let on_path = std::process::Command::new("pgbench").arg("--version").output().is_ok_and(|o| o.status.success());
+    if on_path {
+        return PathBuf::from("pgbench");
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|version| version.path().join("bin/pgbench"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("pgbench"))
+}
+
+async fn pgbench(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<PgbenchResult> {
+    let script = std::env::temp_dir().join(format!("colloquy-bench-{tag}.sql"));
+    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let output = tokio::process::Command::new(pgbench_binary())
+        .args(["-n", "-j", "2"])
+        .args(["-c", &args.pgbench_clients.to_string(), "-T", &args.pgbench_seconds.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .arg(db_url)
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&script);
+    let output = output.context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("pgbench failed ({}): {}{}", output.status, stdout, String::from_utf8_lossy(&output.stderr));
+    }
+    let field = |prefix: &str| stdout.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_string));
+    // "tps = 4567.890123 (without initial connection time)"
+    let tps = field("tps =")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
+        .with_context(|| format!("no tps line in pgbench's output:\n{stdout}"))?;
+    let count = |prefix: &str| field(prefix).and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()));
+    Ok(PgbenchResult {
+        tps,
+        transactions: count("number of transactions actually processed:"),
+        failed: count("number of failed transactions:"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------
+
+/// Deletes the keys this run created (rate limits, cache generations).
+async fn forget_redis_keys(mut conn: redis::aio::ConnectionManager, prefix: &str) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{prefix}*")).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Report {
+    load: Option<LoadResult>,
+    long_new: Option<LongNewResult>,
+    pgbench: Option<PgbenchResult>,
+}
+
+/// Nearest-rank percentile of `values` (sorted here), in milliseconds.
+fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_unstable();
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1].as_secs_f64() * 1_000.0
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+impl Report {
+    fn print(mut self, args: &Args) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out)?;
+        writeln!(out, "=== colloquy-bench ===")?;
+        let mut commands_per_sec = f64::NAN;
+        let mut lag_p99 = f64::NAN;
+        let mut ratio = f64::NAN;
+        let mut problems = Vec::new();
+
+        if let Some(load) = &mut self.load {
+            let secs = load.elapsed.as_secs_f64();
+            commands_per_sec = load.tally.ok as f64 / secs;
+            writeln!(
+                out,
+                "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations)",
+                load.tally.ok, args.connections, args.conversations
+            )?;
+            let (p50, p99) = (percentile_ms(&mut load.latencies, 0.50), percentile_ms(&mut load.latencies, 0.99));
+            writeln!(out, "latency p50: {p50:.1} ms  p99: {p99:.1} ms")?;
+            let (lag_p50, p99) = (percentile_ms(&mut load.lags, 0.50), percentile_ms(&mut load.lags, 0.99));
+            lag_p99 = p99;
+            writeln!(
+                out,
+                "lag p50: {lag_p50:.1} ms  p99: {lag_p99:.1} ms  ({} samples, every {}th command; {} timed out after {} s, {} skipped with all {} checkers busy; {} GET polls)",
+                load.lags.len(),
+                args.lag_every,
+                load.lag_timeouts,
+                LAG_TIMEOUT.as_secs(),
+                load.lag_skipped,
+                args.lag_checkers,
+                load.lag_polls
+            )?;
+            let [a, b, c] = load.lag_thirds;
+            writeln!(
+                out,
+                "lag p50 by third of the run: {a:.1} / {b:.1} / {c:.1} ms;  read model caught up {} after the load stopped",
+                load.drain.map_or("never (within 10 s)".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1_000.0))
+            )?;
+            if load.tally.failures() > 0 {
+                problems.push(format!("load: {}", load.tally.describe_failures()));
+            }
+            if load.lag_timeouts > 0 {
+                problems.push(format!("lag: {} samples never became visible", load.lag_timeouts));
+            }
+            if load.lag_poll_errors > 0 {
+                problems.push(format!("lag: {} polls failed (not 200/404)", load.lag_poll_errors));
+            }
+        }
+
+        if let Some(pg) = &self.pgbench {
+            writeln!(
+                out,
+                "pgbench raw append: {:.1} tps   ratio: {:.2}  (commands/s ÷ tps; -c {} -j 2 -T {}, {} inserts, {} failed)",
+                pg.tps,
+                commands_per_sec / pg.tps,
+                args.pgbench_clients,
+                args.pgbench_seconds,
+                pg.transactions.map_or("?".into(), |n| n.to_string()),
+                pg.failed.map_or("?".into(), |n| n.to_string())
+            )?;
+            if pg.failed.is_some_and(|n| n > 0) {
+                problems.push(format!("pgbench: {} failed transactions", pg.failed.unwrap_or(0)));
+            }
+        }
+
+        if let Some(ln) = &mut self.long_new {
+            let (long, new) = (percentile_ms(&mut ln.long, 0.50), percentile_ms(&mut ln.new, 0.50));
+            ratio = long / new;
+            writeln!(
+                out,
+                "long ({} msgs) p50: {long:.2} ms  new p50: {new:.2} ms  ratio: {ratio:.2}  ({} + {} sequential posts, interleaved; fill took {:.1} s, {} conflict retries)",
+                args.long_messages,
+                ln.long.len(),
+                ln.new.len(),
+                ln.fill.as_secs_f64(),
+                ln.fill_retries
+            )?;
+            if ln.tally.failures() > 0 {
+                problems.push(format!("long/new: {}", ln.tally.describe_failures()));
+            }
+        }
+
+        writeln!(
+            out,
+            "targets: ≥ {TARGET_COMMANDS_PER_SEC} commands/s {}; lag p99 ≤ {TARGET_LAG_P99_MS} ms {}; long/new ≤ {TARGET_LONG_NEW_RATIO} {}",
+            verdict(commands_per_sec >= TARGET_COMMANDS_PER_SEC),
+            verdict(lag_p99 <= TARGET_LAG_P99_MS),
+            verdict(ratio <= TARGET_LONG_NEW_RATIO)
+        )?;
+        if problems.is_empty() {
+            writeln!(out, "errors: none (every measured request answered 2xx)")?;
+        } else {
+            writeln!(out, "errors: {}", problems.join("; "))?;
+        }
+        Ok(())
+    }
+}
