@@ -58,6 +58,9 @@ impl Tokens {
             .iter()
             .find(|k| k.kid == settings.signing_kid)
             .ok_or_else(|| TokenConfigError(format!("no key with kid {}", settings.signing_kid)))?;
+        if signing.secret == colloquy_infra::settings::DEV_JWT_SECRET {
+            tracing::warn!("Signing access tokens with the development key; set COLLOQUY_AUTH__KEYS in production.");
+        }
         let decoding = settings.keys.iter().map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes()))).collect();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&settings.issuer]);

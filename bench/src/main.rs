@@ -36,8 +36,9 @@ const TARGET_COMMANDS_PER_SEC: f64 = 1_000.0;
 const TARGET_LAG_P99_MS: f64 = 250.0;
 const TARGET_LONG_NEW_RATIO: f64 = 1.5;
 
-/// How long a lag checker polls before it gives the sample up as timed out.
-const LAG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stands for "not visible within `--lag-timeout`" among lag durations: it sorts last, so
+/// percentiles that land on it read as "more than the timeout" rather than being dropped.
+const NEVER: Duration = Duration::MAX;
 
 #[derive(Parser, Debug)]
 #[command(name = "colloquy-bench", about = "Throughput, latency and read-model lag of colloquy (prints figures)")]
@@ -60,6 +61,9 @@ struct Args {
     /// Pause between two polls of one lag checker, in milliseconds.
     #[arg(long, default_value_t = 2)]
     lag_poll_ms: u64,
+    /// Seconds a lag checker polls before it records the sample as never seen.
+    #[arg(long, default_value_t = 60)]
+    lag_timeout: u64,
     /// Messages posted into the long conversation before it is measured.
     #[arg(long, default_value_t = 2_000)]
     long_messages: usize,
@@ -404,7 +408,7 @@ impl Tally {
 struct LagSample {
     /// When the command's response arrived.
     acked: Instant,
-    /// When a read first showed the message; `None`: not within `LAG_TIMEOUT`.
+    /// When a read first showed the message; `None`: not within the lag timeout.
     seen: Option<Instant>,
     polls: u64,
     /// Polls answered with something other than 200 or 404, or not at all.
@@ -416,10 +420,11 @@ struct WorkerResult {
     latencies: Vec<Duration>,
     tally: Tally,
     stopped: Instant,
-    lags: Vec<LagSample>,
+    /// Lag checks still running when the load stopped, or finished.
+    checks: JoinSet<LagSample>,
     lag_skipped: u64,
-    /// The check of the task's last command (always made, outside the sample).
-    last: Option<LagSample>,
+    /// The task's last acknowledged command.
+    last: Option<(Uuid, Posted, Instant)>,
 }
 
 /// The load phase's figures.
@@ -427,10 +432,11 @@ struct LoadResult {
     elapsed: Duration,
     latencies: Vec<Duration>,
     tally: Tally,
+    /// Lags, `NEVER` for samples not seen within the timeout.
     lags: Vec<Duration>,
     /// Median lag of the samples acknowledged in each third of the load phase: a rising
     /// series means the relay or projectors fall behind and a backlog builds up.
-    lag_thirds: [f64; 3],
+    lag_thirds: [Option<Duration>; 3],
     lag_timeouts: u64,
     lag_skipped: u64,
     lag_polls: u64,
@@ -465,6 +471,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
             deadline,
             lag_every: args.lag_every.max(1),
             poll: Duration::from_millis(args.lag_poll_ms),
+            timeout: Duration::from_secs(args.lag_timeout),
             checkers: checkers.clone(),
             sequence: sequence.clone(),
         };
@@ -476,7 +483,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
         latencies: Vec::new(),
         tally: Tally::default(),
         lags: Vec::new(),
-        lag_thirds: [f64::NAN; 3],
+        lag_thirds: [None; 3],
         lag_timeouts: 0,
         lag_skipped: 0,
         lag_polls: 0,
@@ -484,7 +491,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
         drain: None,
     };
     let mut last_stop = start;
-    let mut thirds: [Vec<Duration>; 3] = Default::default();
+    let mut pending = Vec::new();
     let mut lasts = Vec::new();
     while let Some(joined) = set.join_next().await {
         let w = joined?;
@@ -493,31 +500,49 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
         result.tally.merge(&w.tally);
         result.lag_skipped += w.lag_skipped;
         lasts.extend(w.last);
-        for sample in w.lags {
-            result.lag_polls += sample.polls;
-            result.lag_poll_errors += sample.poll_errors;
-            match sample.seen {
-                Some(seen) => {
-                    let lag = seen - sample.acked;
-                    let third = (3.0 * (sample.acked - start).as_secs_f64() / args.seconds) as usize;
-                    thirds[third.min(2)].push(lag);
-                    result.lags.push(lag);
-                }
-                None => result.lag_timeouts += 1,
-            }
-        }
+        pending.push(w.checks);
     }
     // Throughput counts until the last connection's last response, not until the last
     // lag checker finished.
     result.elapsed = last_stop - start;
-    for (median, third) in result.lag_thirds.iter_mut().zip(thirds.iter_mut()) {
-        *median = percentile_ms(third, 0.50);
+    result.drain = drain(&checker_api, lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
+
+    let mut thirds: [Vec<Duration>; 3] = Default::default();
+    for mut checks in pending {
+        while let Some(joined) = checks.join_next().await {
+            let Ok(sample) = joined else { continue };
+            result.lag_polls += sample.polls;
+            result.lag_poll_errors += sample.poll_errors;
+            let lag = match sample.seen {
+                Some(seen) => seen - sample.acked,
+                None => {
+                    result.lag_timeouts += 1;
+                    NEVER
+                }
+            };
+            let third = (3.0 * (sample.acked - start).as_secs_f64() / args.seconds) as usize;
+            thirds[third.min(2)].push(lag);
+            result.lags.push(lag);
+        }
     }
-    if !lasts.is_empty() {
-        let seen: Option<Vec<Instant>> = lasts.iter().map(|s| s.seen).collect();
-        result.drain = seen.and_then(|seen| seen.into_iter().max()).map(|at| at.saturating_duration_since(last_stop));
+    for (median, third) in result.lag_thirds.iter_mut().zip(thirds.iter_mut()) {
+        *median = percentile(third, 0.50);
     }
     Ok(result)
+}
+
+/// How long after the load stopped the read model showed every connection's last command
+/// (`None`: not within `timeout` of its acknowledgement). The commands are checked one at a
+/// time, not with one poller each: a message already visible when its turn comes costs a
+/// single poll and cannot raise the maximum, so the latest moment is still found (to within
+/// a poll) without 32 more pollers competing with the projectors for the CPU.
+async fn drain(api: &Api, lasts: Vec<(Uuid, Posted, Instant)>, stopped: Instant, timeout: Duration) -> Option<Duration> {
+    let mut latest = stopped;
+    for (conversation, posted, acked) in lasts {
+        let check = Check { api: api.clone(), conversation, posted, acked, poll: Duration::from_millis(5), timeout };
+        latest = latest.max(check.run(None).await.seen?);
+    }
+    Some(latest - stopped)
 }
 
 struct LoadWorker {
@@ -527,6 +552,7 @@ struct LoadWorker {
     deadline: Instant,
     lag_every: u64,
     poll: Duration,
+    timeout: Duration,
     checkers: Arc<Semaphore>,
     sequence: Arc<AtomicU64>,
 }
@@ -556,7 +582,8 @@ impl LoadWorker {
                         // slowing the load down.
                         match self.checkers.clone().try_acquire_owned() {
                             Ok(permit) => {
-                                checks.spawn(check_lag(self.checker_api.clone(), conversation, posted, acked, self.poll, Some(permit)));
+                                let check = Check { api: self.checker_api.clone(), conversation, posted, acked, poll: self.poll, timeout: self.timeout };
+                                checks.spawn(check.run(Some(permit)));
                             }
                             Err(_) => lag_skipped += 1,
                         }
@@ -565,44 +592,45 @@ impl LoadWorker {
                 Err(failure) => tally.fail(failure),
             }
         }
-        let stopped = Instant::now();
-        // The last command is always checked (outside the sample, so it never skews the
-        // lag figures): how long the read model takes to drain once the load stops.
-        let last = match last_posted {
-            Some((conversation, posted, acked)) => Some(check_lag(self.checker_api.clone(), conversation, posted, acked, self.poll, None).await),
-            None => None,
-        };
-        let mut lags = Vec::new();
-        while let Some(joined) = checks.join_next().await {
-            if let Ok(sample) = joined {
-                lags.push(sample);
-            }
-        }
-        WorkerResult { latencies, tally, stopped, lags, lag_skipped, last }
+        // Running checks are handed over, not awaited: the drain is timed from now.
+        WorkerResult { latencies, tally, stopped: Instant::now(), checks, lag_skipped, last: last_posted }
     }
 }
 
-/// Polls the messages read model until it shows `posted`; the lag runs from the command's
-/// acknowledgement (`acked`) to the response that first shows the message.
-async fn check_lag(api: Api, conversation: Uuid, posted: Posted, acked: Instant, poll: Duration, _permit: Option<OwnedSemaphorePermit>) -> LagSample {
-    // Message sequence numbers are the conversation's event versions.
-    let path = format!("/conversations/{conversation}/messages?after={}&limit=1", posted.version - 1);
-    let mut sample = LagSample { acked, seen: None, polls: 0, poll_errors: 0 };
-    loop {
-        sample.polls += 1;
-        match api.get(&path).await {
-            Ok((StatusCode::OK, body)) if body["items"][0]["message_id"].as_str() == Some(posted.message_id.as_str()) => {
-                sample.seen = Some(Instant::now());
+/// One lag measurement: `posted` was acknowledged at `acked` in `conversation`.
+struct Check {
+    api: Api,
+    conversation: Uuid,
+    posted: Posted,
+    acked: Instant,
+    poll: Duration,
+    timeout: Duration,
+}
+
+impl Check {
+    /// Polls the messages read model until it shows the message; the lag runs from the
+    /// command's acknowledgement to the response that first shows it. The permit (if any)
+    /// is held until then.
+    async fn run(self, _permit: Option<OwnedSemaphorePermit>) -> LagSample {
+        // Message sequence numbers are the conversation's event versions.
+        let path = format!("/conversations/{}/messages?after={}&limit=1", self.conversation, self.posted.version - 1);
+        let mut sample = LagSample { acked: self.acked, seen: None, polls: 0, poll_errors: 0 };
+        loop {
+            sample.polls += 1;
+            match self.api.get(&path).await {
+                Ok((StatusCode::OK, body)) if body["items"][0]["message_id"].as_str() == Some(self.posted.message_id.as_str()) => {
+                    sample.seen = Some(Instant::now());
+                    return sample;
+                }
+                // Not projected yet.
+                Ok((StatusCode::OK | StatusCode::NOT_FOUND, _)) => {}
+                _ => sample.poll_errors += 1,
+            }
+            if self.acked.elapsed() > self.timeout {
                 return sample;
             }
-            // Not projected yet.
-            Ok((StatusCode::OK | StatusCode::NOT_FOUND, _)) => {}
-            _ => sample.poll_errors += 1,
+            tokio::time::sleep(self.poll).await;
         }
-        if acked.elapsed() > LAG_TIMEOUT {
-            return sample;
-        }
-        tokio::time::sleep(poll).await;
     }
 }
 
@@ -769,14 +797,33 @@ struct Report {
     pgbench: Option<PgbenchResult>,
 }
 
-/// Nearest-rank percentile of `values` (sorted here), in milliseconds.
-fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
+/// Nearest-rank percentile of `values` (sorted here); `None` if there are none.
+fn percentile(values: &mut [Duration], q: f64) -> Option<Duration> {
     if values.is_empty() {
-        return f64::NAN;
+        return None;
     }
     values.sort_unstable();
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1].as_secs_f64() * 1_000.0
+    Some(values[rank - 1])
+}
+
+/// Milliseconds, for ratios and target checks (`NaN` when there is nothing to compare, so
+/// every comparison with it is false).
+fn millis(d: Option<Duration>) -> f64 {
+    match d {
+        Some(d) if d != NEVER => d.as_secs_f64() * 1_000.0,
+        Some(_) => f64::INFINITY,
+        None => f64::NAN,
+    }
+}
+
+/// A duration for people: `12.3 ms`, `> 60 s` for `NEVER`, `n/a` for nothing.
+fn show(d: Option<Duration>, timeout: u64) -> String {
+    match d {
+        Some(NEVER) => format!("> {timeout} s"),
+        Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1_000.0),
+        None => "n/a".into(),
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -796,6 +843,7 @@ impl Report {
         let mut lag_p99 = f64::NAN;
         let mut ratio = f64::NAN;
         let mut problems = Vec::new();
+        let t = args.lag_timeout;
 
         if let Some(load) = &mut self.load {
             let secs = load.elapsed.as_secs_f64();
@@ -805,17 +853,18 @@ impl Report {
                 "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations)",
                 load.tally.ok, args.connections, args.conversations
             )?;
-            let (p50, p99) = (percentile_ms(&mut load.latencies, 0.50), percentile_ms(&mut load.latencies, 0.99));
-            writeln!(out, "latency p50: {p50:.1} ms  p99: {p99:.1} ms")?;
-            let (lag_p50, p99) = (percentile_ms(&mut load.lags, 0.50), percentile_ms(&mut load.lags, 0.99));
-            lag_p99 = p99;
+            let (p50, p99) = (percentile(&mut load.latencies, 0.50), percentile(&mut load.latencies, 0.99));
+            writeln!(out, "latency p50: {}  p99: {}", show(p50, t), show(p99, t))?;
+            let (p50, p99) = (percentile(&mut load.lags, 0.50), percentile(&mut load.lags, 0.99));
+            lag_p99 = millis(p99);
             writeln!(
                 out,
-                "lag p50: {lag_p50:.1} ms  p99: {lag_p99:.1} ms  ({} samples, every {}th command; {} timed out after {} s, {} skipped with all {} checkers busy; {} GET polls)",
+                "lag p50: {}  p99: {}  ({} samples of every {}th command, {} of them not seen within {t} s; {} skipped, all {} checkers busy; {} GET polls)",
+                show(p50, t),
+                show(p99, t),
                 load.lags.len(),
                 args.lag_every,
                 load.lag_timeouts,
-                LAG_TIMEOUT.as_secs(),
                 load.lag_skipped,
                 args.lag_checkers,
                 load.lag_polls
@@ -823,17 +872,20 @@ impl Report {
             let [a, b, c] = load.lag_thirds;
             writeln!(
                 out,
-                "lag p50 by third of the run: {a:.1} / {b:.1} / {c:.1} ms;  read model caught up {} after the load stopped",
-                load.drain.map_or("never (within 10 s)".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1_000.0))
+                "lag p50 by third of the load phase: {} / {} / {};  read model caught up with the load {} after it stopped",
+                show(a, t),
+                show(b, t),
+                show(c, t),
+                load.drain.map_or(format!("more than {t} s"), |d| format!("{:.0} ms", d.as_secs_f64() * 1_000.0))
             )?;
             if load.tally.failures() > 0 {
                 problems.push(format!("load: {}", load.tally.describe_failures()));
             }
             if load.lag_timeouts > 0 {
-                problems.push(format!("lag: {} samples never became visible", load.lag_timeouts));
+                problems.push(format!("lag: {} samples not visible within {t} s", load.lag_timeouts));
             }
             if load.lag_poll_errors > 0 {
-                problems.push(format!("lag: {} polls failed (not 200/404)", load.lag_poll_errors));
+                problems.push(format!("lag: {} polls failed (neither 200 nor 404)", load.lag_poll_errors));
             }
         }
 
@@ -848,13 +900,13 @@ impl Report {
                 pg.transactions.map_or("?".into(), |n| n.to_string()),
                 pg.failed.map_or("?".into(), |n| n.to_string())
             )?;
-            if pg.failed.is_some_and(|n| n > 0) {
-                problems.push(format!("pgbench: {} failed transactions", pg.failed.unwrap_or(0)));
+            if let Some(failed) = pg.failed.filter(|n| *n > 0) {
+                problems.push(format!("pgbench: {failed} failed transactions"));
             }
         }
 
         if let Some(ln) = &mut self.long_new {
-            let (long, new) = (percentile_ms(&mut ln.long, 0.50), percentile_ms(&mut ln.new, 0.50));
+            let (long, new) = (millis(percentile(&mut ln.long, 0.50)), millis(percentile(&mut ln.new, 0.50)));
             ratio = long / new;
             writeln!(
                 out,
@@ -870,6 +922,7 @@ impl Report {
             }
         }
 
+        // NaN (nothing measured) compares false, so it reads as missed.
         writeln!(
             out,
             "targets: ≥ {TARGET_COMMANDS_PER_SEC} commands/s {}; lag p99 ≤ {TARGET_LAG_P99_MS} ms {}; long/new ≤ {TARGET_LONG_NEW_RATIO} {}",

@@ -149,6 +149,9 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// The development signing key of the defaults; processes warn when they run with it.
+pub const DEV_JWT_SECRET: &str = "colloquy-development-key-change-me-0123456789";
+
 /// Access-token settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -175,7 +178,7 @@ impl Default for AuthSettings {
             audience: "colloquy-api".into(),
             access_token_ttl_secs: 3600,
             // A development key: production deployments set COLLOQUY_AUTH__KEYS.
-            keys: vec![JwtKey { kid: "dev".into(), secret: "colloquy-development-key-change-me-0123456789".into() }],
+            keys: vec![JwtKey { kid: "dev".into(), secret: DEV_JWT_SECRET.into() }],
             signing_kid: "dev".into(),
             hash_concurrency: 4,
         }
