@@ -110,7 +110,9 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         }
     }
     if which.api {
-        let app = Application::build(settings.clone(), deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
+        // The API gets its own pool, opened from this runtime (see `connect_for_http`).
+        let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
+        let app = Application::build(settings.clone(), api_pool, deps.redis.clone(), deps.metrics.clone())?;
         port = Some(app.port());
         api = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");

@@ -7,7 +7,10 @@ mod support;
 use colloquy::runtime::Processes;
 use colloquy_commands::command_service::SNAPSHOT_EVERY;
 use colloquy_commands::{CommandMeta, CommandService};
-use colloquy_domain::conversation::{ConversationCommand, ConversationKind};
+use std::sync::Arc;
+
+use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind, ConversationServices};
+use colloquy_infra::event_log::EventStoreMessages;
 use colloquy_domain::Conversation;
 use colloquy_infra::metrics::Metrics;
 use support::{isolated_settings, TestApp};
@@ -16,7 +19,8 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
-    let service: CommandService<Conversation> = CommandService::snapshotted(app.pool().clone(), (), Metrics::new(), SNAPSHOT_EVERY);
+    let services = ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
+    let service: CommandService<Conversation> = CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY);
     let owner = Uuid::new_v4();
     let id = Uuid::new_v4();
     let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "test".into(), causation_id: None };
@@ -29,12 +33,19 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
         system_prompt: None,
     };
     service.execute(&id.to_string(), start, &meta).await.unwrap();
-    let messages = 2 * SNAPSHOT_EVERY + 30;
+    let messages = 2 * SNAPSHOT_EVERY + 7;
+    let mut first_message = None;
     for i in 0..messages {
-        let cmd = ConversationCommand::PostUserMessage { actor_id: owner, message_id: Uuid::new_v4(), content: format!("m{i}") };
+        let message_id = Uuid::new_v4();
+        first_message.get_or_insert(message_id);
+        let cmd = ConversationCommand::PostUserMessage { actor_id: owner, message_id, content: format!("m{i}") };
         let committed = service.execute(&id.to_string(), cmd, &meta).await.unwrap();
         assert_eq!(committed.version, i as i64 + 2);
     }
+    // The duplicate check reaches back past every snapshot, to the first message.
+    let again = ConversationCommand::PostUserMessage { actor_id: owner, message_id: first_message.unwrap(), content: "again".into() };
+    let rejected = service.execute(&id.to_string(), again, &meta).await;
+    assert!(matches!(rejected, Err(colloquy_commands::CommandError::Rejected(ConversationError::DuplicateMessage))), "{rejected:?}");
     let (last_sequence,): (i64,) = sqlx::query_as("SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Conversation' AND aggregate_id = $1")
         .bind(id.to_string())
         .fetch_one(app.pool())
@@ -43,12 +54,12 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     assert_eq!(last_sequence, 2 * SNAPSHOT_EVERY as i64, "one snapshot, at the last multiple of {SNAPSHOT_EVERY}");
     let (loaded, version) = service.load(&id.to_string()).await.unwrap();
     assert_eq!(version, messages as i64 + 1);
-    assert_eq!(loaded.message_ids.len(), messages);
+    assert_eq!(loaded.message_count, messages as u64);
     let replayed = colloquy::audit::state_at(app.pool(), "Conversation", &id.to_string(), None).await.unwrap();
     assert_eq!(serde_json::to_value(&loaded).unwrap(), replayed, "snapshot + tail equals a full replay");
     // And the state at an earlier version is a prefix of the history.
     let early = colloquy::audit::state_at(app.pool(), "Conversation", &id.to_string(), Some(3)).await.unwrap();
-    assert_eq!(early["message_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(early["message_count"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

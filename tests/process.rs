@@ -77,7 +77,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
 
     // The in-flight request gets its real answer (the bounded wait ran out), not a reset.
     let response = in_flight.await.unwrap().expect("in-flight request was cut off");
-    assert_eq!(response.status(), 503);
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "exit status {status:?}");
     while let Ok(line) = lines.try_recv() {

@@ -157,6 +157,7 @@ impl From<ConversationError> for ApiError {
             C::AlreadyArchived => return conflict("already_archived"),
             C::NotArchived => return conflict("not_archived"),
             C::DuplicateMessage => return conflict("duplicate_message"),
+            C::LookupFailed(cause) => return Self::internal(anyhow::anyhow!("message lookup failed: {cause}")),
             C::InvalidTitle { .. } => "invalid_title",
             C::InvalidModel { .. } => "invalid_model",
             C::InvalidSystemPrompt { .. } => "invalid_system_prompt",

@@ -12,6 +12,7 @@ pub mod routes;
 pub mod state;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::{Server, Service};
@@ -20,6 +21,8 @@ use actix_web::{web, App, HttpMessage, HttpServer};
 use colloquy_commands::command_service::SNAPSHOT_EVERY;
 use colloquy_commands::credentials::Credentials;
 use colloquy_commands::CommandService;
+use colloquy_domain::conversation::ConversationServices;
+use colloquy_infra::event_log::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::passwords::PasswordHasher;
 use colloquy_infra::redis_store::RedisStore;
@@ -43,7 +46,12 @@ impl Application {
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             users: CommandService::event_sourced(pool.clone(), (), metrics.clone()),
-            conversations: CommandService::snapshotted(pool.clone(), (), metrics.clone(), SNAPSHOT_EVERY),
+            conversations: CommandService::snapshotted(
+                pool.clone(),
+                ConversationServices::new(Arc::new(EventStoreMessages::new(pool.clone()))),
+                metrics.clone(),
+                SNAPSHOT_EVERY,
+            ),
             credentials: Credentials::new(pool.clone(), PasswordHasher::new(settings.auth.hash_concurrency)),
             tokens: auth::Tokens::new(&settings.auth)?,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),

@@ -89,12 +89,13 @@ fn stripe_of(aggregate_id: &str) -> usize {
     (h % STRIPES as u64) as usize
 }
 
-/// Events between Conversation snapshots.
-pub const SNAPSHOT_EVERY: usize = 100;
+/// Events between Conversation snapshots. The aggregate is small and of constant size, so
+/// frequent snapshots are cheap and keep the tail of events to replay short.
+pub const SNAPSHOT_EVERY: usize = 20;
 
 impl<A> CommandService<A>
 where
-    A: Aggregate,
+    A: Aggregate + Clone,
     A::Command: Clone,
 {
     /// A service that replays the full history on every load (short-lived aggregates).
@@ -136,14 +137,15 @@ where
     ) -> Result<Committed, CommandError<A::Error>> {
         let _serialized = self.stripes[stripe_of(aggregate_id)].lock().await;
         for attempt in 1..=self.max_attempts {
-            let mut context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
+            let context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
             let version = context.current_sequence as i64;
             let sink = EventSink::default();
-            context
-                .aggregate
-                .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            // Decide on a copy. cqrs-es 0.5's `EventSink::write` applies each event to the
+            // aggregate it is given, and `commit` applies the same events again to the
+            // context's aggregate before snapshotting it: deciding on the context itself
+            // would write snapshots with the command's events applied twice.
+            let mut decided = context.aggregate.clone();
+            decided.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Rejected)?;
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Committed { version, events: 0 });

@@ -4,10 +4,12 @@ mod aggregate;
 mod commands;
 mod errors;
 mod events;
+mod services;
 
 pub use aggregate::{Conversation, ConversationStatus};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
+pub use services::{ConversationServices, MessageLookup};
 pub use events::{
     ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, UserMessagePosted,

@@ -194,3 +194,38 @@ pub async fn aggregate_version<'e>(db: impl PgExecutor<'e>, aggregate_type: &str
         .await?;
     Ok(v.unwrap_or(0))
 }
+
+/// Whether any event of the conversation carries `message_id` in its payload (served by
+/// the `events_message_id` index).
+pub async fn message_exists<'e>(db: impl PgExecutor<'e>, conversation_id: Uuid, message_id: Uuid) -> Result<bool, EventLogError> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events
+                         WHERE aggregate_type = 'Conversation' AND aggregate_id = $1
+                           AND (payload -> event_type ->> 'message_id') = $2)",
+    )
+    .bind(conversation_id.to_string())
+    .bind(message_id.to_string())
+    .fetch_one(db)
+    .await?;
+    Ok(exists)
+}
+
+/// [`colloquy_domain::conversation::MessageLookup`] over the event store.
+#[derive(Clone)]
+pub struct EventStoreMessages {
+    pool: sqlx::PgPool,
+}
+
+impl EventStoreMessages {
+    /// A lookup on `pool`.
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl colloquy_domain::conversation::MessageLookup for EventStoreMessages {
+    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String> {
+        message_exists(&self.pool, conversation_id, message_id).await.map_err(|e| e.to_string())
+    }
+}

@@ -70,6 +70,8 @@ pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Low fetch wait: projections are latency-sensitive (read-your-writes waits on them).
+        .set("fetch.wait.max.ms", "20")
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "300000")
         .set("enable.partition.eof", "false");

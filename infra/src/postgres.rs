@@ -19,6 +19,23 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error>
         .await
 }
 
+/// A pool for the HTTP API, whose handlers run on actix's per-worker runtimes.
+///
+/// A connection is bound to the runtime that opened it and breaks when that runtime ends;
+/// actix workers end one by one at shutdown (idle ones first), so a connection one of them
+/// opened could fail a request still running on another. Opening every connection up
+/// front, from the caller's long-lived runtime (`min_connections = max_connections`), means
+/// handlers only ever borrow connections that outlive them. It also keeps connection set-up
+/// out of request latency.
+pub async fn connect_for_http(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect(&settings.url)
+        .await
+}
+
 /// Applies pending migrations; safe to run from several processes at once (sqlx takes an
 /// advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

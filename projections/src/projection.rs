@@ -1,6 +1,8 @@
 //! What a projection is, and the one routine that applies an event to it exactly once and
 //! in per-aggregate order, used alike by live projectors and rebuilds.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use colloquy_infra::event_log::{self, StoredEvent};
 use sqlx::PgConnection;
@@ -74,46 +76,90 @@ pub async fn apply_in_order(
     table: &str,
     event: &StoredEvent,
 ) -> Result<Applied, ApplyError> {
-    let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = $2")
-        .bind(state)
-        .bind(&event.aggregate_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .unwrap_or(0);
-    if event.sequence <= last {
-        return Ok(Applied::Duplicate);
-    }
-    let mut touched = Vec::new();
-    let mut filled = 0;
-    if event.sequence > last + 1 {
-        let missing = event_log::read_aggregate(&mut *conn, &event.aggregate_type, &event.aggregate_id, last, Some(event.sequence - 1)).await?;
-        if missing.len() as i64 != event.sequence - 1 - last {
-            return Err(ApplyError::Poison(format!(
-                "{} #{}: events {}..{} are missing from the event store",
-                event.aggregate_id,
-                event.sequence,
-                last + 1,
-                event.sequence - 1
-            )));
+    let mut outcomes = apply_all_in_order(conn, projection, state, table, std::slice::from_ref(event))
+        .await
+        .map_err(|failed| failed.error)?;
+    Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
+}
+
+/// An event of a batch that could not be applied.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Why.
+    pub error: ApplyError,
+}
+
+/// Applies `events` in order, each exactly once per aggregate sequence, filling gaps from
+/// the event store, on `conn` (the caller's transaction). Progress is read once for the
+/// whole batch and written back once, so a batch costs about one statement per event.
+pub async fn apply_all_in_order(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    state: &str,
+    table: &str,
+    events: &[StoredEvent],
+) -> Result<Vec<Applied>, BatchFailure> {
+    let fail = |index: usize| move |error: ApplyError| BatchFailure { index, error };
+    let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = ANY($2)")
+            .bind(state)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| fail(0)(e.into()))?;
+    let mut last: HashMap<String, i64> = rows.into_iter().collect();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let seen = last.get(&event.aggregate_id).copied().unwrap_or(0);
+        if event.sequence <= seen {
+            outcomes.push(Applied::Duplicate);
+            continue;
         }
-        for e in &missing {
-            touched.extend(projection.apply(conn, table, e).await?);
-            filled += 1;
+        let mut touched = Vec::new();
+        let mut filled = 0;
+        if event.sequence > seen + 1 {
+            let missing = event_log::read_aggregate(&mut *conn, &event.aggregate_type, &event.aggregate_id, seen, Some(event.sequence - 1))
+                .await
+                .map_err(|e| fail(index)(e.into()))?;
+            if missing.len() as i64 != event.sequence - 1 - seen {
+                return Err(fail(index)(ApplyError::Poison(format!(
+                    "{} #{}: events {}..{} are missing from the event store",
+                    event.aggregate_id,
+                    event.sequence,
+                    seen + 1,
+                    event.sequence - 1
+                ))));
+            }
+            for e in &missing {
+                touched.extend(projection.apply(conn, table, e).await.map_err(fail(index))?);
+                filled += 1;
+            }
         }
+        touched.extend(projection.apply(conn, table, event).await.map_err(fail(index))?);
+        touched.sort();
+        touched.dedup();
+        last.insert(event.aggregate_id.clone(), event.sequence);
+        outcomes.push(Applied::Applied { filled, touched });
     }
-    touched.extend(projection.apply(conn, table, event).await?);
+    let (ids, sequences): (Vec<String>, Vec<i64>) = last.into_iter().unzip();
     sqlx::query(
-        "INSERT INTO projection_state (projection, aggregate_id, last_sequence) VALUES ($1, $2, $3)
-         ON CONFLICT (projection, aggregate_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+        "INSERT INTO projection_state (projection, aggregate_id, last_sequence)
+         SELECT $1, id, seq FROM UNNEST($2::text[], $3::bigint[]) AS t(id, seq)
+         ON CONFLICT (projection, aggregate_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence
+          WHERE projection_state.last_sequence < EXCLUDED.last_sequence",
     )
     .bind(state)
-    .bind(&event.aggregate_id)
-    .bind(event.sequence)
+    .bind(&ids)
+    .bind(&sequences)
     .execute(&mut *conn)
-    .await?;
-    touched.sort();
-    touched.dedup();
-    Ok(Applied::Applied { filled, touched })
+    .await
+    .map_err(|e| fail(events.len().saturating_sub(1))(e.into()))?;
+    Ok(outcomes)
 }
 
 /// Decodes the domain event of a stored event, or a poison error.

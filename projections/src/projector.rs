@@ -24,7 +24,7 @@ use sqlx::{Acquire, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projection::{apply_in_order, Applied, ApplyError, Projection};
+use crate::projection::{apply_all_in_order, apply_in_order, Applied, ApplyError, BatchFailure, Projection};
 use crate::cache;
 
 /// Most messages applied in one transaction.
@@ -198,10 +198,22 @@ impl Projector {
         self.store_offsets(batch);
     }
 
-    /// Applies `events` in one transaction (a savepoint each, so one poison event does not
-    /// undo the others). Returns the outcomes and the events rejected as poison.
+    /// Applies `events` in one transaction. The fast path applies the whole batch at once;
+    /// if one event is poison, the batch is rolled back and applied again with a savepoint
+    /// per event, so the poison one is set aside without undoing the others. Returns the
+    /// outcomes and the events rejected as poison.
     async fn apply_batch(&self, events: &[(usize, StoredEvent)]) -> Result<(Vec<Applied>, Vec<(usize, String)>), sqlx::Error> {
         let projection = self.projection.as_ref();
+        let plain: Vec<StoredEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        let mut tx = self.pool.begin().await?;
+        match apply_all_in_order(&mut tx, projection, projection.name(), projection.table(), &plain).await {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                return Ok((outcomes, Vec::new()));
+            }
+            Err(BatchFailure { error: ApplyError::Database(e), .. }) => return Err(e),
+            Err(BatchFailure { error: ApplyError::Poison(_), .. }) => tx.rollback().await?,
+        }
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut poison = Vec::new();

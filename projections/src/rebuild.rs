@@ -3,9 +3,9 @@
 //! most they wait for the moment of the switch.
 
 use colloquy_infra::event_log::{self, LogCursor};
-use sqlx::{Acquire, PgPool};
+use sqlx::PgPool;
 
-use crate::projection::{apply_in_order, ApplyError, Projection};
+use crate::projection::{apply_all_in_order, ApplyError, Projection};
 
 /// Events read and applied per transaction while building.
 const PAGE: i64 = 1_000;
@@ -50,9 +50,8 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
         let Some((_, last)) = page.last() else { break };
         let last = *last;
         let mut tx = pool.begin().await?;
-        for (e, _) in &page {
-            apply_in_order(&mut tx, projection, &state, &fresh, e).await?;
-        }
+        let batch: Vec<_> = page.iter().map(|(e, _)| e.clone()).collect();
+        apply_all_in_order(&mut tx, projection, &state, &fresh, &batch).await.map_err(|f| f.error)?;
         tx.commit().await?;
         events += page.len() as u64;
         cursor = last;
@@ -66,12 +65,9 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
         let page = event_log::read_committed(&mut *tx, cursor, Some(&types), PAGE).await?;
         let Some((_, last)) = page.last() else { break };
         cursor = *last;
-        for (e, _) in &page {
-            let mut sp = tx.begin().await?;
-            apply_in_order(&mut sp, projection, &state, &fresh, e).await?;
-            sp.commit().await?;
-            events += 1;
-        }
+        let page: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
+        apply_all_in_order(&mut tx, projection, &state, &fresh, &page).await.map_err(|f| f.error)?;
+        events += page.len() as u64;
     }
     sqlx::query(&format!("DROP TABLE {live}")).execute(&mut *tx).await?;
     sqlx::query(&format!("ALTER TABLE {fresh} RENAME TO {live}")).execute(&mut *tx).await?;

@@ -31,7 +31,7 @@ pub fn isolated_settings() -> Settings {
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut s = Settings::default();
     s.database.url = format!("postgres://postgres@127.0.0.1:5432/colloquy_test_{tag}");
-    s.database.max_connections = 10;
+    s.database.max_connections = 6;
     s.redis.key_prefix = format!("colloquy_test_{tag}:");
     s.kafka.topic_prefix = format!("t{tag}.");
     s.kafka.partitions = 2;

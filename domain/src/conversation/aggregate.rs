@@ -1,5 +1,3 @@
-use std::collections::BTreeSet;
-
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -23,19 +21,21 @@ pub enum ConversationStatus {
     Deleted,
 }
 
-/// A conversation. Holds only what its decisions need (not message bodies), so its
-/// snapshot stays small however long the conversation grows.
+/// A conversation. Holds only what its decisions need, and nothing that grows with the
+/// conversation (message ids are looked up through [`MessageLookup`]), so loading a
+/// conversation of thousands of messages costs what loading a new one does.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
+    /// The id, once started.
+    pub id: Option<Uuid>,
     /// The owner, once started.
     pub owner_id: Option<Uuid>,
     /// The title.
     pub title: String,
     /// Lifecycle state.
     pub status: ConversationStatus,
-    /// Ids of every message, to reject duplicates and (later) resolve parents. Ordered, so
-    /// snapshots serialise deterministically.
-    pub message_ids: BTreeSet<Uuid>,
+    /// Messages posted so far.
+    pub message_count: u64,
 }
 
 impl Conversation {
@@ -59,9 +59,14 @@ impl Aggregate for Conversation {
     type Command = ConversationCommand;
     type Event = ConversationEvent;
     type Error = ConversationError;
-    type Services = ();
+    type Services = ConversationServices;
 
-    async fn handle(&mut self, command: ConversationCommand, _: &(), sink: &EventSink<Self>) -> Result<(), ConversationError> {
+    async fn handle(
+        &mut self,
+        command: ConversationCommand,
+        services: &ConversationServices,
+        sink: &EventSink<Self>,
+    ) -> Result<(), ConversationError> {
         use ConversationCommand as C;
         use ConversationEvent as E;
         let event = match command {
@@ -110,13 +115,14 @@ impl Aggregate for Conversation {
                 if self.status == ConversationStatus::Archived {
                     return Err(ConversationError::Archived);
                 }
-                if self.message_ids.contains(&message_id) {
-                    return Err(ConversationError::DuplicateMessage);
-                }
                 // Message text keeps its inner whitespace; only emptiness and length are checked.
                 let count = content.chars().count();
                 if content.trim().is_empty() || count > MESSAGE_MAX {
                     return Err(ConversationError::InvalidMessage { max: MESSAGE_MAX });
+                }
+                let id = self.id.ok_or(ConversationError::NotFound)?;
+                if services.messages.message_exists(id, message_id).await.map_err(ConversationError::LookupFailed)? {
+                    return Err(ConversationError::DuplicateMessage);
                 }
                 E::UserMessagePosted(UserMessagePosted { message_id, author_id: actor_id, content })
             }
@@ -129,6 +135,7 @@ impl Aggregate for Conversation {
         use ConversationEvent as E;
         match event {
             E::ConversationStarted(e) => {
+                self.id = Some(e.conversation_id);
                 self.owner_id = Some(e.owner_id);
                 self.title = e.title;
                 self.status = ConversationStatus::Active;
@@ -137,15 +144,17 @@ impl Aggregate for Conversation {
             E::ConversationArchived(_) => self.status = ConversationStatus::Archived,
             E::ConversationUnarchived(_) => self.status = ConversationStatus::Active,
             E::ConversationDeleted(_) => self.status = ConversationStatus::Deleted,
-            E::UserMessagePosted(e) => {
-                self.message_ids.insert(e.message_id);
-            }
+            E::UserMessagePosted(_) => self.message_count += 1,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
     use cqrs_es::test::TestFramework;
     use proptest::prelude::*;
 
@@ -153,13 +162,45 @@ mod tests {
 
     type ConvTest = TestFramework<Conversation>;
 
+    /// The port, answered from a set (the event store answers in production).
+    #[derive(Default)]
+    struct KnownMessages(Mutex<HashSet<(Uuid, Uuid)>>);
+
+    #[async_trait]
+    impl MessageLookup for KnownMessages {
+        async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String> {
+            Ok(self.0.lock().unwrap().contains(&(conversation_id, message_id)))
+        }
+    }
+
+    struct Unreachable;
+
+    #[async_trait]
+    impl MessageLookup for Unreachable {
+        async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, String> {
+            Err("event store unreachable".into())
+        }
+    }
+
+    fn services() -> ConversationServices {
+        ConversationServices::new(Arc::new(KnownMessages::default()))
+    }
+
+    /// Services that know `MSG` is already in the conversation.
+    fn services_knowing_msg() -> ConversationServices {
+        let known = KnownMessages::default();
+        known.0.lock().unwrap().insert((CONV, MSG));
+        ConversationServices::new(Arc::new(known))
+    }
+
     const OWNER: Uuid = Uuid::from_u128(1);
     const STRANGER: Uuid = Uuid::from_u128(2);
     const MSG: Uuid = Uuid::from_u128(3);
+    const CONV: Uuid = Uuid::from_u128(9);
 
     fn started() -> ConversationEvent {
         ConversationEvent::ConversationStarted(ConversationStarted {
-            conversation_id: Uuid::from_u128(9),
+            conversation_id: CONV,
             owner_id: OWNER,
             title: "Trip".into(),
             kind: ConversationKind::Chat,
@@ -170,7 +211,7 @@ mod tests {
 
     fn start(title: &str, model: &str, prompt: Option<&str>) -> ConversationCommand {
         ConversationCommand::StartConversation {
-            conversation_id: Uuid::from_u128(9),
+            conversation_id: CONV,
             owner_id: OWNER,
             title: title.into(),
             kind: ConversationKind::Chat,
@@ -188,12 +229,12 @@ mod tests {
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
-        ConvTest::with(()).given(given).when_async(cmd).await.then_expect_error(err);
+        ConvTest::with(services()).given(given).when_async(cmd).await.then_expect_error(err);
     }
 
     #[tokio::test]
     async fn start_emits_started() {
-        ConvTest::with(()).given_no_previous_events().when_async(start(" Trip ", "offline", None)).await.then_expect_events(vec![started()]);
+        ConvTest::with(services()).given_no_previous_events().when_async(start(" Trip ", "offline", None)).await.then_expect_events(vec![started()]);
     }
 
     #[tokio::test]
@@ -207,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn rename() {
-        ConvTest::with(())
+        ConvTest::with(services())
             .given(vec![started()])
             .when_async(ConversationCommand::RenameConversation { actor_id: OWNER, title: "Plans".into() })
             .await
@@ -220,13 +261,13 @@ mod tests {
     #[tokio::test]
     async fn archive_and_unarchive() {
         let archived = ConversationEvent::ConversationArchived(ConversationArchived {});
-        ConvTest::with(())
+        ConvTest::with(services())
             .given(vec![started()])
             .when_async(ConversationCommand::ArchiveConversation { actor_id: OWNER })
             .await
             .then_expect_events(vec![archived.clone()]);
         expect_err(vec![started(), archived.clone()], ConversationCommand::ArchiveConversation { actor_id: OWNER }, ConversationError::AlreadyArchived).await;
-        ConvTest::with(())
+        ConvTest::with(services())
             .given(vec![started(), archived.clone()])
             .when_async(ConversationCommand::UnarchiveConversation { actor_id: OWNER })
             .await
@@ -238,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn delete_is_terminal() {
         let deleted = ConversationEvent::ConversationDeleted(ConversationDeleted {});
-        ConvTest::with(())
+        ConvTest::with(services())
             .given(vec![started()])
             .when_async(ConversationCommand::DeleteConversation { actor_id: OWNER })
             .await
@@ -253,8 +294,17 @@ mod tests {
 
     #[tokio::test]
     async fn post_user_message() {
-        ConvTest::with(()).given(vec![started()]).when_async(post(OWNER, "hi")).await.then_expect_events(vec![posted()]);
-        expect_err(vec![started(), posted()], post(OWNER, "again"), ConversationError::DuplicateMessage).await;
+        ConvTest::with(services()).given(vec![started()]).when_async(post(OWNER, "hi")).await.then_expect_events(vec![posted()]);
+        ConvTest::with(services_knowing_msg())
+            .given(vec![started(), posted()])
+            .when_async(post(OWNER, "again"))
+            .await
+            .then_expect_error(ConversationError::DuplicateMessage);
+        ConvTest::with(ConversationServices::new(Arc::new(Unreachable)))
+            .given(vec![started()])
+            .when_async(post(OWNER, "hi"))
+            .await
+            .then_expect_error(ConversationError::LookupFailed("event store unreachable".into()));
         expect_err(vec![started(), ConversationEvent::ConversationArchived(ConversationArchived {})], post(OWNER, "hi"), ConversationError::Archived).await;
         expect_err(vec![started()], post(OWNER, "  \n "), ConversationError::InvalidMessage { max: MESSAGE_MAX }).await;
         expect_err(vec![started()], post(OWNER, &"x".repeat(MESSAGE_MAX + 1)), ConversationError::InvalidMessage { max: MESSAGE_MAX }).await;
@@ -270,9 +320,10 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             rt.block_on(async {
                 let mut conv = Conversation::default();
-                let mut accepted = 0usize;
+                let mut accepted = 0u64;
                 let sink = EventSink::default();
-                conv.handle(start("t", "m", None), &(), &sink).await.unwrap();
+                let services = services();
+                conv.handle(start("t", "m", None), &services, &sink).await.unwrap();
                 for (i, op) in ops.iter().enumerate() {
                     let cmd = match op {
                         0 => ConversationCommand::ArchiveConversation { actor_id: OWNER },
@@ -281,13 +332,13 @@ mod tests {
                         _ => ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: Uuid::from_u128(100 + i as u128), content: "m".into() },
                     };
                     let is_post = *op >= 3;
-                    if conv.handle(cmd, &(), &sink).await.is_ok() && is_post {
+                    if conv.handle(cmd, &services, &sink).await.is_ok() && is_post {
                         accepted += 1;
                     }
-                    let stranger = conv.clone().handle(post(STRANGER, "x"), &(), &EventSink::default()).await;
+                    let stranger = conv.clone().handle(post(STRANGER, "x"), &services, &EventSink::default()).await;
                     assert_eq!(stranger, Err(ConversationError::NotFound));
                 }
-                assert_eq!(conv.message_ids.len(), accepted);
+                assert_eq!(conv.message_count, accepted);
             });
         }
     }

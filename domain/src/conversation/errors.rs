@@ -46,4 +46,7 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
+    /// A lookup the decision needs failed (infrastructure, not a business rule); retry.
+    #[error("a lookup failed: {0}")]
+    LookupFailed(String),
 }

@@ -1,0 +1,29 @@
+use async_trait::async_trait;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Answers whether a message id is taken in a conversation, from the event store.
+///
+/// The aggregate asks instead of remembering every message id itself: its state (and
+/// snapshot) then stays the same size however long the conversation grows. A lookup that
+/// races an append is safe: the append that wins bumps the version, the loser is retried
+/// on fresh state and asks again.
+#[async_trait]
+pub trait MessageLookup: Send + Sync {
+    /// Whether `message_id` already names a message of `conversation_id`.
+    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String>;
+}
+
+/// What Conversation decisions reach outside the aggregate.
+#[derive(Clone)]
+pub struct ConversationServices {
+    /// Message-id lookup.
+    pub messages: Arc<dyn MessageLookup>,
+}
+
+impl ConversationServices {
+    /// Services over `messages`.
+    pub fn new(messages: Arc<dyn MessageLookup>) -> Self {
+        Self { messages }
+    }
+}
