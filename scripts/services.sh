@@ -42,9 +42,11 @@ ensure_postgres() {
         as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
         wait_port 5432 PostgreSQL
     fi
-    # Local development uses trust auth for the postgres user over TCP (as on CI machines).
-    if ! psql -h 127.0.0.1 -U postgres -Atc 'select 1' >/dev/null 2>&1; then
-        log "PostgreSQL refuses passwordless TCP logins for user postgres; set COLLOQUY_DATABASE__URL"
+    # colloquy's local default is postgres:postgres@127.0.0.1. Servers with trust auth accept
+    # it as is; on a fresh Debian install (password auth over TCP) the role gets that password.
+    if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -Atc 'select 1' >/dev/null 2>&1; then
+        log "giving the postgres role its local development password"
+        as_root su postgres -c "psql -qAtc \"ALTER ROLE postgres PASSWORD 'postgres'\"" >/dev/null
     fi
 }
 

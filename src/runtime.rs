@@ -116,6 +116,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         port = Some(app.port());
         api = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");
+        tasks.spawn(purge_idempotency_keys(deps.pool.clone(), settings.http.idempotency_ttl_hours, shutdown.clone()));
         tasks.spawn(async move {
             if let Err(e) = app.run_until_stopped().await {
                 tracing::error!(error = %e, "API server failed.");
@@ -135,4 +136,19 @@ fn spawn_projector(
     let projector = Projector::new(projection, &settings.kafka, deps.pool.clone(), Some(deps.redis.clone()), deps.metrics.clone())?;
     tasks.spawn(async move { projector.run(token).await });
     Ok(())
+}
+
+/// Forgets expired idempotency keys every ten minutes, so the table stays small.
+async fn purge_idempotency_keys(pool: PgPool, ttl_hours: u32, shutdown: CancellationToken) {
+    loop {
+        match colloquy_api::idempotency::purge_expired(&pool, ttl_hours).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "Expired idempotency keys removed."),
+            Err(e) => tracing::warn!(error = %e, "Could not purge idempotency keys."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

@@ -52,6 +52,7 @@ async fn register_login_converse_end_to_end() {
         assert!(ce["correlationid"].is_string());
         let expected = if i == 0 { "colloquy.conversation.ConversationStarted.v1" } else { "colloquy.conversation.UserMessagePosted.v1" };
         assert_eq!(ce["type"], expected);
+        support::assert_data_matches_schema(&ce);
         let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
         assert_eq!(header("ce_id").as_deref(), ce["id"].as_str());
         assert_eq!(header("ce_type").as_deref(), Some(expected));

@@ -126,6 +126,25 @@ async fn a_rebuilt_projection_equals_the_live_one() {
         let (s, b) = app.get(&format!("/conversations/{conv}/messages?min_version={version}"), token).await;
         assert!(s == 200 || s == 404, "{b}");
     }
+    // Readers keep reading through every rebuild and switch-over: never an empty or
+    // partial answer, never an error.
+    let (reader_token, reader_conv, reader_version) = last[0].clone();
+    let expected: serde_json::Value = app.get(&format!("/conversations/{reader_conv}/messages?min_version={reader_version}"), &reader_token).await.1;
+    assert_eq!(expected["items"].as_array().unwrap().len(), 4);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (http, url, stop, expected) = (app.http.clone(), app.url(&format!("/conversations/{reader_conv}/messages")), stop.clone(), expected.clone());
+        async move {
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let r = http.get(&url).bearer_auth(&reader_token).send().await.unwrap();
+                assert_eq!(r.status(), 200, "read failed during a rebuild");
+                assert_eq!(r.json::<serde_json::Value>().await.unwrap(), expected, "read differed during a rebuild");
+                reads += 1;
+            }
+            reads
+        }
+    });
     let tables = [("users", "rm_users", "user_id"), ("conversations", "rm_conversations", "conversation_id"), ("messages", "rm_messages", "message_id")];
     for (name, table, key) in tables {
         let live = table_json(&app, table, key).await;
@@ -146,6 +165,8 @@ async fn a_rebuilt_projection_equals_the_live_one() {
             .unwrap();
         assert_eq!(state_after, state_before);
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
     // The live projectors keep working on the switched tables.
     let (token, conv, _) = &last[0];
     let version = app.message(token, *conv, "after rebuild").await;

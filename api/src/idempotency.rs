@@ -37,11 +37,18 @@ where
     hasher.update(serde_json::to_vec(body).unwrap_or_default());
     let hash = hex::encode(hasher.finalize());
 
-    let claimed = sqlx::query("INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(user)
-        .bind(&key)
-        .bind(&hash)
-        .execute(&state.pool)
+    // A key is remembered for `idempotency_ttl_hours`; after that it may be used afresh.
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, status_code = NULL, response_body = NULL, created_at = now()
+          WHERE idempotency_keys.created_at < now() - make_interval(hours => $4)",
+    )
+    .bind(user)
+    .bind(&key)
+    .bind(&hash)
+    .bind(state.settings.http.idempotency_ttl_hours as i32)
+    .execute(&state.pool)
         .await?
         .rows_affected()
         == 1;
@@ -86,4 +93,13 @@ where
         .execute(&state.pool)
         .await?;
     outcome.map(|(s, b)| HttpResponse::build(s).json(b))
+}
+
+/// Deletes remembered keys older than `ttl_hours`; returns how many.
+pub async fn purge_expired(pool: &sqlx::PgPool, ttl_hours: u32) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)")
+        .bind(ttl_hours as i32)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }

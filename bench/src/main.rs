@@ -80,7 +80,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     pgbench_clients: usize,
     /// Postgres server URL without a database name (the bench creates and drops its own).
-    #[arg(long, env = "COLLOQUY_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
+    #[arg(long, env = "COLLOQUY_BENCH_POSTGRES", default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
     postgres_url: String,
     /// colloquy's Postgres pool size (default: colloquy's default).
     #[arg(long)]

@@ -31,7 +31,7 @@ pub struct Settings {
 }
 
 /// PostgreSQL settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DatabaseSettings {
     /// Connection URL. May carry a password: never log it.
@@ -44,10 +44,35 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
-            url: "postgres://postgres@127.0.0.1:5432/colloquy".into(),
+            url: "postgres://postgres:postgres@127.0.0.1:5432/colloquy".into(),
             max_connections: 20,
             acquire_timeout_secs: 5,
             migrate_on_start: true,
@@ -118,6 +143,8 @@ pub struct HttpSettings {
     /// Port of the `/metrics` and `/health` listener of processes without the API
     /// (`relay`, `project`); 0 disables it.
     pub ops_port: u16,
+    /// Hours an `Idempotency-Key` and its response are remembered.
+    pub idempotency_ttl_hours: u32,
 }
 
 impl Default for HttpSettings {
@@ -130,6 +157,7 @@ impl Default for HttpSettings {
             min_version_wait_ms: 5_000,
             shutdown_timeout_secs: 30,
             ops_port: 9464,
+            idempotency_ttl_hours: 24,
         }
     }
 }
@@ -268,6 +296,14 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        let s = DatabaseSettings { url: "postgres://app:s3cret@db:5432/colloquy".into(), ..Default::default() };
+        let printed = format!("{s:?}");
+        assert!(printed.contains("postgres://app:***@db:5432/colloquy"), "{printed}");
+        assert!(!printed.contains("s3cret"));
+    }
 
     #[test]
     fn defaults_are_local() {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
 /// Makes sure the broker runs (the project's script installs/starts it when missing).
 pub fn ensure_broker() {
@@ -30,7 +30,7 @@ pub fn ensure_broker() {
 pub fn isolated_settings() -> Settings {
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut s = Settings::default();
-    s.database.url = format!("postgres://postgres@127.0.0.1:5432/colloquy_test_{tag}");
+    s.database.url = format!("postgres://postgres:postgres@127.0.0.1:5432/colloquy_test_{tag}");
     s.database.max_connections = 6;
     s.redis.key_prefix = format!("colloquy_test_{tag}:");
     s.kafka.topic_prefix = format!("t{tag}.");
@@ -212,4 +212,35 @@ pub async fn consume_until(
         out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
     }
     out
+}
+
+/// Checks a CloudEvent's `data` against the published schema of its `type` (every required
+/// field present, no field the schema does not name, JSON types of the named fields).
+pub fn assert_data_matches_schema(ce: &Value) {
+    let ty = ce["type"].as_str().expect("type");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(format!("{ty}.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no schema for {ty}"))).unwrap();
+    let data = ce["data"].as_object().unwrap_or_else(|| panic!("{ty}: data is not an object"));
+    let properties = schema["properties"].as_object().cloned().unwrap_or_default();
+    for required in schema["required"].as_array().cloned().unwrap_or_default() {
+        assert!(data.contains_key(required.as_str().unwrap()), "{ty}: data lacks {required}");
+    }
+    for (field, value) in data {
+        let prop = properties.get(field).unwrap_or_else(|| panic!("{ty}: {field} is not in the schema"));
+        let allowed: Vec<&str> = match &prop["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => continue, // references and combinators: presence is enough here
+        };
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        assert!(allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number")), "{ty}.{field}: {actual} not in {allowed:?}");
+    }
 }
