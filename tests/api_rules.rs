@@ -176,7 +176,17 @@ async fn health_metrics_and_openapi() {
     let ready: serde_json::Value = r.json().await.unwrap();
     assert_eq!(ready["checks"], json!({"postgres": "ok", "redis": "ok", "kafka": "ok"}));
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    for name in ["colloquy_http_requests_total", "colloquy_http_request_duration_seconds", "colloquy_relay_lag_events", "colloquy_commands_total"] {
+    for name in [
+        "colloquy_http_requests_total",
+        "colloquy_http_request_duration_seconds",
+        "colloquy_relay_lag_events",
+        "colloquy_commands_total",
+        "colloquy_consumer_lag_messages{consumer=\"messages\"}",
+        "colloquy_consumer_lag_messages{consumer=\"conversations\"}",
+        "colloquy_consumer_lag_messages{consumer=\"users\"}",
+        "colloquy_dlq_messages_total{consumer=\"messages\"}",
+        "colloquy_min_version_waiting",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     let doc: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
@@ -190,6 +200,9 @@ async fn health_metrics_and_openapi() {
     }
     let r = get("/nope").await.unwrap();
     assert_eq!(r.status(), 404);
+    let r = app.http.put(app.url("/conversations")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "method_not_allowed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

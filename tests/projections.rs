@@ -174,3 +174,43 @@ async fn a_rebuilt_projection_equals_the_live_one() {
     assert_eq!(s, 200);
     assert_eq!(page["items"].as_array().unwrap().last().unwrap()["content"], "after rebuild");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_model_outage_delays_but_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.user().await;
+    let (conv, _) = app.conversation(&token, "Outage").await;
+    let v = app.message(&token, conv, "before").await;
+    let (s, _) = app.get(&format!("/conversations/{conv}/messages?min_version={v}"), &token).await;
+    assert_eq!(s, 200);
+
+    // The messages table disappears: the projector's writes fail with a database error.
+    sqlx::query("ALTER TABLE rm_messages RENAME TO rm_messages_away").execute(app.pool()).await.unwrap();
+    app.message(&token, conv, "during 1").await;
+    let v = app.message(&token, conv, "during 2").await;
+    let metrics_url = format!("{}/metrics", app.base);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = app.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+        let retried = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("colloquy_projection_retries_total{projection=\"messages\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if retried > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the projector never hit the outage");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query("ALTER TABLE rm_messages_away RENAME TO rm_messages").execute(app.pool()).await.unwrap();
+
+    // Once the table is back, everything acknowledged arrives, in order, and nothing was
+    // set aside as poison.
+    let (s, page) = app.get(&format!("/conversations/{conv}/messages?min_version={v}"), &token).await;
+    assert_eq!(s, 200, "{page}");
+    let contents: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, ["before", "during 1", "during 2"]);
+    let metrics = app.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("colloquy_dlq_messages_total{consumer=\"messages\"} 0"), "{metrics}");
+}

@@ -9,6 +9,22 @@ use colloquy_domain::conversation::ConversationError;
 use colloquy_domain::user::UserError;
 use serde_json::json;
 
+/// The body of every error response (documentation type for the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `conversation_archived`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +42,9 @@ pub enum ApiError {
     /// 404: nothing here for this user.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 405: the route exists, the method does not.
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
     /// 409: the request conflicts with the current state.
     #[error("{message}")]
     Conflict {
@@ -69,6 +88,7 @@ impl ApiError {
             Self::BadRequest { code, .. } | Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
@@ -98,6 +118,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub projection_applied: IntCounterVec,
     /// Messages sent to the dead-letter topic, by consumer.
     pub dlq_messages: IntCounterVec,
+    /// Batches a projection had to retry (its database failed), by projection.
+    pub projection_retries: IntCounterVec,
     /// Queries currently waiting for a read model to reach their `min_version`.
     pub min_version_waiting: IntGauge,
 }
@@ -61,6 +63,10 @@ impl Metrics {
             &["projection", "outcome"],
         ));
         let dlq_messages = must(IntCounterVec::new(Opts::new("dlq_messages_total", "Messages sent to the DLQ"), &["consumer"]));
+        let projection_retries = must(IntCounterVec::new(
+            Opts::new("projection_retries_total", "Projection batches retried after a database failure"),
+            &["projection"],
+        ));
         let min_version_waiting =
             must(IntGauge::new("min_version_waiting", "Queries waiting for a read model to reach their min_version"));
         for c in [
@@ -73,6 +79,7 @@ impl Metrics {
             Box::new(projection_applied.clone()),
             Box::new(dlq_messages.clone()),
             Box::new(min_version_waiting.clone()),
+            Box::new(projection_retries.clone()),
         ] {
             must(registry.register(c));
         }
@@ -86,6 +93,7 @@ impl Metrics {
             consumer_lag,
             projection_applied,
             dlq_messages,
+            projection_retries,
             min_version_waiting,
         }
     }

@@ -18,7 +18,7 @@ pub struct ConversationsProjection;
 pub const NAME: &str = "conversations";
 
 /// One conversation as the API lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ConversationSummary {
     /// The id.
     pub conversation_id: Uuid,

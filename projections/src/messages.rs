@@ -17,7 +17,7 @@ pub struct MessagesProjection;
 pub const NAME: &str = "messages";
 
 /// One message as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
     /// The id.
     pub message_id: Uuid,

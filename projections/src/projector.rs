@@ -97,6 +97,7 @@ impl Projector {
         // Publish every series from the start, so dashboards and alerts see zeros, not gaps.
         metrics.consumer_lag.with_label_values(&[projection.name()]).set(0);
         metrics.dlq_messages.with_label_values(&[projection.name()]).inc_by(0);
+        metrics.projection_retries.with_label_values(&[projection.name()]).inc_by(0);
         let context = LagContext { consumer: projection.name().to_string(), metrics: metrics.clone() };
         let consumer: StreamConsumer<LagContext> = consumer_config(kafka, &group)
             .set("statistics.interval.ms", "5000")
@@ -159,6 +160,7 @@ impl Projector {
                 Ok(result) => break result,
                 Err(e) => {
                     tracing::error!(projection = name, error = %e, "Batch failed; retrying.");
+                    self.metrics.projection_retries.with_label_values(&[name]).inc();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         // Nothing was stored: the batch is redelivered after a restart.

@@ -17,7 +17,7 @@ pub struct UsersProjection;
 pub const NAME: &str = "users";
 
 /// A user's profile as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UserProfile {
     /// The id.
     pub user_id: Uuid,

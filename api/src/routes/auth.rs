@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::body::parse;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorBody};
 use crate::requests::command_meta;
 use crate::state::AppState;
 
@@ -62,7 +62,7 @@ fn client_address(req: &HttpRequest) -> String {
 
 /// Registers a user.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = Registered), (status = 409, description = "email_taken"), (status = 422, description = "invalid input"), (status = 429)))]
+    responses((status = 201, body = Registered), (status = 409, body = ErrorBody, description = "email_taken"), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn post_register(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: RegisterRequest = parse(body.into_inner())?;
@@ -74,7 +74,7 @@ pub async fn post_register(state: web::Data<AppState>, req: HttpRequest, body: w
 
 /// Exchanges an e-mail address and password for an access token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, description = "invalid credentials"), (status = 429)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody, description = "invalid credentials"), (status = 429, body = ErrorBody)))]
 pub async fn post_login(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: LoginRequest = parse(body.into_inner())?;
@@ -85,6 +85,6 @@ pub async fn post_login(state: web::Data<AppState>, req: HttpRequest, body: web:
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/auth/register").route(web::post().to(post_register)))
-        .service(web::resource("/auth/login").route(web::post().to(post_login)));
+    cfg.service(super::resource("/auth/register").route(web::post().to(post_register)))
+        .service(super::resource("/auth/login").route(web::post().to(post_login)));
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{await_version, Freshness};
 use crate::auth::AuthUser;
 use crate::body::parse;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorBody};
 use crate::idempotency;
 use crate::requests::command_meta;
 use crate::state::AppState;
@@ -115,7 +115,7 @@ fn actor(user: AuthUser) -> String {
 
 /// Starts a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations", tag = "conversations", request_body = StartRequest,
-    responses((status = 201, description = "{conversation_id, version}"), (status = 409), (status = 422)), security(("bearer" = [])))]
+    responses((status = 201, body = ConversationAccepted), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn post_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     idempotency::once(&state, user.0, &req, &body, || async {
@@ -131,7 +131,7 @@ pub async fn post_conversation(state: web::Data<AppState>, user: AuthUser, req: 
             system_prompt: r.system_prompt.or(profile.system_prompt),
         };
         let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
-        Ok((StatusCode::CREATED, json!({"conversation_id": id, "version": committed.version})))
+        Ok((StatusCode::CREATED, json!(ConversationAccepted { conversation_id: id, version: committed.version })))
     })
     .await
 }
@@ -147,14 +147,14 @@ async fn simple_command(
     idempotency::once(&state, user.0, &req, &body, || async {
         let cmd = make(body.clone())?;
         let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
-        Ok((StatusCode::OK, json!({"conversation_id": id, "version": committed.version})))
+        Ok((StatusCode::OK, json!(ConversationAccepted { conversation_id: id, version: committed.version })))
     })
     .await
 }
 
 /// Renames a conversation.
 #[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = RenameRequest,
-    responses((status = 200, description = "{conversation_id, version}"), (status = 404), (status = 422)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn patch_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     simple_command(state, user, req, *id, body.into_inner(), |b| {
         let r: RenameRequest = parse(b)?;
@@ -165,28 +165,28 @@ pub async fn patch_conversation(state: web::Data<AppState>, user: AuthUser, req:
 
 /// Archives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/archive", tag = "conversations",
-    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn post_archive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::ArchiveConversation { actor_id: user.0 })).await
 }
 
 /// Unarchives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/unarchive", tag = "conversations",
-    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn post_unarchive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::UnarchiveConversation { actor_id: user.0 })).await
 }
 
 /// Deletes a conversation.
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "conversations",
-    responses((status = 200), (status = 404), (status = 409)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::DeleteConversation { actor_id: user.0 })).await
 }
 
 /// Posts a user message.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "conversations", request_body = PostMessageRequest,
-    responses((status = 201, description = "{message_id, version}"), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+    responses((status = 201, body = MessageAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let id = *id;
     let body = body.into_inner();
@@ -195,14 +195,14 @@ pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpR
         let message_id = r.id.unwrap_or_else(Uuid::new_v4);
         let cmd = ConversationCommand::PostUserMessage { actor_id: user.0, message_id, content: r.content };
         let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
-        Ok((StatusCode::CREATED, json!({"conversation_id": id, "message_id": message_id, "version": committed.version})))
+        Ok((StatusCode::CREATED, json!(MessageAccepted { conversation_id: id, message_id, version: committed.version })))
     })
     .await
 }
 
 /// Lists the user's conversations, newest activity first.
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", params(ListQuery),
-    responses((status = 200, description = "{items, next_cursor}")), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationPage), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = page_size(q.limit)?;
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
@@ -222,7 +222,7 @@ pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: we
     }
     let items = conversations::list(&state.pool, user.0, q.archived, after, limit).await?;
     let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(encode_cursor)).flatten();
-    let body = serde_json::to_string(&json!({"items": items, "next_cursor": next_cursor})).map_err(ApiError::internal)?;
+    let body = serde_json::to_string(&ConversationPage { items, next_cursor }).map_err(ApiError::internal)?;
     if let Some((generation, None)) = cached {
         let _ = cache::put(&state.redis, user.0, generation, &cache_name, &body).await;
     }
@@ -231,7 +231,7 @@ pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: we
 
 /// One conversation.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "conversations", params(Freshness),
-    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+    responses((status = 200, body = conversations::ConversationSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_conversation(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
     await_version(&state, &[conversations::NAME], &id.to_string(), q.min_version).await?;
     let c = conversations::find(&state.pool, user.0, *id).await?.ok_or(ApiError::NotFound("conversation"))?;
@@ -240,32 +240,84 @@ pub async fn get_conversation(state: web::Data<AppState>, user: AuthUser, id: we
 
 /// A conversation's messages, in order.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations", params(MessagesQuery),
-    responses((status = 200, description = "{items}"), (status = 404)), security(("bearer" = [])))]
+    responses((status = 200, body = MessagePage), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_messages(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<MessagesQuery>) -> Result<HttpResponse, ApiError> {
     let limit = page_size(q.limit)?;
     await_version(&state, &[conversations::NAME, messages::NAME], &id.to_string(), q.min_version).await?;
     // Ownership comes from the conversations read model: another user's id is a 404.
     conversations::find(&state.pool, user.0, *id).await?.ok_or(ApiError::NotFound("conversation"))?;
     let items = messages::list(&state.pool, user.0, *id, q.after, limit).await?;
-    Ok(HttpResponse::Ok().json(json!({"items": items})))
+    Ok(HttpResponse::Ok().json(MessagePage { items }))
 }
 
-/// Serialised audit record.
-#[derive(Serialize)]
-struct AuditEvent<'a> {
-    event_id: Uuid,
-    sequence: i64,
-    event_type: &'a str,
-    event_version: &'a str,
-    recorded_at: chrono::DateTime<chrono::Utc>,
-    actor: Option<&'a str>,
-    correlation_id: Option<&'a str>,
-    data: &'a Value,
+/// A command on a conversation was accepted.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationAccepted {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// Its version after the command; pass it as `min_version` to queries.
+    pub version: i64,
+}
+
+/// A message was posted.
+#[derive(Serialize, ToSchema)]
+pub struct MessageAccepted {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The new message.
+    pub message_id: Uuid,
+    /// The conversation's version after the post.
+    pub version: i64,
+}
+
+/// A page of conversations.
+#[derive(Serialize, ToSchema)]
+pub struct ConversationPage {
+    /// The conversations, newest activity first.
+    pub items: Vec<conversations::ConversationSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of messages.
+#[derive(Serialize, ToSchema)]
+pub struct MessagePage {
+    /// The messages, in order.
+    pub items: Vec<messages::Message>,
+}
+
+/// One event of the audit trail.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent<'a> {
+    /// The event id (the CloudEvents `id`).
+    pub event_id: Uuid,
+    /// The conversation version it produced.
+    pub sequence: i64,
+    /// Its type.
+    pub event_type: &'a str,
+    /// Its payload version.
+    pub event_version: &'a str,
+    /// When it was recorded.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// Who caused it.
+    pub actor: Option<&'a str>,
+    /// The request (or chain) it belongs to.
+    pub correlation_id: Option<&'a str>,
+    /// The payload.
+    #[schema(value_type = Object)]
+    pub data: &'a Value,
+}
+
+/// The audit trail.
+#[derive(Serialize, ToSchema)]
+pub struct AuditTrail<'a> {
+    /// Every event, in order.
+    pub items: Vec<AuditEvent<'a>>,
 }
 
 /// The conversation's audit trail, straight from the event store (deleted ones included).
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations",
-    responses((status = 200, description = "{items}"), (status = 404)), security(("bearer" = [])))]
+    responses((status = 200, body = AuditTrail), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let events = event_log::read_aggregate(&state.pool, Conversation::TYPE, &id.to_string(), 0, None).await.map_err(ApiError::internal)?;
     let owner = events.first().and_then(|e| e.data.get("owner_id")).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
@@ -285,20 +337,20 @@ pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Pat
             data: &e.data,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items})))
+    Ok(HttpResponse::Ok().json(AuditTrail { items }))
 }
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/conversations").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
+    cfg.service(super::resource("/conversations").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
         .service(
-            web::resource("/conversations/{id}")
+            super::resource("/conversations/{id}")
                 .route(web::get().to(get_conversation))
                 .route(web::patch().to(patch_conversation))
                 .route(web::delete().to(delete_conversation)),
         )
-        .service(web::resource("/conversations/{id}/archive").route(web::post().to(post_archive)))
-        .service(web::resource("/conversations/{id}/unarchive").route(web::post().to(post_unarchive)))
-        .service(web::resource("/conversations/{id}/messages").route(web::post().to(post_message)).route(web::get().to(get_messages)))
-        .service(web::resource("/conversations/{id}/events").route(web::get().to(get_events)));
+        .service(super::resource("/conversations/{id}/archive").route(web::post().to(post_archive)))
+        .service(super::resource("/conversations/{id}/unarchive").route(web::post().to(post_unarchive)))
+        .service(super::resource("/conversations/{id}/messages").route(web::post().to(post_message)).route(web::get().to(get_messages)))
+        .service(super::resource("/conversations/{id}/events").route(web::get().to(get_events)));
 }

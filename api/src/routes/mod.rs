@@ -42,6 +42,11 @@ pub async fn await_version(
     }
 }
 
+/// A resource whose unsupported methods answer 405 in the API's error format.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed) }))
+}
+
 /// All API routes under `/api/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::{await_version, Freshness};
 use crate::auth::AuthUser;
 use crate::body::parse;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorBody};
 use crate::idempotency;
 use crate::requests::command_meta;
 use crate::state::AppState;
@@ -43,7 +43,7 @@ pub struct Accepted {
 
 /// The authenticated user's profile.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", params(Freshness),
-    responses((status = 200, description = "the profile"), (status = 401), (status = 404)), security(("bearer" = [])))]
+    responses((status = 200, body = users::UserProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_me(state: web::Data<AppState>, user: AuthUser, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
     let id = user.0;
     await_version(&state, &[users::NAME], &id.to_string(), q.min_version).await?;
@@ -62,7 +62,7 @@ pub async fn get_me(state: web::Data<AppState>, user: AuthUser, q: web::Query<Fr
 
 /// Updates the authenticated user's profile.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", request_body = UpdateProfileRequest,
-    responses((status = 200, body = Accepted), (status = 422)), security(("bearer" = [])))]
+    responses((status = 200, body = Accepted), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn patch_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     idempotency::once(&state, user.0, &req, &body, || async {
@@ -94,6 +94,6 @@ pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequ
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
+        super::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
     );
 }
