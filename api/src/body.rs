@@ -1,4 +1,5 @@
-//! JSON bodies: size limits answered with 413, malformed JSON with 400, a body of the
+//! JSON bodies: size limits answered with 413, another content type with 415, malformed
+//! JSON with 400, a body of the
 //! wrong shape with 422 — all in the error format of the API.
 
 use actix_web::error::JsonPayloadError;
@@ -15,9 +16,7 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
             JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
                 ApiError::PayloadTooLarge { limit }
             }
-            JsonPayloadError::ContentType => {
-                ApiError::bad_request("unsupported_content_type", "send the body as application/json")
-            }
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
             JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")),
             other => ApiError::bad_request("invalid_body", other.to_string()),
         };
@@ -26,6 +25,35 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
 }
 
 /// Reads a request type out of a JSON value; a wrong shape is a 422 naming the problem.
+/// Only objects are accepted: serde would otherwise also read a struct from an array
+/// (`[null, null]`), which no client means.
 pub fn parse<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::unprocessable("invalid_request", "the body must be a JSON object"));
+    }
     serde_json::from_value(value).map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::parse;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Update {
+        a: Option<String>,
+        b: Option<String>,
+    }
+
+    #[test]
+    fn only_objects_are_requests() {
+        assert!(parse::<Update>(json!({"a": "x"})).is_ok());
+        for not_an_object in [json!([null, null]), json!("a"), json!(1), json!(null)] {
+            let err = parse::<Update>(not_an_object).unwrap_err();
+            assert_eq!(err.code(), "invalid_request");
+        }
+    }
 }

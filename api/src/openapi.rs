@@ -1,8 +1,12 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
+use crate::errors::{ErrorBody, ErrorDetail};
 use crate::routes::{auth, conversations, health, users};
 
 struct BearerAuth;
@@ -14,10 +18,73 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Declares what every route shares, so the document is complete without repeating it on
+/// each handler: the `{id}` path parameter, and the error responses any route can give.
+struct CommonResponses;
+
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+        .build()
+        .into()
+}
+
+fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool) {
+    let mut common = vec![
+        ("400", "malformed request (JSON, query or header)"),
+        ("429", "rate limited; see Retry-After"),
+        ("500", "unexpected failure; the x-request-id header identifies it"),
+        ("503", "a dependency is unavailable, or the read model did not reach min_version in time"),
+    ];
+    if secured {
+        common.push(("401", "missing, invalid or expired access token"));
+    }
+    if with_body {
+        common.push(("413", "body larger than the limit"));
+        common.push(("415", "body is not application/json"));
+        common.push(("422", "well-formed but invalid request"));
+    }
+    if with_id {
+        common.push(("404", "no such conversation for this user"));
+        common.push(("409", "the conversation's state forbids this (deleted, archived, ...)"));
+    }
+    for (code, description) in common {
+        op.responses.responses.entry(code.to_string()).or_insert_with(|| error_response(description));
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let with_id = path.contains("{id}");
+            if with_id {
+                let id = ParameterBuilder::new()
+                    .name("id")
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .description(Some("The conversation's id"))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))))
+                    .build();
+                item.parameters.get_or_insert_with(Vec::new).push(id);
+            }
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten() {
+                let secured = op.security.is_some();
+                let with_body = op.request_body.is_some();
+                add_errors(op, secured, with_body, with_id);
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "colloquy", description = "Event-sourced AI chat backend. Errors are {\"error\": {\"code\", \"message\"}}."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
+    components(schemas(ErrorBody, ErrorDetail)),
     paths(
         auth::post_register, auth::post_login,
         users::get_me, users::patch_me, users::delete_me,

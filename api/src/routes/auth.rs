@@ -17,10 +17,13 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// E-mail address (unique).
+    #[schema(min_length = 3, max_length = 254, format = Email)]
     pub email: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub full_name: String,
     /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256, format = Password)]
     pub password: String,
 }
 
@@ -85,6 +88,6 @@ pub async fn post_login(state: web::Data<AppState>, req: HttpRequest, body: web:
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/auth/register").route(web::post().to(post_register)))
-        .service(super::resource("/auth/login").route(web::post().to(post_login)));
+    cfg.service(super::resource("/auth/register", "POST").route(web::post().to(post_register)))
+        .service(super::resource("/auth/login", "POST").route(web::post().to(post_login)));
 }

@@ -34,15 +34,29 @@ pub struct StartRequest {
     /// Client-chosen id (optional; makes retries safe without an Idempotency-Key).
     pub id: Option<Uuid>,
     /// The title.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
     /// `chat` (default) or `knowledge`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<KindDoc>)]
     pub kind: Option<ConversationKind>,
     /// The model; defaults to the user's default model.
+    #[schema(min_length = 1, max_length = 200)]
     pub model: Option<String>,
     /// A system prompt; defaults to the user's default system prompt.
+    #[schema(min_length = 1, max_length = 20000)]
     pub system_prompt: Option<String>,
+}
+
+/// The conversation types, as the API spells them.
+#[derive(ToSchema)]
+#[schema(as = ConversationKind)]
+#[allow(non_camel_case_types, dead_code)]
+pub enum KindDoc {
+    /// A plain chat with a model.
+    chat,
+    /// Answers grounded in the owner's knowledge base.
+    knowledge,
 }
 
 /// Rename a conversation.
@@ -50,6 +64,7 @@ pub struct StartRequest {
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     /// The new title.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
 }
 
@@ -60,6 +75,7 @@ pub struct PostMessageRequest {
     /// Client-chosen id (optional).
     pub id: Option<Uuid>,
     /// The text.
+    #[schema(min_length = 1, max_length = 32000)]
     pub content: String,
 }
 
@@ -342,15 +358,15 @@ pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Pat
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/conversations").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
+    cfg.service(super::resource("/conversations", "GET, POST").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
         .service(
-            super::resource("/conversations/{id}")
+            super::resource("/conversations/{id}", "GET, PATCH, DELETE")
                 .route(web::get().to(get_conversation))
                 .route(web::patch().to(patch_conversation))
                 .route(web::delete().to(delete_conversation)),
         )
-        .service(super::resource("/conversations/{id}/archive").route(web::post().to(post_archive)))
-        .service(super::resource("/conversations/{id}/unarchive").route(web::post().to(post_unarchive)))
-        .service(super::resource("/conversations/{id}/messages").route(web::post().to(post_message)).route(web::get().to(get_messages)))
-        .service(super::resource("/conversations/{id}/events").route(web::get().to(get_events)));
+        .service(super::resource("/conversations/{id}/archive", "POST").route(web::post().to(post_archive)))
+        .service(super::resource("/conversations/{id}/unarchive", "POST").route(web::post().to(post_unarchive)))
+        .service(super::resource("/conversations/{id}/messages", "GET, POST").route(web::post().to(post_message)).route(web::get().to(get_messages)))
+        .service(super::resource("/conversations/{id}/events", "GET").route(web::get().to(get_events)));
 }

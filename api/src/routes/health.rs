@@ -53,8 +53,8 @@ pub async fn get_openapi() -> HttpResponse {
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(get_health))
-        .route("/health/ready", web::get().to(get_ready))
-        .route("/metrics", web::get().to(get_metrics))
-        .route("/openapi.json", web::get().to(get_openapi));
+    cfg.service(super::resource("/health", "GET").route(web::get().to(get_health)))
+        .service(super::resource("/health/ready", "GET").route(web::get().to(get_ready)))
+        .service(super::resource("/metrics", "GET").route(web::get().to(get_metrics)))
+        .service(super::resource("/openapi.json", "GET").route(web::get().to(get_openapi)));
 }

@@ -42,9 +42,17 @@ pub async fn await_version(
     }
 }
 
-/// A resource whose unsupported methods answer 405 in the API's error format.
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed) }))
+/// A resource whose unsupported methods answer 405 in the API's error format, with the
+/// `Allow` header listing `allow`.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        response
+    }))
 }
 
 /// All API routes under `/api/v1`.

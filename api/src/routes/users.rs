@@ -17,16 +17,20 @@ use crate::requests::command_meta;
 use crate::state::AppState;
 
 /// A profile update; absent fields stay as they are, `null` clears an optional field.
+/// At least one field must be present.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
     /// New display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub full_name: Option<String>,
     /// New default model, or null to clear.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
     pub default_model: Option<Option<String>>,
     /// New default system prompt, or null to clear.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 20000)]
     pub system_prompt: Option<Option<String>>,
 }
 
@@ -94,6 +98,6 @@ pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequ
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        super::resource("/users/me").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
+        super::resource("/users/me", "GET, PATCH, DELETE").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
     );
 }
