@@ -65,12 +65,14 @@ ensure_kafka() {
     exec 9>"$STATE/kafka.lock"
     flock 9
     if port_open "$KAFKA_PORT"; then return 0; fi
-    if ! command -v tansu >/dev/null 2>&1; then
+    local tansu
+    tansu="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
+    if [ ! -x "$tansu" ]; then
         log "installing the Tansu broker from crates.io (about 10 minutes, once)"
         cargo install tansu --locked --features dynostore >&2
     fi
     log "starting Tansu on 127.0.0.1:$KAFKA_PORT (in-memory storage; log: $STATE/tansu.log)"
-    nohup tansu broker \
+    nohup "$tansu" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --storage-engine memory://tansu/ \
