@@ -64,6 +64,16 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Stops everything now, without waiting (for use where nothing can be awaited, such
+    /// as `Drop`): the API stops without finishing requests, workers are cancelled.
+    pub fn abort(mut self) {
+        if let Some(api) = self.api.take() {
+            tokio::spawn(async move { api.stop(false).await });
+        }
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+    }
+
     /// Waits until every process ended (after `stop`, or a failure).
     pub async fn wait(&mut self) {
         while self.tasks.join_next().await.is_some() {}

@@ -32,6 +32,21 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Whatever happens below, the process and the test's database, keys and topics go.
+    struct Guard(u32, Option<colloquy_infra::Settings>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).status();
+            if let Some(settings) = self.1.take() {
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(cleanup(settings));
+                })
+                .join();
+            }
+        }
+    }
+    let _guard = Guard(pid, Some(settings.clone()));
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -92,5 +107,4 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
     let registered = seen.iter().find(|l| l["message"] == "User registered.").expect("registration logged");
     assert!(registered.to_string().contains("request_id"), "{registered}");
     assert!(!seen.iter().any(|l| l.to_string().contains("long password")), "no password in any log line");
-    cleanup(settings).await;
 }

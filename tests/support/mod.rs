@@ -158,8 +158,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Clean up on a separate runtime so it also happens when the test panicked.
         let settings = self.settings.clone();
-        let running = self.running.take();
-        drop(running);
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(cleanup(settings));
