@@ -54,6 +54,9 @@ enum Command {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Check the event store: gap-free sequences, every event readable, relay and projection
+    /// lag. Prints a JSON report; exits with 1 when the log itself is damaged.
+    Verify,
     /// Write the JSON Schemas of every event type into a folder (default: schemas/).
     Schemas {
         /// Destination folder.
@@ -103,6 +106,15 @@ async fn main() -> anyhow::Result<()> {
             let pool = postgres::connect(&settings.database).await?;
             let state = colloquy::audit::state_at(&pool, &aggregate_type, &aggregate_id, version).await?;
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&state)?)?;
+            return Ok(());
+        }
+        Command::Verify => {
+            let pool = postgres::connect(&settings.database).await?;
+            let report = colloquy::audit::verify(&pool, &settings.relay.name).await?;
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
+            if !report.is_sound() {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         Command::Schemas { dir } => {
