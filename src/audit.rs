@@ -135,3 +135,28 @@ pub async fn verify(pool: &PgPool, relay_name: &str) -> anyhow::Result<VerifyRep
     report.relay_lag = colloquy_commands::relay::lag(pool, relay_name).await?;
     Ok(report)
 }
+
+/// Writes every committed event (optionally of one aggregate
+/// type) as CloudEvents, one JSON object per line, in commit order — the records the relay
+/// publishes, for auditors and for back-filling consumers whose Kafka retention ran out.
+pub async fn export(
+    pool: &PgPool,
+    aggregate_type: Option<&str>,
+    mut out: impl std::io::Write,
+) -> anyhow::Result<u64> {
+    let types = aggregate_type.map(|t| vec![t.to_string()]);
+    let mut cursor = event_log::LogCursor::default();
+    let mut written = 0u64;
+    loop {
+        let page = event_log::read_committed(pool, cursor, types.as_deref(), 1_000).await?;
+        let Some((_, last)) = page.last() else { break };
+        cursor = *last;
+        for (e, _) in &page {
+            out.write_all(&colloquy_infra::cloudevents::encode(e)?)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}

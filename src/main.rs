@@ -54,6 +54,12 @@ enum Command {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Print every event as a CloudEvent (the Kafka record value), one per line, in commit order.
+    Export {
+        /// Only this aggregate type (`User`, `Conversation`).
+        #[arg(long)]
+        aggregate_type: Option<String>,
+    },
     /// Check the event store: gap-free sequences, every event readable, relay and projection
     /// lag. Prints a JSON report; exits with 1 when the log itself is damaged.
     Verify,
@@ -106,6 +112,12 @@ async fn main() -> anyhow::Result<()> {
             let pool = postgres::connect(&settings.database).await?;
             let state = colloquy::audit::state_at(&pool, &aggregate_type, &aggregate_id, version).await?;
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&state)?)?;
+            return Ok(());
+        }
+        Command::Export { aggregate_type } => {
+            let pool = postgres::connect(&settings.database).await?;
+            let written = colloquy::audit::export(&pool, aggregate_type.as_deref(), std::io::BufWriter::new(std::io::stdout().lock())).await?;
+            tracing::info!(events = written, "Export finished.");
             return Ok(());
         }
         Command::Verify => {

@@ -89,6 +89,14 @@ async fn verify_finds_holes_and_unreadable_events() {
     assert_eq!(s, 200);
     let report = colloquy::audit::verify(app.pool(), &app.settings.relay.name).await.unwrap();
     assert!(report.is_sound(), "{report:?}");
+    // The export is the same CloudEvents the relay publishes, in commit order.
+    let mut exported = Vec::new();
+    let written = colloquy::audit::export(app.pool(), Some("Conversation"), &mut exported).await.unwrap();
+    assert_eq!(written, 2);
+    let lines: Vec<serde_json::Value> = exported.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(lines[0]["type"], "colloquy.conversation.ConversationStarted.v1");
+    assert_eq!(lines[1]["data"]["content"], "hello");
+    assert_eq!(lines[1]["subject"], conv.to_string());
     assert_eq!(report.events, 3);
     assert_eq!(report.projections_behind.get("messages"), Some(&0));
 
