@@ -33,6 +33,17 @@ use tracing_actix_web::{RequestId, TracingLogger};
 use crate::errors::ApiError;
 use crate::state::AppState;
 
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+    /// The token keys are misconfigured.
+    #[error(transparent)]
+    Keys(#[from] auth::TokenConfigError),
+}
+
 /// A bound, not yet awaited, API server.
 pub struct Application {
     port: u16,
@@ -41,7 +52,7 @@ pub struct Application {
 
 impl Application {
     /// Builds the app and binds its port (0 picks a free one).
-    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, metrics: Metrics) -> Result<Self, StartError> {
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {

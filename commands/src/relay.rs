@@ -85,6 +85,7 @@ impl Relay {
 
     /// Runs until `shutdown`: waits to become the active relay, then publishes. Any error
     /// drops leadership, waits a moment and starts over from the checkpoint.
+    #[tracing::instrument(skip_all, fields(relay = %self.settings.name))]
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {

@@ -110,6 +110,7 @@ impl Projector {
     }
 
     /// Consumes until `shutdown`, then commits the stored offsets.
+    #[tracing::instrument(skip_all, fields(projection = self.projection.name()))]
     pub async fn run(&self, shutdown: CancellationToken) {
         let name = self.projection.name();
         tracing::info!(projection = name, "Projector started.");
