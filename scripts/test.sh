@@ -6,4 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/services.sh all
+# The house rules first: formatting, and clippy with the workspace lints (no unwrap/expect
+# outside tests, no print, no dbg) as errors.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"

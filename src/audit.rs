@@ -20,7 +20,12 @@ fn fold<A: Aggregate>(events: &[StoredEvent]) -> anyhow::Result<Value> {
 }
 
 /// The aggregate's state after `version` (all events when `None`), replayed from the store.
-pub async fn state_at(pool: &PgPool, aggregate_type: &str, aggregate_id: &str, version: Option<i64>) -> anyhow::Result<Value> {
+pub async fn state_at(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    version: Option<i64>,
+) -> anyhow::Result<Value> {
     let events = event_log::read_aggregate(pool, aggregate_type, aggregate_id, 0, version).await?;
     anyhow::ensure!(!events.is_empty(), "{aggregate_type} {aggregate_id} has no events");
     match aggregate_type {
@@ -139,11 +144,7 @@ pub async fn verify(pool: &PgPool, relay_name: &str) -> anyhow::Result<VerifyRep
 /// Writes every committed event (optionally of one aggregate
 /// type) as CloudEvents, one JSON object per line, in commit order — the records the relay
 /// publishes, for auditors and for back-filling consumers whose Kafka retention ran out.
-pub async fn export(
-    pool: &PgPool,
-    aggregate_type: Option<&str>,
-    mut out: impl std::io::Write,
-) -> anyhow::Result<u64> {
+pub async fn export(pool: &PgPool, aggregate_type: Option<&str>, mut out: impl std::io::Write) -> anyhow::Result<u64> {
     let types = aggregate_type.map(|t| vec![t.to_string()]);
     let mut cursor = event_log::LogCursor::default();
     let mut written = 0u64;

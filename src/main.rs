@@ -93,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Rebuild { projection } => {
-            let p = colloquy_projections::by_name(&projection).with_context(|| format!("no projection named {projection}"))?;
+            let p = colloquy_projections::by_name(&projection)
+                .with_context(|| format!("no projection named {projection}"))?;
             let deps = runtime::connect(&settings).await?;
             let report = colloquy_projections::rebuild::rebuild(&deps.pool, p.as_ref()).await?;
             colloquy_projections::cache::invalidate_all(&deps.redis).await?;
@@ -116,7 +117,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Export { aggregate_type } => {
             let pool = postgres::connect(&settings.database).await?;
-            let written = colloquy::audit::export(&pool, aggregate_type.as_deref(), std::io::BufWriter::new(std::io::stdout().lock())).await?;
+            let written = colloquy::audit::export(
+                &pool,
+                aggregate_type.as_deref(),
+                std::io::BufWriter::new(std::io::stdout().lock()),
+            )
+            .await?;
             tracing::info!(events = written, "Export finished.");
             return Ok(());
         }
@@ -132,7 +138,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
             for e in colloquy_domain::event_catalog::schemas() {
-                let path = dir.join(format!("{}.json", colloquy_domain::event_catalog::cloud_event_type(e.aggregate, e.event_type, e.version)));
+                let path = dir.join(format!(
+                    "{}.json",
+                    colloquy_domain::event_catalog::cloud_event_type(e.aggregate, e.event_type, e.version)
+                ));
                 std::fs::write(&path, serde_json::to_string_pretty(&e.schema)? + "\n")?;
             }
             return Ok(());

@@ -143,7 +143,8 @@ fn spawn_projector(
     projection: Arc<dyn Projection>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let projector = Projector::new(projection, &settings.kafka, deps.pool.clone(), Some(deps.redis.clone()), deps.metrics.clone())?;
+    let projector =
+        Projector::new(projection, &settings.kafka, deps.pool.clone(), Some(deps.redis.clone()), deps.metrics.clone())?;
     tasks.spawn(async move { projector.run(token).await });
     Ok(())
 }

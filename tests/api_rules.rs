@@ -57,7 +57,9 @@ async fn another_users_conversation_is_404_on_every_route_and_bad_tokens_are_401
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
     for token in [None, Some("garbage"), Some(forged.as_str()), Some(wrong_audience.as_str()), Some(expired.as_str())] {
-        for (method, path, body) in routes.iter().chain([(Method::GET, "/conversations".to_string(), None), (Method::GET, "/users/me".to_string(), None)].iter()) {
+        for (method, path, body) in routes.iter().chain(
+            [(Method::GET, "/conversations".to_string(), None), (Method::GET, "/users/me".to_string(), None)].iter(),
+        ) {
             let (s, b, h) = app.send(method.clone(), path, token, body.clone()).await;
             assert_eq!(s, 401, "{method} {path} with {token:?}: {b}");
             assert_eq!(b["error"]["code"], "unauthorized");
@@ -74,7 +76,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (conv, _) = app.conversation(&token, "Inputs").await;
     let before = app.event_count().await;
     let raw = |body: &'static str| {
-        app.http.post(app.url(&format!("/conversations/{conv}/messages"))).bearer_auth(&token).header("content-type", "application/json").body(body)
+        app.http
+            .post(app.url(&format!("/conversations/{conv}/messages")))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
     };
     let r = raw("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -97,11 +103,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let huge = json!({"content": "x".repeat(app.settings.http.json_limit_bytes + 10)});
     let (s, b) = app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), huge).await;
     assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")));
-    let (s, b) = app.post_json("/auth/register", None, json!({"email": "nope", "full_name": "A", "password": "long enough pw"})).await;
+    let (s, b) = app
+        .post_json("/auth/register", None, json!({"email": "nope", "full_name": "A", "password": "long enough pw"}))
+        .await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_email")));
-    let (s, b) = app.post_json("/auth/register", None, json!({"email": "short@example.com", "full_name": "A", "password": "short"})).await;
+    let (s, b) = app
+        .post_json("/auth/register", None, json!({"email": "short@example.com", "full_name": "A", "password": "short"}))
+        .await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_password")));
-    let (s, _) = app.post_json("/auth/login", None, json!({"email": "nobody@example.com", "password": "whatever123"})).await;
+    let (s, _) =
+        app.post_json("/auth/login", None, json!({"email": "nobody@example.com", "password": "whatever123"})).await;
     assert_eq!(s, 401);
     assert_eq!(app.event_count().await, before, "rejected requests recorded nothing");
 }
@@ -143,7 +154,9 @@ async fn rate_limit_answers_429_with_retry_after() {
     // One request a minute sustained, four more as a burst: the outcome cannot depend on timing.
     settings.rate_limit.per_minute = 1;
     settings.rate_limit.burst = 4;
-    let app = TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false }).await;
+    let app =
+        TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false })
+            .await;
     let (_, token) = app.user().await;
     let mut statuses = Vec::new();
     for _ in 0..10 {
@@ -192,9 +205,18 @@ async fn health_metrics_and_openapi() {
     let doc: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/users/me", "/api/v1/conversations", "/api/v1/conversations/{id}",
-        "/api/v1/conversations/{id}/archive", "/api/v1/conversations/{id}/unarchive", "/api/v1/conversations/{id}/messages",
-        "/api/v1/conversations/{id}/events", "/health", "/health/ready", "/metrics",
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/users/me",
+        "/api/v1/conversations",
+        "/api/v1/conversations/{id}",
+        "/api/v1/conversations/{id}/archive",
+        "/api/v1/conversations/{id}/unarchive",
+        "/api/v1/conversations/{id}/messages",
+        "/api/v1/conversations/{id}/events",
+        "/health",
+        "/health/ready",
+        "/metrics",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }
@@ -209,11 +231,20 @@ async fn health_metrics_and_openapi() {
 async fn a_deactivated_account_cannot_log_in_and_its_tokens_stop_working() {
     let app = TestApp::spawn().await;
     let email = format!("d{}@example.com", uuid::Uuid::new_v4().simple());
-    let (s, _) = app.post_json("/auth/register", None, json!({"email": email, "full_name": "D", "password": "long password"})).await;
+    let (s, _) = app
+        .post_json("/auth/register", None, json!({"email": email, "full_name": "D", "password": "long password"}))
+        .await;
     assert_eq!(s, 201);
     let (_, login) = app.post_json("/auth/login", None, json!({"email": email, "password": "long password"})).await;
     let token = login["access_token"].as_str().unwrap().to_string();
-    let (s, b, _) = app.send(Method::PATCH, "/users/me", Some(&token), Some(json!({"system_prompt": "Be brief.", "default_model": "m1"}))).await;
+    let (s, b, _) = app
+        .send(
+            Method::PATCH,
+            "/users/me",
+            Some(&token),
+            Some(json!({"system_prompt": "Be brief.", "default_model": "m1"})),
+        )
+        .await;
     assert_eq!((s, b["version"].as_i64()), (200, Some(2)));
     let (s, me) = app.get("/users/me?min_version=2", &token).await;
     assert_eq!((s, me["system_prompt"].as_str(), me["default_model"].as_str()), (200, Some("Be brief."), Some("m1")));
@@ -229,13 +260,30 @@ async fn a_deactivated_account_cannot_log_in_and_its_tokens_stop_working() {
     let (s, _) = app.post_json("/auth/login", None, json!({"email": email, "password": "long password"})).await;
     assert_eq!(s, 401);
     let (user_id, _) = (login["user_id"].as_str().unwrap().to_string(), ());
-    assert!(colloquy_projections::freshness::wait_for_version(app.pool(), &["users"], &user_id, 3, std::time::Duration::from_secs(15)).await.unwrap());
-    let active: bool = sqlx::query_scalar("SELECT active FROM rm_users WHERE email = $1").bind(&email).fetch_one(app.pool()).await.unwrap();
+    assert!(colloquy_projections::freshness::wait_for_version(
+        app.pool(),
+        &["users"],
+        &user_id,
+        3,
+        std::time::Duration::from_secs(15)
+    )
+    .await
+    .unwrap());
+    let active: bool = sqlx::query_scalar("SELECT active FROM rm_users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert!(!active, "the read model shows the deactivation");
-    let deactivated: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserDeactivated'").fetch_one(app.pool()).await.unwrap();
+    let deactivated: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserDeactivated'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(deactivated, 1);
     // The address stays taken.
-    let (s, _) = app.post_json("/auth/register", None, json!({"email": email, "full_name": "D2", "password": "long password"})).await;
+    let (s, _) = app
+        .post_json("/auth/register", None, json!({"email": email, "full_name": "D2", "password": "long password"}))
+        .await;
     assert_eq!(s, 409);
 }
 
@@ -246,15 +294,21 @@ async fn client_chosen_ids_are_scoped_and_retry_safe() {
     let (a, _) = app.conversation(&token, "A").await;
     let (b, _) = app.conversation(&token, "B").await;
     let id = uuid::Uuid::new_v4();
-    let (s, r) = app.post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "in a"})).await;
+    let (s, r) = app
+        .post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "in a"}))
+        .await;
     assert_eq!((s, r["message_id"].as_str()), (201, Some(id.to_string().as_str())));
     // The same message id in another conversation is another message.
-    let (s, r) = app.post_json(&format!("/conversations/{b}/messages"), Some(&token), json!({"id": id, "content": "in b"})).await;
+    let (s, r) = app
+        .post_json(&format!("/conversations/{b}/messages"), Some(&token), json!({"id": id, "content": "in b"}))
+        .await;
     assert_eq!(s, 201);
     let vb = r["version"].as_i64().unwrap();
     // Repeating it in the same conversation is refused and records nothing.
     let before = app.event_count().await;
-    let (s, r) = app.post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "again"})).await;
+    let (s, r) = app
+        .post_json(&format!("/conversations/{a}/messages"), Some(&token), json!({"id": id, "content": "again"}))
+        .await;
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("duplicate_message")));
     assert_eq!(app.event_count().await, before);
     let (s, page) = app.get(&format!("/conversations/{b}/messages?min_version={vb}"), &token).await;

@@ -16,7 +16,10 @@ async fn fifty_concurrent_posts_to_one_conversation() {
     let (conv, _) = app.conversation(&token, "Busy").await;
     let posts = (0..50).map(|i| {
         let (app, token) = (&app, token.clone());
-        async move { app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": format!("m{i}")})).await }
+        async move {
+            app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": format!("m{i}")}))
+                .await
+        }
     });
     let results = futures::future::join_all(posts).await;
     let acknowledged: Vec<&serde_json::Value> = results.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b).collect();
@@ -29,19 +32,22 @@ async fn fifty_concurrent_posts_to_one_conversation() {
     // Versions handed out are unique, and the log is gap-free.
     let versions: HashSet<i64> = acknowledged.iter().map(|b| b["version"].as_i64().unwrap()).collect();
     assert_eq!(versions.len(), acknowledged.len());
-    let sequences: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-        .bind(conv.to_string())
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(conv.to_string())
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
     assert_eq!(sequences, (1..=acknowledged.len() as i64 + 1).collect::<Vec<_>>());
 
     // Every acknowledged message is in the read model exactly once.
     let max = *versions.iter().max().unwrap();
     let (s, page) = app.get(&format!("/conversations/{conv}/messages?min_version={max}&limit=100"), &token).await;
     assert_eq!(s, 200);
-    let ids: Vec<Uuid> = page["items"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().parse().unwrap()).collect();
-    let expected: HashSet<Uuid> = acknowledged.iter().map(|b| b["message_id"].as_str().unwrap().parse().unwrap()).collect();
+    let ids: Vec<Uuid> =
+        page["items"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().parse().unwrap()).collect();
+    let expected: HashSet<Uuid> =
+        acknowledged.iter().map(|b| b["message_id"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(ids.len(), expected.len());
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
     let (_, detail) = app.get(&format!("/conversations/{conv}?min_version={max}"), &token).await;
@@ -57,7 +63,12 @@ async fn concurrent_registrations_with_one_email_have_one_winner() {
             let app = &app;
             let email = email.clone();
             async move {
-                app.post_json("/auth/register", None, json!({"email": email, "full_name": format!("Racer {i}"), "password": "a good password"})).await
+                app.post_json(
+                    "/auth/register",
+                    None,
+                    json!({"email": email, "full_name": format!("Racer {i}"), "password": "a good password"}),
+                )
+                .await
             }
         });
         let results = futures::future::join_all(attempts).await;
@@ -67,13 +78,17 @@ async fn concurrent_registrations_with_one_email_have_one_winner() {
             assert_eq!((*s, b["error"]["code"].as_str()), (409, Some("email_taken")));
         }
         // One UserRegistered for that address, and the winner can log in.
-        let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegistered' AND payload::text LIKE $1")
-            .bind(format!("%{email}%"))
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+        let registered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE event_type = 'UserRegistered' AND payload::text LIKE $1",
+        )
+        .bind(format!("%{email}%"))
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
         assert_eq!(registered, 1);
-        let (s, _) = app.post_json("/auth/login", None, json!({"email": email.to_uppercase(), "password": "a good password"})).await;
+        let (s, _) = app
+            .post_json("/auth/login", None, json!({"email": email.to_uppercase(), "password": "a good password"}))
+            .await;
         assert_eq!(s, 200);
     }
 }

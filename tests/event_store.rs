@@ -10,8 +10,8 @@ use colloquy_commands::{CommandMeta, CommandService};
 use std::sync::Arc;
 
 use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind, ConversationServices};
-use colloquy_infra::event_log::EventStoreMessages;
 use colloquy_domain::Conversation;
+use colloquy_infra::event_log::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use support::{isolated_settings, TestApp};
 use uuid::Uuid;
@@ -20,7 +20,8 @@ use uuid::Uuid;
 async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
     let services = ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
-    let service: CommandService<Conversation> = CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY);
+    let service: CommandService<Conversation> =
+        CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY);
     let owner = Uuid::new_v4();
     let id = Uuid::new_v4();
     let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "test".into(), causation_id: None };
@@ -43,14 +44,23 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
         assert_eq!(committed.version, i as i64 + 2);
     }
     // The duplicate check reaches back past every snapshot, to the first message.
-    let again = ConversationCommand::PostUserMessage { actor_id: owner, message_id: first_message.unwrap(), content: "again".into() };
+    let again = ConversationCommand::PostUserMessage {
+        actor_id: owner,
+        message_id: first_message.unwrap(),
+        content: "again".into(),
+    };
     let rejected = service.execute(&id.to_string(), again, &meta).await;
-    assert!(matches!(rejected, Err(colloquy_commands::CommandError::Rejected(ConversationError::DuplicateMessage))), "{rejected:?}");
-    let (last_sequence,): (i64,) = sqlx::query_as("SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Conversation' AND aggregate_id = $1")
-        .bind(id.to_string())
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    assert!(
+        matches!(rejected, Err(colloquy_commands::CommandError::Rejected(ConversationError::DuplicateMessage))),
+        "{rejected:?}"
+    );
+    let (last_sequence,): (i64,) = sqlx::query_as(
+        "SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Conversation' AND aggregate_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
     assert_eq!(last_sequence, 2 * SNAPSHOT_EVERY as i64, "one snapshot, at the last multiple of {SNAPSHOT_EVERY}");
     let (loaded, version) = service.load(&id.to_string()).await.unwrap();
     assert_eq!(version, messages as i64 + 1);
@@ -93,7 +103,8 @@ async fn verify_finds_holes_and_unreadable_events() {
     let mut exported = Vec::new();
     let written = colloquy::audit::export(app.pool(), Some("Conversation"), &mut exported).await.unwrap();
     assert_eq!(written, 2);
-    let lines: Vec<serde_json::Value> = exported.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        exported.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
     assert_eq!(lines[0]["type"], "colloquy.conversation.ConversationStarted.v1");
     assert_eq!(lines[1]["data"]["content"], "hello");
     assert_eq!(lines[1]["subject"], conv.to_string());

@@ -30,16 +30,21 @@ async fn register_login_converse_end_to_end() {
     assert_eq!(types, ["ConversationStarted", "UserMessagePosted", "UserMessagePosted", "UserMessagePosted"]);
     assert_eq!(rows[0].2["actor"], format!("user:{user}"));
     // No secret in any payload.
-    let leaked: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text ILIKE '%correct horse%' OR payload::text ILIKE '%argon2%'")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload::text ILIKE '%correct horse%' OR payload::text ILIKE '%argon2%'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
     assert_eq!(leaked, 0);
 
     // On Kafka, as CloudEvents in order, keyed by the aggregate id, with routing headers.
     let topic = colloquy_infra::kafka::Topics::new(&app.settings.kafka).events("Conversation");
     let key = conv.to_string();
-    let records = consume_until(&app.settings, &topic, |r| r.iter().filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes())).count() >= 4).await;
+    let records = consume_until(&app.settings, &topic, |r| {
+        r.iter().filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes())).count() >= 4
+    })
+    .await;
     let mine: Vec<_> = records.iter().filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes())).collect();
     for (i, (_, payload, headers)) in mine.iter().enumerate() {
         let ce: Value = serde_json::from_slice(payload).unwrap();
@@ -50,10 +55,15 @@ async fn register_login_converse_end_to_end() {
         assert_eq!(ce["datacontenttype"], "application/json");
         assert_eq!(ce["actor"], format!("user:{user}"));
         assert!(ce["correlationid"].is_string());
-        let expected = if i == 0 { "colloquy.conversation.ConversationStarted.v1" } else { "colloquy.conversation.UserMessagePosted.v1" };
+        let expected = if i == 0 {
+            "colloquy.conversation.ConversationStarted.v1"
+        } else {
+            "colloquy.conversation.UserMessagePosted.v1"
+        };
         assert_eq!(ce["type"], expected);
         support::assert_data_matches_schema(&ce);
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
+        let header =
+            |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
         assert_eq!(header("ce_id").as_deref(), ce["id"].as_str());
         assert_eq!(header("ce_type").as_deref(), Some(expected));
         assert_eq!(header("sequence"), Some((i + 1).to_string()));
@@ -62,7 +72,8 @@ async fn register_login_converse_end_to_end() {
     // In the read models, visible to queries that name the version they need.
     let (s, msgs) = app.get(&format!("/conversations/{conv}/messages?min_version={version}"), &token).await;
     assert_eq!(s, 200, "{msgs}");
-    let contents: Vec<&str> = msgs["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        msgs["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["first", "second", "third"]);
     let (s, list) = app.get(&format!("/conversations?min_version={version}&conversation_id={conv}"), &token).await;
     assert_eq!(s, 200, "{list}");
@@ -87,13 +98,16 @@ async fn conversation_lifecycle_through_the_read_models() {
     let app = TestApp::spawn().await;
     let (_, token) = app.user().await;
     let (conv, _) = app.conversation(&token, "Drafts").await;
-    let (s, b, _) = app.send(reqwest::Method::PATCH, &format!("/conversations/{conv}"), Some(&token), Some(json!({"title": "Plans"}))).await;
+    let (s, b, _) = app
+        .send(reqwest::Method::PATCH, &format!("/conversations/{conv}"), Some(&token), Some(json!({"title": "Plans"})))
+        .await;
     assert_eq!((s, b["version"].as_i64()), (200, Some(2)), "{b}");
     let (s, b) = app.post_json(&format!("/conversations/{conv}/archive"), Some(&token), json!(null)).await;
     assert_eq!(s, 200, "{b}");
     // Archived: no new messages, with a clear error, and nothing recorded.
     let before = app.event_count().await;
-    let (s, b) = app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": "hi"})).await;
+    let (s, b) =
+        app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": "hi"})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("conversation_archived")));
     assert_eq!(app.event_count().await, before);
     let (_, active) = app.get(&format!("/conversations?min_version=3&conversation_id={conv}"), &token).await;
@@ -104,7 +118,8 @@ async fn conversation_lifecycle_through_the_read_models() {
     assert_eq!(s, 200);
     let (s, b, _) = app.send(reqwest::Method::DELETE, &format!("/conversations/{conv}"), Some(&token), None).await;
     assert_eq!((s, b["version"].as_i64()), (200, Some(5)));
-    let (s, b) = app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": "hi"})).await;
+    let (s, b) =
+        app.post_json(&format!("/conversations/{conv}/messages"), Some(&token), json!({"content": "hi"})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("conversation_deleted")));
     let (s, _) = app.get(&format!("/conversations/{conv}?min_version=5"), &token).await;
     assert_eq!(s, 404);
@@ -138,7 +153,13 @@ async fn keyset_pagination_walks_every_conversation_once() {
         }
         let (s, page) = app.get(&path, &token).await;
         assert_eq!(s, 200, "{page}");
-        seen.extend(page["items"].as_array().unwrap().iter().map(|c| c["conversation_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["conversation_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,

@@ -58,7 +58,10 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
     });
     let mut seen = Vec::new();
     let port = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await.expect("no API start line").expect("process ended");
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
+            .await
+            .expect("no API start line")
+            .expect("process ended");
         seen.push(line.clone());
         if line["message"] == "API listening." {
             break line["port"].as_u64().unwrap();
@@ -67,11 +70,33 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let email = format!("p{}@example.com", uuid::Uuid::new_v4().simple());
-    let r = http.post(format!("{base}/api/v1/auth/register")).json(&json!({"email": email, "full_name": "P", "password": "long password"})).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": email, "full_name": "P", "password": "long password"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let token: Value = http.post(format!("{base}/api/v1/auth/login")).json(&json!({"email": email, "password": "long password"})).send().await.unwrap().json().await.unwrap();
+    let token: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": "long password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let token = token["access_token"].as_str().unwrap().to_string();
-    let conv: Value = http.post(format!("{base}/api/v1/conversations")).bearer_auth(&token).json(&json!({"title": "t"})).send().await.unwrap().json().await.unwrap();
+    let conv: Value = http
+        .post(format!("{base}/api/v1/conversations"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "t"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let conv = conv["conversation_id"].as_str().unwrap().to_string();
 
     // A request that stays in flight: it waits for a version that never comes.

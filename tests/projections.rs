@@ -39,19 +39,25 @@ async fn duplicate_and_out_of_order_delivery_leave_the_read_model_correct() {
         }
         tx.commit().await.unwrap();
     }
-    assert!(matches!(outcomes[0], Applied::Applied { filled: 2, .. }), "seq 3 first: 1 and 2 read from the store: {:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[0], Applied::Applied { filled: 2, .. }),
+        "seq 3 first: 1 and 2 read from the store: {:?}",
+        outcomes[0]
+    );
     assert_eq!(outcomes.iter().filter(|o| **o == Applied::Duplicate).count(), 5);
-    let (count, version): (i64, i64) = sqlx::query_as("SELECT message_count, version FROM rm_conversations WHERE conversation_id = $1")
-        .bind(conv)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let (count, version): (i64, i64) =
+        sqlx::query_as("SELECT message_count, version FROM rm_conversations WHERE conversation_id = $1")
+            .bind(conv)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!((count, version), (3, 4));
-    let contents: Vec<String> = sqlx::query_scalar("SELECT content FROM rm_messages WHERE conversation_id = $1 ORDER BY sequence")
-        .bind(conv)
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+    let contents: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM rm_messages WHERE conversation_id = $1 ORDER BY sequence")
+            .bind(conv)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
     assert_eq!(contents, ["m0", "m1", "m2"]);
 }
 
@@ -73,7 +79,10 @@ async fn poison_messages_go_to_the_dlq_and_the_projector_continues() {
     ];
     for payload in &bad {
         producer
-            .send(FutureRecord::<str, [u8]>::to(&topics.events("Conversation")).key("poison").payload(&payload[..]), std::time::Duration::from_secs(10))
+            .send(
+                FutureRecord::<str, [u8]>::to(&topics.events("Conversation")).key("poison").payload(&payload[..]),
+                std::time::Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
@@ -85,7 +94,8 @@ async fn poison_messages_go_to_the_dlq_and_the_projector_continues() {
     let dlq = consume_until(&app.settings, &topics.dlq(), |r| r.len() >= 4).await;
     for (_, payload, headers) in &dlq {
         assert!(bad.contains(payload));
-        let error = headers.iter().find(|(k, _)| k == "dlq_error").map(|(_, v)| String::from_utf8(v.clone()).unwrap()).unwrap();
+        let error =
+            headers.iter().find(|(k, _)| k == "dlq_error").map(|(_, v)| String::from_utf8(v.clone()).unwrap()).unwrap();
         assert!(!error.is_empty());
         assert!(headers.iter().any(|(k, _)| k == "dlq_offset"));
     }
@@ -94,7 +104,10 @@ async fn poison_messages_go_to_the_dlq_and_the_projector_continues() {
 }
 
 async fn table_json(app: &TestApp, table: &str, order: &str) -> Vec<Value> {
-    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {order}")).fetch_all(app.pool()).await.unwrap()
+    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {order}"))
+        .fetch_all(app.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,7 +116,18 @@ async fn a_rebuilt_projection_equals_the_live_one() {
     let mut last = Vec::new();
     for u in 0..3 {
         let (_, token) = app.user().await;
-        let (_, v) = app.send(reqwest::Method::PATCH, "/users/me", Some(&token), Some(json!({"full_name": format!("Renamed {u}"), "default_model": "offline"}))).await.1.get("version").map(|v| ((), v.as_i64())).unwrap();
+        let (_, v) = app
+            .send(
+                reqwest::Method::PATCH,
+                "/users/me",
+                Some(&token),
+                Some(json!({"full_name": format!("Renamed {u}"), "default_model": "offline"})),
+            )
+            .await
+            .1
+            .get("version")
+            .map(|v| ((), v.as_i64()))
+            .unwrap();
         assert_eq!(v, Some(2));
         for c in 0..3 {
             let (conv, _) = app.conversation(&token, &format!("u{u}c{c}")).await;
@@ -112,10 +136,17 @@ async fn a_rebuilt_projection_equals_the_live_one() {
                 version = app.message(&token, conv, &format!("u{u}c{c}m{m}")).await;
             }
             if c == 1 {
-                version = app.post_json(&format!("/conversations/{conv}/archive"), Some(&token), json!(null)).await.1["version"].as_i64().unwrap();
+                version = app.post_json(&format!("/conversations/{conv}/archive"), Some(&token), json!(null)).await.1
+                    ["version"]
+                    .as_i64()
+                    .unwrap();
             }
             if c == 2 && u == 0 {
-                version = app.send(reqwest::Method::DELETE, &format!("/conversations/{conv}"), Some(&token), None).await.1["version"].as_i64().unwrap();
+                version =
+                    app.send(reqwest::Method::DELETE, &format!("/conversations/{conv}"), Some(&token), None).await.1
+                        ["version"]
+                        .as_i64()
+                        .unwrap();
             }
             last.push((token.clone(), conv, version));
         }
@@ -129,11 +160,17 @@ async fn a_rebuilt_projection_equals_the_live_one() {
     // Readers keep reading through every rebuild and switch-over: never an empty or
     // partial answer, never an error.
     let (reader_token, reader_conv, reader_version) = last[0].clone();
-    let expected: serde_json::Value = app.get(&format!("/conversations/{reader_conv}/messages?min_version={reader_version}"), &reader_token).await.1;
+    let expected: serde_json::Value =
+        app.get(&format!("/conversations/{reader_conv}/messages?min_version={reader_version}"), &reader_token).await.1;
     assert_eq!(expected["items"].as_array().unwrap().len(), 4);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = tokio::spawn({
-        let (http, url, stop, expected) = (app.http.clone(), app.url(&format!("/conversations/{reader_conv}/messages")), stop.clone(), expected.clone());
+        let (http, url, stop, expected) = (
+            app.http.clone(),
+            app.url(&format!("/conversations/{reader_conv}/messages")),
+            stop.clone(),
+            expected.clone(),
+        );
         async move {
             let mut reads = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
@@ -145,24 +182,32 @@ async fn a_rebuilt_projection_equals_the_live_one() {
             reads
         }
     });
-    let tables = [("users", "rm_users", "user_id"), ("conversations", "rm_conversations", "conversation_id"), ("messages", "rm_messages", "message_id")];
+    let tables = [
+        ("users", "rm_users", "user_id"),
+        ("conversations", "rm_conversations", "conversation_id"),
+        ("messages", "rm_messages", "message_id"),
+    ];
     for (name, table, key) in tables {
         let live = table_json(&app, table, key).await;
         assert!(!live.is_empty());
-        let state_before: Vec<(String, i64)> = sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id")
-            .bind(name)
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+        let state_before: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id",
+        )
+        .bind(name)
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
         let projection = colloquy_projections::by_name(name).unwrap();
         let report = colloquy_projections::rebuild::rebuild(app.pool(), projection.as_ref()).await.unwrap();
         assert!(report.events > 0);
         assert_eq!(table_json(&app, table, key).await, live, "{name} rebuilt differs from live");
-        let state_after: Vec<(String, i64)> = sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id")
-            .bind(name)
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+        let state_after: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id",
+        )
+        .bind(name)
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
         assert_eq!(state_after, state_before);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -209,7 +254,8 @@ async fn a_read_model_outage_delays_but_loses_nothing() {
     // set aside as poison.
     let (s, page) = app.get(&format!("/conversations/{conv}/messages?min_version={v}"), &token).await;
     assert_eq!(s, 200, "{page}");
-    let contents: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["before", "during 1", "during 2"]);
     let metrics = app.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("colloquy_dlq_messages_total{consumer=\"messages\"} 0"), "{metrics}");

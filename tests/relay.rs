@@ -75,13 +75,18 @@ async fn relay_crash_before_checkpoint_resends_and_projections_ignore_duplicates
 
     // A relay that produced everything but died before checkpointing: the checkpoint is
     // where it was before the batch (here: the beginning).
-    sqlx::query("UPDATE relay_checkpoint SET last_tx_id = '0'::xid8, last_position = 0").execute(app.pool()).await.unwrap();
+    sqlx::query("UPDATE relay_checkpoint SET last_tx_id = '0'::xid8, last_position = 0")
+        .execute(app.pool())
+        .await
+        .unwrap();
     let settings = app.settings.clone();
     let restarted = TestApp::attach(settings.clone(), Processes { api: true, relay: true, projectors: true }).await;
     let version = restarted.message(&token, conv, "after restart").await;
-    let (s, page) = restarted.get(&format!("/conversations/{conv}/messages?min_version={version}&limit=100"), &token).await;
+    let (s, page) =
+        restarted.get(&format!("/conversations/{conv}/messages?min_version={version}&limit=100"), &token).await;
     assert_eq!(s, 200);
-    let contents: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["m0", "m1", "m2", "m3", "m4", "after restart"], "nothing missing, nothing twice");
     let (_, detail) = restarted.get(&format!("/conversations/{conv}"), &token).await;
     assert_eq!(detail["message_count"], 6);
@@ -89,7 +94,10 @@ async fn relay_crash_before_checkpoint_resends_and_projections_ignore_duplicates
     // The events really were delivered twice.
     let topic = Topics::new(&settings.kafka).events("Conversation");
     let key = conv.to_string();
-    let records = consume_until(&settings, &topic, |r| r.iter().filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes())).count() >= 13).await;
+    let records = consume_until(&settings, &topic, |r| {
+        r.iter().filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes())).count() >= 13
+    })
+    .await;
     let sequences: Vec<i64> = records
         .iter()
         .filter(|(k, _, _)| k.as_deref() == Some(key.as_bytes()))
@@ -118,7 +126,10 @@ async fn a_standby_relay_takes_over() {
     active.stop_processes().await;
     let second = Uuid::new_v4();
     insert_started(&mut conn, second).await;
-    let records = consume_until(&app.settings, &topic, |r| r.iter().any(|(k, _, _)| k.as_deref() == Some(second.to_string().as_bytes()))).await;
+    let records = consume_until(&app.settings, &topic, |r| {
+        r.iter().any(|(k, _, _)| k.as_deref() == Some(second.to_string().as_bytes()))
+    })
+    .await;
     let first_copies = records.iter().filter(|(k, _, _)| k.as_deref() == Some(first.to_string().as_bytes())).count();
     assert_eq!(first_copies, 1, "the standby continued from the checkpoint");
     drop(standby);

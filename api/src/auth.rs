@@ -61,13 +61,19 @@ impl Tokens {
         if signing.secret == colloquy_infra::settings::DEV_JWT_SECRET {
             tracing::warn!("Signing access tokens with the development key; set COLLOQUY_AUTH__KEYS in production.");
         }
-        let decoding = settings.keys.iter().map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes()))).collect();
+        let decoding =
+            settings.keys.iter().map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes()))).collect();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
-        Ok(Self { settings: settings.clone(), decoding, encoding: EncodingKey::from_secret(signing.secret.as_bytes()), validation })
+        Ok(Self {
+            settings: settings.clone(),
+            decoding,
+            encoding: EncodingKey::from_secret(signing.secret.as_bytes()),
+            validation,
+        })
     }
 
     /// A signed access token for `user` and its lifetime in seconds.

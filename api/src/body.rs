@@ -17,7 +17,9 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
                 ApiError::PayloadTooLarge { limit }
             }
             JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-            JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")),
+            JsonPayloadError::Deserialize(e) => {
+                ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+            }
             other => ApiError::bad_request("invalid_body", other.to_string()),
         };
         actix_web::Error::from(api)

@@ -158,7 +158,9 @@ impl ResponseError for ApiError {
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
         let code = match e {
-            UserError::AlreadyRegistered => return Self::Conflict { code: "already_registered", message: e.to_string() },
+            UserError::AlreadyRegistered => {
+                return Self::Conflict { code: "already_registered", message: e.to_string() }
+            }
             UserError::NotRegistered => return Self::NotFound("user"),
             UserError::Deactivated => return Self::Conflict { code: "user_deactivated", message: e.to_string() },
             UserError::InvalidEmail => "invalid_email",

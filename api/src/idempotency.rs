@@ -15,7 +15,13 @@ use crate::state::AppState;
 pub const HEADER: &str = "Idempotency-Key";
 
 /// Runs `command` at most once per (user, key).
-pub async fn once<F, Fut>(state: &AppState, user: Uuid, req: &HttpRequest, body: &Value, command: F) -> Result<HttpResponse, ApiError>
+pub async fn once<F, Fut>(
+    state: &AppState,
+    user: Uuid,
+    req: &HttpRequest,
+    body: &Value,
+    command: F,
+) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
@@ -27,7 +33,9 @@ where
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 visible characters"))?
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 visible characters")
+        })?
         .to_string();
     let mut hasher = Sha256::new();
     hasher.update(req.method().as_str());
@@ -49,18 +57,22 @@ where
     .bind(&hash)
     .bind(state.settings.http.idempotency_ttl_hours as i32)
     .execute(&state.pool)
-        .await?
-        .rows_affected()
+    .await?
+    .rows_affected()
         == 1;
     if !claimed {
-        let (stored_hash, status, response): (String, Option<i16>, Option<Value>) =
-            sqlx::query_as("SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2")
-                .bind(user)
-                .bind(&key)
-                .fetch_one(&state.pool)
-                .await?;
+        let (stored_hash, status, response): (String, Option<i16>, Option<Value>) = sqlx::query_as(
+            "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user)
+        .bind(&key)
+        .fetch_one(&state.pool)
+        .await?;
         if stored_hash != hash {
-            return Err(ApiError::unprocessable("idempotency_key_reused", "this Idempotency-Key was used with a different request"));
+            return Err(ApiError::unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            ));
         }
         let (Some(status), Some(response)) = (status, response) else {
             return Err(ApiError::Conflict {
@@ -81,7 +93,11 @@ where
             (e.status_code(), serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}}))
         }
         Err(_) => {
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2").bind(user).bind(&key).execute(&state.pool).await?;
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                .bind(user)
+                .bind(&key)
+                .execute(&state.pool)
+                .await?;
             return outcome.map(|(s, b)| HttpResponse::build(s).json(b));
         }
     };

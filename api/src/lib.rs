@@ -96,7 +96,10 @@ impl Application {
                     async move {
                         let mut res = fut.await?;
                         metrics.http_requests.with_label_values(&[&method, &route, res.status().as_str()]).inc();
-                        metrics.http_latency.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
+                        metrics
+                            .http_latency
+                            .with_label_values(&[&method, &route])
+                            .observe(started.elapsed().as_secs_f64());
                         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                             res.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
                         }
@@ -137,15 +140,13 @@ pub fn ops_server(host: &str, port: u16, metrics: Metrics) -> std::io::Result<(u
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
-        App::new()
-            .route("/health", web::get().to(routes::health::get_health))
-            .route(
-                "/metrics",
-                web::get().to(move || {
-                    let body = metrics.render();
-                    async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
-                }),
-            )
+        App::new().route("/health", web::get().to(routes::health::get_health)).route(
+            "/metrics",
+            web::get().to(move || {
+                let body = metrics.render();
+                async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+            }),
+        )
     })
     .workers(1)
     .listen(listener)?

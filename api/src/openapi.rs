@@ -64,14 +64,20 @@ impl Modify for CommonResponses {
                     .parameter_in(ParameterIn::Path)
                     .required(Required::True)
                     .description(Some("The conversation's id"))
-                    .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                    ))
                     .build();
                 item.parameters.get_or_insert_with(Vec::new).push(id);
             }
             if !path.starts_with("/api/") {
                 continue;
             }
-            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten()
+            {
                 let secured = op.security.is_some();
                 let with_body = op.request_body.is_some();
                 add_errors(op, secured, with_body, with_id);

@@ -49,7 +49,13 @@ impl RateLimiter {
 
     /// Counts one request of `key`; `Ok(Verdict::Allowed)`, or the wait in ms, or
     /// `Denied` when `deny_key` exists.
-    async fn hit(&self, key: &str, deny_key: Option<&str>, per_minute: u32, burst: u32) -> Result<Verdict, redis::RedisError> {
+    async fn hit(
+        &self,
+        key: &str,
+        deny_key: Option<&str>,
+        per_minute: u32,
+        burst: u32,
+    ) -> Result<Verdict, redis::RedisError> {
         let interval = 60_000 / u64::from(per_minute.max(1));
         let tolerance = interval * u64::from(burst);
         let mut conn = self.redis.conn.clone();
@@ -85,7 +91,9 @@ impl RateLimiter {
         let (key, deny) = self.user_keys(user);
         match self.hit(&key, Some(&deny), self.settings.per_minute, self.settings.burst).await {
             Ok(Verdict::Allowed) => Ok(()),
-            Ok(Verdict::Wait(wait_ms)) => Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) }),
+            Ok(Verdict::Wait(wait_ms)) => {
+                Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) })
+            }
             Ok(Verdict::Denied) => Err(ApiError::Unauthorized("the account is deactivated".into())),
             Err(e) => {
                 tracing::warn!(error = %e, "Rate limiter unavailable; allowing the request.");
@@ -101,7 +109,9 @@ impl RateLimiter {
         let per_minute = self.settings.auth_per_minute;
         match self.hit(&key, None, per_minute, per_minute / 2).await {
             Ok(Verdict::Allowed | Verdict::Denied) => Ok(()),
-            Ok(Verdict::Wait(wait_ms)) => Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) }),
+            Ok(Verdict::Wait(wait_ms)) => {
+                Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) })
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Rate limiter unavailable; refusing authentication.");
                 Err(ApiError::Unavailable("authentication is temporarily unavailable".into()))

@@ -221,7 +221,11 @@ impl Api {
         let register = json!({"email": email, "full_name": "Bench User", "password": password});
         let response = client.post(format!("{base}/auth/register")).json(&register).send().await?;
         expect(response.status(), StatusCode::CREATED, "register", &response.text().await?)?;
-        let response = client.post(format!("{base}/auth/login")).json(&json!({"email": email, "password": password})).send().await?;
+        let response = client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await?;
         let status = response.status();
         let body: Value = response.json().await?;
         expect(status, StatusCode::OK, "login", &body.to_string())?;
@@ -536,7 +540,12 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
 /// time, not with one poller each: a message already visible when its turn comes costs a
 /// single poll and cannot raise the maximum, so the latest moment is still found (to within
 /// a poll) without 32 more pollers competing with the projectors for the CPU.
-async fn drain(api: &Api, lasts: Vec<(Uuid, Posted, Instant)>, stopped: Instant, timeout: Duration) -> Option<Duration> {
+async fn drain(
+    api: &Api,
+    lasts: Vec<(Uuid, Posted, Instant)>,
+    stopped: Instant,
+    timeout: Duration,
+) -> Option<Duration> {
     let mut latest = stopped;
     for (conversation, posted, acked) in lasts {
         let check = Check { api: api.clone(), conversation, posted, acked, poll: Duration::from_millis(5), timeout };
@@ -582,7 +591,14 @@ impl LoadWorker {
                         // slowing the load down.
                         match self.checkers.clone().try_acquire_owned() {
                             Ok(permit) => {
-                                let check = Check { api: self.checker_api.clone(), conversation, posted, acked, poll: self.poll, timeout: self.timeout };
+                                let check = Check {
+                                    api: self.checker_api.clone(),
+                                    conversation,
+                                    posted,
+                                    acked,
+                                    poll: self.poll,
+                                    timeout: self.timeout,
+                                };
                                 checks.spawn(check.run(Some(permit)));
                             }
                             Err(_) => lag_skipped += 1,
@@ -618,7 +634,9 @@ impl Check {
         loop {
             sample.polls += 1;
             match self.api.get(&path).await {
-                Ok((StatusCode::OK, body)) if body["items"][0]["message_id"].as_str() == Some(self.posted.message_id.as_str()) => {
+                Ok((StatusCode::OK, body))
+                    if body["items"][0]["message_id"].as_str() == Some(self.posted.message_id.as_str()) =>
+                {
                     sample.seen = Some(Instant::now());
                     return sample;
                 }
@@ -679,11 +697,18 @@ async fn long_vs_new(args: &Args, api: &Api) -> anyhow::Result<LongNewResult> {
 
     // Let the relay and projectors drain the fill before measuring, so both series see an
     // idle system (the server waits for the version itself, up to its own limit).
-    wait_until_ok(api, &format!("/conversations/{long}/messages?after={}&limit=1&min_version={last}", last - 1)).await?;
+    wait_until_ok(api, &format!("/conversations/{long}/messages?after={}&limit=1&min_version={last}", last - 1))
+        .await?;
 
     // Interleave long and new posts: background noise (a late projector batch, a
     // checkpoint) then hits both series alike instead of whichever ran second.
-    let mut result = LongNewResult { long: Vec::new(), new: Vec::new(), fill, fill_retries: retries.load(Ordering::Relaxed), tally: Tally::default() };
+    let mut result = LongNewResult {
+        long: Vec::new(),
+        new: Vec::new(),
+        fill,
+        fill_retries: retries.load(Ordering::Relaxed),
+        tally: Tally::default(),
+    };
     for (i, conversation) in fresh.iter().enumerate() {
         for (target, series) in [(long, 0), (*conversation, 1)] {
             let sent = Instant::now();
@@ -691,7 +716,11 @@ async fn long_vs_new(args: &Args, api: &Api) -> anyhow::Result<LongNewResult> {
                 Ok(_) => {
                     result.tally.ok += 1;
                     let latency = sent.elapsed();
-                    if series == 0 { result.long.push(latency) } else { result.new.push(latency) }
+                    if series == 0 {
+                        result.long.push(latency)
+                    } else {
+                        result.new.push(latency)
+                    }
                 }
                 Err(failure) => result.tally.fail(failure),
             }
@@ -753,12 +782,14 @@ async fn pgbench(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Pgbench
     if !output.status.success() {
         bail!("pgbench failed ({}): {}{}", output.status, stdout, String::from_utf8_lossy(&output.stderr));
     }
-    let field = |prefix: &str| stdout.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_string));
+    let field =
+        |prefix: &str| stdout.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_string));
     // "tps = 4567.890123 (without initial connection time)"
     let tps = field("tps =")
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
         .with_context(|| format!("no tps line in pgbench's output:\n{stdout}"))?;
-    let count = |prefix: &str| field(prefix).and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()));
+    let count =
+        |prefix: &str| field(prefix).and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()));
     Ok(PgbenchResult {
         tps,
         transactions: count("number of transactions actually processed:"),
@@ -774,8 +805,14 @@ async fn pgbench(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Pgbench
 async fn forget_redis_keys(mut conn: redis::aio::ConnectionManager, prefix: &str) -> redis::RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{prefix}*")).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
         if !keys.is_empty() {
             redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
         }

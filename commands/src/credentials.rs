@@ -111,7 +111,10 @@ impl Credentials {
             Ok(committed) => Ok((user_id, committed)),
             Err(e) => {
                 // Release the address so the person can try again.
-                let _ = sqlx::query("DELETE FROM user_credentials WHERE user_id = $1").bind(user_id).execute(&self.pool).await;
+                let _ = sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await;
                 Err(match e {
                     CommandError::Rejected(e) => RegistrationError::Invalid(e),
                     other => RegistrationError::Internal(other.to_string()),

@@ -78,7 +78,12 @@ pub struct Relay {
 
 impl Relay {
     /// Creates the producer; does not connect to anything yet.
-    pub fn new(pool: PgPool, kafka: &KafkaSettings, settings: RelaySettings, metrics: Metrics) -> Result<Self, KafkaError> {
+    pub fn new(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        settings: RelaySettings,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
         let producer: FutureProducer = producer_config(kafka).create()?;
         Ok(Self { pool, producer, topics: Topics::new(kafka), settings, metrics })
     }
@@ -110,7 +115,8 @@ impl Relay {
         let key = lock_key(&self.settings.name);
         let mut waiting_logged = false;
         loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
             if got {
                 break;
             }
@@ -132,7 +138,11 @@ impl Relay {
         result
     }
 
-    async fn publish_loop(&self, conn: &mut PoolConnection<Postgres>, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    async fn publish_loop(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut cursor = self.load_checkpoint(conn).await?;
         let mut last_lag_check = std::time::Instant::now() - Duration::from_secs(60);
         while !shutdown.is_cancelled() {
@@ -184,7 +194,11 @@ impl Relay {
             let topic = self.topics.events(&event.aggregate_type);
             let payload = cloudevents::encode(event)?;
             let id = event.event_id.to_string();
-            let ty = colloquy_domain::event_catalog::cloud_event_type(&event.aggregate_type, &event.event_type, &event.event_version);
+            let ty = colloquy_domain::event_catalog::cloud_event_type(
+                &event.aggregate_type,
+                &event.event_type,
+                &event.event_version,
+            );
             let seq = event.sequence.to_string();
             let hdrs = OwnedHeaders::new()
                 .insert(Header { key: headers::ID, value: Some(id.as_bytes()) })

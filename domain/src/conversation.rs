@@ -9,11 +9,11 @@ mod services;
 pub use aggregate::{Conversation, ConversationStatus};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
-pub use services::{ConversationServices, MessageLookup};
 pub use events::{
     ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, UserMessagePosted,
 };
+pub use services::{ConversationServices, MessageLookup};
 
 /// Longest accepted title, in characters.
 pub const TITLE_MAX: usize = 200;

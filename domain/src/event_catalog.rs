@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn cloud_event_type_uses_major_version() {
-        assert_eq!(cloud_event_type("Conversation", "UserMessagePosted", "1.0"), "colloquy.conversation.UserMessagePosted.v1");
+        assert_eq!(
+            cloud_event_type("Conversation", "UserMessagePosted", "1.0"),
+            "colloquy.conversation.UserMessagePosted.v1"
+        );
         assert_eq!(cloud_event_type("User", "UserRegistered", "2.3"), "colloquy.user.UserRegistered.v2");
     }
 

@@ -52,8 +52,7 @@ impl std::fmt::Display for EmailAddress {
 pub fn bounded_text(raw: &str, max: usize) -> Option<String> {
     let text = raw.trim();
     let len = text.chars().count();
-    (len > 0 && len <= max && !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
-        .then(|| text.to_string())
+    (len > 0 && len <= max && !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')).then(|| text.to_string())
 }
 
 #[cfg(test)]
@@ -69,7 +68,9 @@ mod tests {
 
     #[test]
     fn implausible_emails_are_rejected() {
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "a@b@c.com", "ada@.com", "ada@-x.com"] {
+        for bad in
+            ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "a@b@c.com", "ada@.com", "ada@-x.com"]
+        {
             assert!(EmailAddress::parse(bad).is_none(), "{bad} should be rejected");
         }
     }

@@ -168,7 +168,10 @@ mod tests {
             event_type: "UserMessagePosted".into(),
             event_version: "1.0".into(),
             data: serde_json::json!({"message_id": Uuid::from_u128(6), "author_id": Uuid::from_u128(1), "content": "hi"}),
-            metadata: HashMap::from([("actor".to_string(), "user:1".to_string()), ("correlation_id".into(), "c-1".into())]),
+            metadata: HashMap::from([
+                ("actor".to_string(), "user:1".to_string()),
+                ("correlation_id".into(), "c-1".into()),
+            ]),
             recorded_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         }
     }

@@ -99,7 +99,9 @@ fn decode(row: &sqlx::postgres::PgRow) -> Result<(StoredEvent, LogCursor), Event
     };
     let payload: Value = row.try_get("payload")?;
     let data = match payload {
-        Value::Object(mut map) if map.len() == 1 => map.remove(&event_type).ok_or_else(|| malformed("payload tag differs from event_type".into()))?,
+        Value::Object(mut map) if map.len() == 1 => {
+            map.remove(&event_type).ok_or_else(|| malformed("payload tag differs from event_type".into()))?
+        }
         // A unit variant serialises as a bare string.
         Value::String(tag) if tag == event_type => Value::Object(Default::default()),
         _ => return Err(malformed("payload is not a tagged event".into())),
@@ -186,18 +188,27 @@ pub async fn read_aggregate<'e>(
 }
 
 /// The aggregate's current version (0 when it has no events).
-pub async fn aggregate_version<'e>(db: impl PgExecutor<'e>, aggregate_type: &str, aggregate_id: &str) -> Result<i64, EventLogError> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2")
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .fetch_one(db)
-        .await?;
+pub async fn aggregate_version<'e>(
+    db: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<i64, EventLogError> {
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2")
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_one(db)
+            .await?;
     Ok(v.unwrap_or(0))
 }
 
 /// Whether any event of the conversation carries `message_id` in its payload (served by
 /// the `events_message_id` index).
-pub async fn message_exists<'e>(db: impl PgExecutor<'e>, conversation_id: Uuid, message_id: Uuid) -> Result<bool, EventLogError> {
+pub async fn message_exists<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<bool, EventLogError> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM events
                          WHERE aggregate_type = 'Conversation' AND aggregate_id = $1

@@ -95,7 +95,9 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, Kafk
         match r {
             Ok(name) => created.push(name),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(%name, "Topic creation failed.")),
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(%name, "Topic creation failed."))
+            }
         }
     }
     Ok(created)
@@ -105,7 +107,8 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, Kafk
 pub async fn check(settings: &KafkaSettings, timeout: Duration) -> Result<(), KafkaError> {
     let brokers = settings.brokers.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
         rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, timeout).map(|_| ())
     })
     .await

@@ -42,18 +42,18 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("colloquy".into()), None).unwrap_or_default();
-        let http_requests = must(IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests"),
-            &["method", "route", "status"],
-        ));
+        let http_requests =
+            must(IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests"), &["method", "route", "status"]));
         let http_latency = must(HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["method", "route"],
         ));
-        let commands = must(IntCounterVec::new(Opts::new("commands_total", "Commands handled"), &["aggregate", "outcome"]));
+        let commands =
+            must(IntCounterVec::new(Opts::new("commands_total", "Commands handled"), &["aggregate", "outcome"]));
         let relay_lag_events = must(IntGauge::new("relay_lag_events", "Committed events not yet published to Kafka"));
-        let relay_published = must(IntCounterVec::new(Opts::new("relay_published_total", "Events published"), &["topic"]));
+        let relay_published =
+            must(IntCounterVec::new(Opts::new("relay_published_total", "Events published"), &["topic"]));
         let consumer_lag = must(IntGaugeVec::new(
             Opts::new("consumer_lag_messages", "Messages behind the high watermark, per consumer"),
             &["consumer"],
@@ -62,7 +62,8 @@ impl Metrics {
             Opts::new("projection_events_total", "Events handled by projections"),
             &["projection", "outcome"],
         ));
-        let dlq_messages = must(IntCounterVec::new(Opts::new("dlq_messages_total", "Messages sent to the DLQ"), &["consumer"]));
+        let dlq_messages =
+            must(IntCounterVec::new(Opts::new("dlq_messages_total", "Messages sent to the DLQ"), &["consumer"]));
         let projection_retries = must(IntCounterVec::new(
             Opts::new("projection_retries_total", "Projection batches retried after a database failure"),
             &["projection"],

@@ -69,7 +69,8 @@ impl PasswordHasher {
     /// Burns the same time as a real verification, so a login for an unknown address
     /// cannot be told from a wrong password by its latency.
     pub async fn verify_dummy(&self, password: String) {
-        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$7hbF1cmLJRsrWrqBNmOHE5HtOJIl2U8ZbCIbdjhVg6A";
+        const DUMMY: &str =
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$7hbF1cmLJRsrWrqBNmOHE5HtOJIl2U8ZbCIbdjhVg6A";
         let _ = self.verify(password, DUMMY.to_string()).await;
     }
 }

@@ -47,8 +47,14 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await?;
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
             if !keys.is_empty() {
                 deleted += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut conn).await?;
             }

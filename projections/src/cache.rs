@@ -36,7 +36,13 @@ pub async fn get(redis: &RedisStore, user: Uuid, name: &str) -> Result<(u64, Opt
 }
 
 /// Stores `value` under the generation a `get` returned.
-pub async fn put(redis: &RedisStore, user: Uuid, generation: u64, name: &str, value: &str) -> Result<(), redis::RedisError> {
+pub async fn put(
+    redis: &RedisStore,
+    user: Uuid,
+    generation: u64,
+    name: &str,
+    value: &str,
+) -> Result<(), redis::RedisError> {
     let mut conn = redis.conn.clone();
     conn.set_ex(value_key(redis, user, generation, name), value, TTL_SECS).await
 }

@@ -64,7 +64,8 @@ impl Projection for ConversationsProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
-        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
+        let id: Uuid =
+            e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
         let event = domain_event::<ConversationEvent>(e)?;
         if let E::ConversationStarted(s) = &event {
             sqlx::query(&format!(

@@ -6,11 +6,12 @@ use sqlx::PgPool;
 
 /// The version `projection` has applied for `aggregate_id` (0: nothing yet).
 pub async fn applied_version(pool: &PgPool, projection: &str, aggregate_id: &str) -> Result<i64, sqlx::Error> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = $2")
-        .bind(projection)
-        .bind(aggregate_id)
-        .fetch_optional(pool)
-        .await?;
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = $2")
+            .bind(projection)
+            .bind(aggregate_id)
+            .fetch_optional(pool)
+            .await?;
     Ok(v.unwrap_or(0))
 }
 

@@ -17,7 +17,11 @@ pub use projection::{ApplyError, Projection};
 
 /// Every projection, by name.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(users::UsersProjection), Arc::new(conversations::ConversationsProjection), Arc::new(messages::MessagesProjection)]
+    vec![
+        Arc::new(users::UsersProjection),
+        Arc::new(conversations::ConversationsProjection),
+        Arc::new(messages::MessagesProjection),
+    ]
 }
 
 /// The projection called `name`.

@@ -48,7 +48,8 @@ impl Projection for MessagesProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
-        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
+        let id: Uuid =
+            e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
         match domain_event::<ConversationEvent>(e)? {
             ConversationEvent::UserMessagePosted(m) => {
                 sqlx::query(&format!(
@@ -65,7 +66,10 @@ impl Projection for MessagesProjection {
                 .await?;
             }
             ConversationEvent::ConversationDeleted(_) => {
-                sqlx::query(&format!("DELETE FROM {table} WHERE conversation_id = $1")).bind(id).execute(&mut *conn).await?;
+                sqlx::query(&format!("DELETE FROM {table} WHERE conversation_id = $1"))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
             }
             _ => {}
         }
@@ -74,7 +78,13 @@ impl Projection for MessagesProjection {
 }
 
 /// A page of a conversation's messages in order, after sequence `after`.
-pub async fn list(pool: &PgPool, owner: Uuid, conversation: Uuid, after: i64, limit: i64) -> Result<Vec<Message>, sqlx::Error> {
+pub async fn list(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
     sqlx::query_as(
         "SELECT message_id, conversation_id, sequence, role, content, created_at FROM rm_messages
           WHERE conversation_id = $1 AND owner_id = $2 AND sequence > $3

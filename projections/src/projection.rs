@@ -24,7 +24,11 @@ impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
         // Data exceptions (22xxx) and integrity violations (23xxx) will fail again.
         let poison = matches!(&e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")));
-        if poison { Self::Poison(e.to_string()) } else { Self::Database(e) }
+        if poison {
+            Self::Poison(e.to_string())
+        } else {
+            Self::Database(e)
+        }
     }
 }
 
@@ -49,7 +53,12 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event to `table` (the live table or a rebuild's fresh one). Returns the
     /// user whose cached views the change makes stale, if any. Must be deterministic:
     /// timestamps come from the event, never from the clock.
-    async fn apply(&self, conn: &mut PgConnection, table: &str, event: &StoredEvent) -> Result<Option<Uuid>, ApplyError>;
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        event: &StoredEvent,
+    ) -> Result<Option<Uuid>, ApplyError>;
 }
 
 /// What happened to one event.
@@ -105,13 +114,14 @@ pub async fn apply_all_in_order(
     let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = ANY($2)")
-            .bind(state)
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| fail(0)(e.into()))?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = ANY($2)",
+    )
+    .bind(state)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| fail(0)(e.into()))?;
     let mut last: HashMap<String, i64> = rows.into_iter().collect();
     let mut outcomes = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
@@ -123,9 +133,15 @@ pub async fn apply_all_in_order(
         let mut touched = Vec::new();
         let mut filled = 0;
         if event.sequence > seen + 1 {
-            let missing = event_log::read_aggregate(&mut *conn, &event.aggregate_type, &event.aggregate_id, seen, Some(event.sequence - 1))
-                .await
-                .map_err(|e| fail(index)(e.into()))?;
+            let missing = event_log::read_aggregate(
+                &mut *conn,
+                &event.aggregate_type,
+                &event.aggregate_id,
+                seen,
+                Some(event.sequence - 1),
+            )
+            .await
+            .map_err(|e| fail(index)(e.into()))?;
             if missing.len() as i64 != event.sequence - 1 - seen {
                 return Err(fail(index)(ApplyError::Poison(format!(
                     "{} #{}: events {}..{} are missing from the event store",
@@ -164,5 +180,7 @@ pub async fn apply_all_in_order(
 
 /// Decodes the domain event of a stored event, or a poison error.
 pub fn domain_event<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Result<E, ApplyError> {
-    event.to_domain().map_err(|e| ApplyError::Poison(format!("{} is not a valid {}: {e}", event.event_type, event.aggregate_type)))
+    event
+        .to_domain()
+        .map_err(|e| ApplyError::Poison(format!("{} is not a valid {}: {e}", event.event_type, event.aggregate_type)))
 }

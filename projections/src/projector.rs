@@ -24,8 +24,8 @@ use sqlx::{Acquire, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projection::{apply_all_in_order, apply_in_order, Applied, ApplyError, BatchFailure, Projection};
 use crate::cache;
+use crate::projection::{apply_all_in_order, apply_in_order, Applied, ApplyError, BatchFailure, Projection};
 
 /// Most messages applied in one transaction.
 const MAX_BATCH: usize = 500;
@@ -99,9 +99,8 @@ impl Projector {
         metrics.dlq_messages.with_label_values(&[projection.name()]).inc_by(0);
         metrics.projection_retries.with_label_values(&[projection.name()]).inc_by(0);
         let context = LagContext { consumer: projection.name().to_string(), metrics: metrics.clone() };
-        let consumer: StreamConsumer<LagContext> = consumer_config(kafka, &group)
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(context)?;
+        let consumer: StreamConsumer<LagContext> =
+            consumer_config(kafka, &group).set("statistics.interval.ms", "5000").create_with_context(context)?;
         let names: Vec<String> = projection.aggregate_types().iter().map(|t| topics.events(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
@@ -205,7 +204,10 @@ impl Projector {
     /// if one event is poison, the batch is rolled back and applied again with a savepoint
     /// per event, so the poison one is set aside without undoing the others. Returns the
     /// outcomes and the events rejected as poison.
-    async fn apply_batch(&self, events: &[(usize, StoredEvent)]) -> Result<(Vec<Applied>, Vec<(usize, String)>), sqlx::Error> {
+    async fn apply_batch(
+        &self,
+        events: &[(usize, StoredEvent)],
+    ) -> Result<(Vec<Applied>, Vec<(usize, String)>), sqlx::Error> {
         let projection = self.projection.as_ref();
         let plain: Vec<StoredEvent> = events.iter().map(|(_, e)| e.clone()).collect();
         let mut tx = self.pool.begin().await?;

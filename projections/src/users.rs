@@ -59,7 +59,8 @@ impl Projection for UsersProjection {
         let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("user id {}", e.aggregate_id)))?;
         match domain_event::<UserEvent>(e)? {
             UserEvent::UserRegistered(r) => {
-                let role = serde_json::to_value(r.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                let role =
+                    serde_json::to_value(r.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
                 sqlx::query(&format!(
                     "INSERT INTO {table} (user_id, email, full_name, role, active, version, registered_at, updated_at)
                      VALUES ($1, $2, $3, $4, true, $5, $6, $6)"
@@ -94,12 +95,14 @@ impl Projection for UsersProjection {
                 .await?;
             }
             UserEvent::UserDeactivated(_) => {
-                sqlx::query(&format!("UPDATE {table} SET active = false, version = $2, updated_at = $3 WHERE user_id = $1"))
-                    .bind(id)
-                    .bind(e.sequence)
-                    .bind(e.recorded_at)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(&format!(
+                    "UPDATE {table} SET active = false, version = $2, updated_at = $3 WHERE user_id = $1"
+                ))
+                .bind(id)
+                .bind(e.sequence)
+                .bind(e.recorded_at)
+                .execute(&mut *conn)
+                .await?;
             }
         }
         Ok(Some(id))

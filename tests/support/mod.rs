@@ -102,14 +102,26 @@ impl TestApp {
     /// Registers and logs in a fresh user; returns (user_id, token).
     pub async fn user(&self) -> (Uuid, String) {
         let email = format!("u{}@example.com", Uuid::new_v4().simple());
-        let r = self.post_json("/auth/register", None, json!({"email": email, "full_name": "Test User", "password": "correct horse battery"})).await;
+        let r = self
+            .post_json(
+                "/auth/register",
+                None,
+                json!({"email": email, "full_name": "Test User", "password": "correct horse battery"}),
+            )
+            .await;
         assert_eq!(r.0, 201, "register: {}", r.1);
         let r = self.post_json("/auth/login", None, json!({"email": email, "password": "correct horse battery"})).await;
         assert_eq!(r.0, 200, "login: {}", r.1);
         (r.1["user_id"].as_str().unwrap().parse().unwrap(), r.1["access_token"].as_str().unwrap().to_string())
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value, reqwest::header::HeaderMap) {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -143,7 +155,9 @@ impl TestApp {
 
     /// Posts a message; returns the new version.
     pub async fn message(&self, token: &str, conversation: Uuid, content: &str) -> i64 {
-        let (s, b) = self.post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content})).await;
+        let (s, b) = self
+            .post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content}))
+            .await;
         assert_eq!(s, 201, "post message: {b}");
         b["version"].as_i64().unwrap()
     }
@@ -178,7 +192,8 @@ pub async fn cleanup(settings: Settings) {
     if let Ok(redis) = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await {
         let _ = redis.delete_prefixed("").await;
     }
-    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create();
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create();
     if let Ok(admin) = admin {
         let topics = colloquy_infra::kafka::Topics::new(&settings.kafka).all();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -220,7 +235,8 @@ pub async fn consume_until(
 pub fn assert_data_matches_schema(ce: &Value) {
     let ty = ce["type"].as_str().expect("type");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(format!("{ty}.json"));
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no schema for {ty}"))).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no schema for {ty}"))).unwrap();
     let data = ce["data"].as_object().unwrap_or_else(|| panic!("{ty}: data is not an object"));
     let properties = schema["properties"].as_object().cloned().unwrap_or_default();
     for required in schema["required"].as_array().cloned().unwrap_or_default() {
@@ -242,6 +258,9 @@ pub fn assert_data_matches_schema(ce: &Value) {
             Value::Array(_) => "array",
             Value::Object(_) => "object",
         };
-        assert!(allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number")), "{ty}.{field}: {actual} not in {allowed:?}");
+        assert!(
+            allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number")),
+            "{ty}.{field}: {actual} not in {allowed:?}"
+        );
     }
 }

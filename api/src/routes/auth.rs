@@ -66,11 +66,16 @@ fn client_address(req: &HttpRequest) -> String {
 /// Registers a user.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Registered), (status = 409, body = ErrorBody, description = "email_taken"), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn post_register(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn post_register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: RegisterRequest = parse(body.into_inner())?;
     let meta = command_meta(&req, "anonymous".into());
-    let (user_id, committed) = state.credentials.register(&state.users, &r.email, &r.full_name, r.password, &meta).await?;
+    let (user_id, committed) =
+        state.credentials.register(&state.users, &r.email, &r.full_name, r.password, &meta).await?;
     tracing::info!(%user_id, "User registered.");
     Ok(HttpResponse::build(StatusCode::CREATED).json(Registered { user_id, version: committed.version }))
 }
@@ -78,7 +83,11 @@ pub async fn post_register(state: web::Data<AppState>, req: HttpRequest, body: w
 /// Exchanges an e-mail address and password for an access token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody, description = "invalid credentials"), (status = 429, body = ErrorBody)))]
-pub async fn post_login(state: web::Data<AppState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn post_login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: LoginRequest = parse(body.into_inner())?;
     let user_id = state.credentials.login(&state.users, &r.email, r.password).await?;

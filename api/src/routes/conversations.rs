@@ -121,7 +121,8 @@ fn encode_cursor(c: &conversations::ConversationSummary) -> String {
 fn decode_cursor(raw: &str) -> Result<PageCursor, ApiError> {
     let invalid = || ApiError::bad_request("invalid_cursor", "the cursor is not one this API issued");
     let (micros, id) = raw.split_once('_').ok_or_else(invalid)?;
-    let last_activity_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?).ok_or_else(invalid)?;
+    let last_activity_at =
+        DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?).ok_or_else(invalid)?;
     Ok(PageCursor { last_activity_at, conversation_id: id.parse().map_err(|_| invalid())? })
 }
 
@@ -132,7 +133,12 @@ fn actor(user: AuthUser) -> String {
 /// Starts a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations", tag = "conversations", request_body = StartRequest,
     responses((status = 201, body = ConversationAccepted), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn post_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn post_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     idempotency::once(&state, user.0, &req, &body, || async {
         let r: StartRequest = parse(body.clone())?;
@@ -171,7 +177,13 @@ async fn simple_command(
 /// Renames a conversation.
 #[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = RenameRequest,
     responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn patch_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn patch_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     simple_command(state, user, req, *id, body.into_inner(), |b| {
         let r: RenameRequest = parse(b)?;
         Ok(ConversationCommand::RenameConversation { actor_id: user.0, title: r.title })
@@ -182,28 +194,58 @@ pub async fn patch_conversation(state: web::Data<AppState>, user: AuthUser, req:
 /// Archives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/archive", tag = "conversations",
     responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn post_archive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::ArchiveConversation { actor_id: user.0 })).await
+pub async fn post_archive(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| {
+        Ok(ConversationCommand::ArchiveConversation { actor_id: user.0 })
+    })
+    .await
 }
 
 /// Unarchives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/unarchive", tag = "conversations",
     responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn post_unarchive(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::UnarchiveConversation { actor_id: user.0 })).await
+pub async fn post_unarchive(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| {
+        Ok(ConversationCommand::UnarchiveConversation { actor_id: user.0 })
+    })
+    .await
 }
 
 /// Deletes a conversation.
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "conversations",
     responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_conversation(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    simple_command(state, user, req, *id, Value::Null, |_| Ok(ConversationCommand::DeleteConversation { actor_id: user.0 })).await
+pub async fn delete_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    simple_command(state, user, req, *id, Value::Null, |_| {
+        Ok(ConversationCommand::DeleteConversation { actor_id: user.0 })
+    })
+    .await
 }
 
 /// Posts a user message.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "conversations", request_body = PostMessageRequest,
     responses((status = 201, body = MessageAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, id: web::Path<Uuid>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn post_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let id = *id;
     let body = body.into_inner();
     idempotency::once(&state, user.0, &req, &body, || async {
@@ -211,7 +253,10 @@ pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpR
         let message_id = r.id.unwrap_or_else(Uuid::new_v4);
         let cmd = ConversationCommand::PostUserMessage { actor_id: user.0, message_id, content: r.content };
         let committed = state.conversations.execute(&id.to_string(), cmd, &command_meta(&req, actor(user))).await?;
-        Ok((StatusCode::CREATED, json!(MessageAccepted { conversation_id: id, message_id, version: committed.version })))
+        Ok((
+            StatusCode::CREATED,
+            json!(MessageAccepted { conversation_id: id, message_id, version: committed.version }),
+        ))
     })
     .await
 }
@@ -219,12 +264,19 @@ pub async fn post_message(state: web::Data<AppState>, user: AuthUser, req: HttpR
 /// Lists the user's conversations, newest activity first.
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", params(ListQuery),
     responses((status = 200, body = ConversationPage), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn get_conversations(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = page_size(q.limit)?;
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
     match (q.min_version, q.conversation_id) {
         (Some(_), None) => {
-            return Err(ApiError::bad_request("min_version_needs_conversation_id", "on the list, min_version refers to the conversation named by conversation_id"))
+            return Err(ApiError::bad_request(
+                "min_version_needs_conversation_id",
+                "on the list, min_version refers to the conversation named by conversation_id",
+            ))
         }
         (min, Some(cid)) => await_version(&state, &[conversations::NAME], &cid.to_string(), min).await?,
         (None, None) => {}
@@ -248,7 +300,12 @@ pub async fn get_conversations(state: web::Data<AppState>, user: AuthUser, q: we
 /// One conversation.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "conversations", params(Freshness),
     responses((status = 200, body = conversations::ConversationSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_conversation(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
+pub async fn get_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    q: web::Query<Freshness>,
+) -> Result<HttpResponse, ApiError> {
     await_version(&state, &[conversations::NAME], &id.to_string(), q.min_version).await?;
     let c = conversations::find(&state.pool, user.0, *id).await?.ok_or(ApiError::NotFound("conversation"))?;
     Ok(HttpResponse::Ok().json(c))
@@ -257,7 +314,12 @@ pub async fn get_conversation(state: web::Data<AppState>, user: AuthUser, id: we
 /// A conversation's messages, in order.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations", params(MessagesQuery),
     responses((status = 200, body = MessagePage), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_messages(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>, q: web::Query<MessagesQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn get_messages(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+    q: web::Query<MessagesQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = page_size(q.limit)?;
     await_version(&state, &[conversations::NAME, messages::NAME], &id.to_string(), q.min_version).await?;
     // Ownership comes from the conversations read model: another user's id is a 404.
@@ -334,9 +396,19 @@ pub struct AuditTrail<'a> {
 /// The conversation's audit trail, straight from the event store (deleted ones included).
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations",
     responses((status = 200, body = AuditTrail), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
-    let events = event_log::read_aggregate(&state.pool, Conversation::TYPE, &id.to_string(), 0, None).await.map_err(ApiError::internal)?;
-    let owner = events.first().and_then(|e| e.data.get("owner_id")).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
+pub async fn get_events(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let events = event_log::read_aggregate(&state.pool, Conversation::TYPE, &id.to_string(), 0, None)
+        .await
+        .map_err(ApiError::internal)?;
+    let owner = events
+        .first()
+        .and_then(|e| e.data.get("owner_id"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Uuid>().ok());
     if owner != Some(user.0) {
         return Err(ApiError::NotFound("conversation"));
     }
@@ -358,15 +430,23 @@ pub async fn get_events(state: web::Data<AppState>, user: AuthUser, id: web::Pat
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/conversations", "GET, POST").route(web::post().to(post_conversation)).route(web::get().to(get_conversations)))
-        .service(
-            super::resource("/conversations/{id}", "GET, PATCH, DELETE")
-                .route(web::get().to(get_conversation))
-                .route(web::patch().to(patch_conversation))
-                .route(web::delete().to(delete_conversation)),
-        )
-        .service(super::resource("/conversations/{id}/archive", "POST").route(web::post().to(post_archive)))
-        .service(super::resource("/conversations/{id}/unarchive", "POST").route(web::post().to(post_unarchive)))
-        .service(super::resource("/conversations/{id}/messages", "GET, POST").route(web::post().to(post_message)).route(web::get().to(get_messages)))
-        .service(super::resource("/conversations/{id}/events", "GET").route(web::get().to(get_events)));
+    cfg.service(
+        super::resource("/conversations", "GET, POST")
+            .route(web::post().to(post_conversation))
+            .route(web::get().to(get_conversations)),
+    )
+    .service(
+        super::resource("/conversations/{id}", "GET, PATCH, DELETE")
+            .route(web::get().to(get_conversation))
+            .route(web::patch().to(patch_conversation))
+            .route(web::delete().to(delete_conversation)),
+    )
+    .service(super::resource("/conversations/{id}/archive", "POST").route(web::post().to(post_archive)))
+    .service(super::resource("/conversations/{id}/unarchive", "POST").route(web::post().to(post_unarchive)))
+    .service(
+        super::resource("/conversations/{id}/messages", "GET, POST")
+            .route(web::post().to(post_message))
+            .route(web::get().to(get_messages)),
+    )
+    .service(super::resource("/conversations/{id}/events", "GET").route(web::get().to(get_events)));
 }

@@ -45,7 +45,6 @@ pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
 
-
 /// The OpenAPI description of every route.
 pub async fn get_openapi() -> HttpResponse {
     HttpResponse::Ok().json(crate::openapi::document())

@@ -33,7 +33,8 @@ pub async fn await_version(
     }
     let timeout = Duration::from_millis(state.settings.http.min_version_wait_ms);
     state.metrics.min_version_waiting.inc();
-    let reached = colloquy_projections::freshness::wait_for_version(&state.pool, projections, aggregate_id, min, timeout).await;
+    let reached =
+        colloquy_projections::freshness::wait_for_version(&state.pool, projections, aggregate_id, min, timeout).await;
     state.metrics.min_version_waiting.dec();
     if reached? {
         Ok(())
@@ -47,10 +48,9 @@ pub async fn await_version(
 pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || async move {
         let mut response = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
-        response.headers_mut().insert(
-            actix_web::http::header::ALLOW,
-            actix_web::http::header::HeaderValue::from_static(allow),
-        );
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
         response
     }))
 }

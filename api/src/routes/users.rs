@@ -48,7 +48,11 @@ pub struct Accepted {
 /// The authenticated user's profile.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", params(Freshness),
     responses((status = 200, body = users::UserProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_me(state: web::Data<AppState>, user: AuthUser, q: web::Query<Freshness>) -> Result<HttpResponse, ApiError> {
+pub async fn get_me(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    q: web::Query<Freshness>,
+) -> Result<HttpResponse, ApiError> {
     let id = user.0;
     await_version(&state, &[users::NAME], &id.to_string(), q.min_version).await?;
     // The cache is only trusted when no particular version was asked for.
@@ -67,12 +71,22 @@ pub async fn get_me(state: web::Data<AppState>, user: AuthUser, q: web::Query<Fr
 /// Updates the authenticated user's profile.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", request_body = UpdateProfileRequest,
     responses((status = 200, body = Accepted), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn patch_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+pub async fn patch_me(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     idempotency::once(&state, user.0, &req, &body, || async {
         let r: UpdateProfileRequest = parse(body.clone())?;
-        let cmd = UserCommand::UpdateProfile { full_name: r.full_name, default_model: r.default_model, system_prompt: r.system_prompt };
-        let committed = state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
+        let cmd = UserCommand::UpdateProfile {
+            full_name: r.full_name,
+            default_model: r.default_model,
+            system_prompt: r.system_prompt,
+        };
+        let committed =
+            state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
         Ok((StatusCode::OK, json!({"version": committed.version})))
     })
     .await
@@ -84,7 +98,8 @@ pub async fn patch_me(state: web::Data<AppState>, user: AuthUser, req: HttpReque
     responses((status = 200, body = Accepted), (status = 401)), security(("bearer" = [])))]
 pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let cmd = UserCommand::DeactivateUser { reason: Some("deactivated by the user".into()) };
-    let committed = state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
+    let committed =
+        state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
     // Tokens outlive this call by at most their lifetime; deny them for that long.
     if let Err(e) = state.limiter.deny_user(user.0, state.settings.auth.access_token_ttl_secs).await {
         // The account is deactivated regardless (no login succeeds); only tokens already
@@ -98,6 +113,9 @@ pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequ
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        super::resource("/users/me", "GET, PATCH, DELETE").route(web::get().to(get_me)).route(web::patch().to(patch_me)).route(web::delete().to(delete_me)),
+        super::resource("/users/me", "GET, PATCH, DELETE")
+            .route(web::get().to(get_me))
+            .route(web::patch().to(patch_me))
+            .route(web::delete().to(delete_me)),
     );
 }

@@ -79,7 +79,8 @@ impl Aggregate for Conversation {
                     owner_id,
                     title: title(&t)?,
                     kind,
-                    model: bounded_text(&model, MODEL_NAME_MAX).ok_or(ConversationError::InvalidModel { max: MODEL_NAME_MAX })?,
+                    model: bounded_text(&model, MODEL_NAME_MAX)
+                        .ok_or(ConversationError::InvalidModel { max: MODEL_NAME_MAX })?,
                     system_prompt: system_prompt
                         .map(|p| {
                             bounded_text(&p, SYSTEM_PROMPT_MAX)
@@ -225,7 +226,11 @@ mod tests {
     }
 
     fn posted() -> ConversationEvent {
-        ConversationEvent::UserMessagePosted(UserMessagePosted { message_id: MSG, author_id: OWNER, content: "hi".into() })
+        ConversationEvent::UserMessagePosted(UserMessagePosted {
+            message_id: MSG,
+            author_id: OWNER,
+            content: "hi".into(),
+        })
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
@@ -234,16 +239,30 @@ mod tests {
 
     #[tokio::test]
     async fn start_emits_started() {
-        ConvTest::with(services()).given_no_previous_events().when_async(start(" Trip ", "offline", None)).await.then_expect_events(vec![started()]);
+        ConvTest::with(services())
+            .given_no_previous_events()
+            .when_async(start(" Trip ", "offline", None))
+            .await
+            .then_expect_events(vec![started()]);
     }
 
     #[tokio::test]
     async fn start_rejections() {
         expect_err(vec![started()], start("Trip", "offline", None), ConversationError::AlreadyStarted).await;
         expect_err(vec![], start("", "offline", None), ConversationError::InvalidTitle { max: TITLE_MAX }).await;
-        expect_err(vec![], start(&"t".repeat(TITLE_MAX + 1), "offline", None), ConversationError::InvalidTitle { max: TITLE_MAX }).await;
+        expect_err(
+            vec![],
+            start(&"t".repeat(TITLE_MAX + 1), "offline", None),
+            ConversationError::InvalidTitle { max: TITLE_MAX },
+        )
+        .await;
         expect_err(vec![], start("Trip", " ", None), ConversationError::InvalidModel { max: MODEL_NAME_MAX }).await;
-        expect_err(vec![], start("Trip", "offline", Some("")), ConversationError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX }).await;
+        expect_err(
+            vec![],
+            start("Trip", "offline", Some("")),
+            ConversationError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX },
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -252,10 +271,27 @@ mod tests {
             .given(vec![started()])
             .when_async(ConversationCommand::RenameConversation { actor_id: OWNER, title: "Plans".into() })
             .await
-            .then_expect_events(vec![ConversationEvent::ConversationRenamed(ConversationRenamed { title: "Plans".into() })]);
-        expect_err(vec![started()], ConversationCommand::RenameConversation { actor_id: OWNER, title: "".into() }, ConversationError::InvalidTitle { max: TITLE_MAX }).await;
-        expect_err(vec![started()], ConversationCommand::RenameConversation { actor_id: STRANGER, title: "x".into() }, ConversationError::NotFound).await;
-        expect_err(vec![], ConversationCommand::RenameConversation { actor_id: OWNER, title: "x".into() }, ConversationError::NotFound).await;
+            .then_expect_events(vec![ConversationEvent::ConversationRenamed(ConversationRenamed {
+                title: "Plans".into(),
+            })]);
+        expect_err(
+            vec![started()],
+            ConversationCommand::RenameConversation { actor_id: OWNER, title: "".into() },
+            ConversationError::InvalidTitle { max: TITLE_MAX },
+        )
+        .await;
+        expect_err(
+            vec![started()],
+            ConversationCommand::RenameConversation { actor_id: STRANGER, title: "x".into() },
+            ConversationError::NotFound,
+        )
+        .await;
+        expect_err(
+            vec![],
+            ConversationCommand::RenameConversation { actor_id: OWNER, title: "x".into() },
+            ConversationError::NotFound,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -266,14 +302,29 @@ mod tests {
             .when_async(ConversationCommand::ArchiveConversation { actor_id: OWNER })
             .await
             .then_expect_events(vec![archived.clone()]);
-        expect_err(vec![started(), archived.clone()], ConversationCommand::ArchiveConversation { actor_id: OWNER }, ConversationError::AlreadyArchived).await;
+        expect_err(
+            vec![started(), archived.clone()],
+            ConversationCommand::ArchiveConversation { actor_id: OWNER },
+            ConversationError::AlreadyArchived,
+        )
+        .await;
         ConvTest::with(services())
             .given(vec![started(), archived.clone()])
             .when_async(ConversationCommand::UnarchiveConversation { actor_id: OWNER })
             .await
             .then_expect_events(vec![ConversationEvent::ConversationUnarchived(ConversationUnarchived {})]);
-        expect_err(vec![started()], ConversationCommand::UnarchiveConversation { actor_id: OWNER }, ConversationError::NotArchived).await;
-        expect_err(vec![started()], ConversationCommand::ArchiveConversation { actor_id: STRANGER }, ConversationError::NotFound).await;
+        expect_err(
+            vec![started()],
+            ConversationCommand::UnarchiveConversation { actor_id: OWNER },
+            ConversationError::NotArchived,
+        )
+        .await;
+        expect_err(
+            vec![started()],
+            ConversationCommand::ArchiveConversation { actor_id: STRANGER },
+            ConversationError::NotFound,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -284,17 +335,36 @@ mod tests {
             .when_async(ConversationCommand::DeleteConversation { actor_id: OWNER })
             .await
             .then_expect_events(vec![deleted.clone()]);
-        expect_err(vec![started(), deleted.clone()], ConversationCommand::DeleteConversation { actor_id: OWNER }, ConversationError::Deleted).await;
+        expect_err(
+            vec![started(), deleted.clone()],
+            ConversationCommand::DeleteConversation { actor_id: OWNER },
+            ConversationError::Deleted,
+        )
+        .await;
         expect_err(vec![started(), deleted.clone()], post(OWNER, "hi"), ConversationError::Deleted).await;
-        expect_err(vec![started(), deleted.clone()], ConversationCommand::UnarchiveConversation { actor_id: OWNER }, ConversationError::Deleted).await;
-        expect_err(vec![started()], ConversationCommand::DeleteConversation { actor_id: STRANGER }, ConversationError::NotFound).await;
+        expect_err(
+            vec![started(), deleted.clone()],
+            ConversationCommand::UnarchiveConversation { actor_id: OWNER },
+            ConversationError::Deleted,
+        )
+        .await;
+        expect_err(
+            vec![started()],
+            ConversationCommand::DeleteConversation { actor_id: STRANGER },
+            ConversationError::NotFound,
+        )
+        .await;
         // A stranger learns nothing, not even that it was deleted.
         expect_err(vec![started(), deleted], post(STRANGER, "hi"), ConversationError::NotFound).await;
     }
 
     #[tokio::test]
     async fn post_user_message() {
-        ConvTest::with(services()).given(vec![started()]).when_async(post(OWNER, "hi")).await.then_expect_events(vec![posted()]);
+        ConvTest::with(services())
+            .given(vec![started()])
+            .when_async(post(OWNER, "hi"))
+            .await
+            .then_expect_events(vec![posted()]);
         ConvTest::with(services_knowing_msg())
             .given(vec![started(), posted()])
             .when_async(post(OWNER, "again"))
@@ -305,9 +375,19 @@ mod tests {
             .when_async(post(OWNER, "hi"))
             .await
             .then_expect_error(ConversationError::LookupFailed("event store unreachable".into()));
-        expect_err(vec![started(), ConversationEvent::ConversationArchived(ConversationArchived {})], post(OWNER, "hi"), ConversationError::Archived).await;
+        expect_err(
+            vec![started(), ConversationEvent::ConversationArchived(ConversationArchived {})],
+            post(OWNER, "hi"),
+            ConversationError::Archived,
+        )
+        .await;
         expect_err(vec![started()], post(OWNER, "  \n "), ConversationError::InvalidMessage { max: MESSAGE_MAX }).await;
-        expect_err(vec![started()], post(OWNER, &"x".repeat(MESSAGE_MAX + 1)), ConversationError::InvalidMessage { max: MESSAGE_MAX }).await;
+        expect_err(
+            vec![started()],
+            post(OWNER, &"x".repeat(MESSAGE_MAX + 1)),
+            ConversationError::InvalidMessage { max: MESSAGE_MAX },
+        )
+        .await;
         expect_err(vec![started()], post(STRANGER, "hi"), ConversationError::NotFound).await;
         expect_err(vec![], post(OWNER, "hi"), ConversationError::NotFound).await;
     }

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered,
-    FULL_NAME_MAX, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX,
+    ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX,
+    MODEL_NAME_MAX, SYSTEM_PROMPT_MAX,
 };
 use crate::values::{bounded_text, EmailAddress};
 
@@ -86,7 +86,9 @@ impl Aggregate for User {
                         .map(|m| optional(m, MODEL_NAME_MAX, UserError::InvalidModel { max: MODEL_NAME_MAX }))
                         .transpose()?,
                     system_prompt: system_prompt
-                        .map(|p| optional(p, SYSTEM_PROMPT_MAX, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX }))
+                        .map(|p| {
+                            optional(p, SYSTEM_PROMPT_MAX, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX })
+                        })
                         .transpose()?,
                 };
                 sink.write(UserEvent::ProfileUpdated(event), self).await;
@@ -211,8 +213,16 @@ mod tests {
             default_model: model,
             system_prompt: None,
         };
-        UserTest::with(()).given_no_previous_events().when_async(update(Some(None))).await.then_expect_error(UserError::NotRegistered);
-        UserTest::with(()).given(vec![registered()]).when_async(update(None)).await.then_expect_error(UserError::EmptyUpdate);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when_async(update(Some(None)))
+            .await
+            .then_expect_error(UserError::NotRegistered);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when_async(update(None))
+            .await
+            .then_expect_error(UserError::EmptyUpdate);
         UserTest::with(())
             .given(vec![registered()])
             .when_async(update(Some(Some("m".repeat(MODEL_NAME_MAX + 1)))))
@@ -220,7 +230,11 @@ mod tests {
             .then_expect_error(UserError::InvalidModel { max: MODEL_NAME_MAX });
         UserTest::with(())
             .given(vec![registered()])
-            .when_async(UserCommand::UpdateProfile { full_name: None, default_model: None, system_prompt: Some(Some(" ".into())) })
+            .when_async(UserCommand::UpdateProfile {
+                full_name: None,
+                default_model: None,
+                system_prompt: Some(Some(" ".into())),
+            })
             .await
             .then_expect_error(UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX });
         UserTest::with(())
