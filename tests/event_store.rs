@@ -134,3 +134,94 @@ async fn verify_finds_holes_and_unreadable_events() {
     assert_eq!(report.undecodable.len(), 1);
     assert!(report.undecodable[0].aggregate.ends_with(&bad));
 }
+
+/// Appends `UserMessagePosted` at `sequence` in a transaction the caller commits later: a
+/// writer on another instance, caught between its insert and its commit.
+async fn racing_writer(
+    pool: &sqlx::PgPool,
+    conv: Uuid,
+    owner: Uuid,
+    sequence: i64,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    let payload = serde_json::json!({"UserMessagePosted": {"message_id": Uuid::new_v4(), "author_id": owner, "content": "from elsewhere"}});
+    sqlx::query("INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ('Conversation', $1, $2, 'UserMessagePosted', '1.0', $3, '{}')")
+        .bind(conv.to_string())
+        .bind(sequence)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Waits until some session is blocked on another transaction (our command, stuck on the
+/// racing writer's uncommitted row).
+async fn until_a_writer_waits(pool: &sqlx::PgPool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the command never reached its append");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
+    let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
+    let lookup = || ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
+    let owner = Uuid::new_v4();
+    let conv = Uuid::new_v4();
+    let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "race".into(), causation_id: None };
+    let start = ConversationCommand::StartConversation {
+        conversation_id: conv,
+        owner_id: owner,
+        title: "race".into(),
+        kind: ConversationKind::Chat,
+        model: "offline".into(),
+        system_prompt: None,
+    };
+    let patient: CommandService<Conversation> =
+        CommandService::snapshotted(app.pool().clone(), lookup(), Metrics::new(), SNAPSHOT_EVERY);
+    patient.execute(&conv.to_string(), start, &meta).await.unwrap();
+    let post =
+        || ConversationCommand::PostUserMessage { actor_id: owner, message_id: Uuid::new_v4(), content: "mine".into() };
+
+    // With retries: the command loses the race for sequence 2, decides again on fresh state
+    // and lands at 3.
+    let other = racing_writer(app.pool(), conv, owner, 2).await;
+    let command = tokio::spawn({
+        let (id, cmd, meta) = (conv.to_string(), post(), meta.clone());
+        async move { patient.execute(&id, cmd, &meta).await.map(|c| c.version) }
+    });
+    until_a_writer_waits(app.pool()).await;
+    other.commit().await.unwrap();
+    assert_eq!(command.await.unwrap().unwrap(), 3);
+
+    // Without retries left: the same race is answered as a conflict, and nothing of it stored.
+    let impatient: CommandService<Conversation> =
+        CommandService::snapshotted(app.pool().clone(), lookup(), Metrics::new(), SNAPSHOT_EVERY).with_max_attempts(1);
+    let other = racing_writer(app.pool(), conv, owner, 4).await;
+    let command = tokio::spawn({
+        let (id, cmd, meta) = (conv.to_string(), post(), meta.clone());
+        async move { impatient.execute(&id, cmd, &meta).await.map(|c| c.version) }
+    });
+    until_a_writer_waits(app.pool()).await;
+    other.commit().await.unwrap();
+    assert!(matches!(command.await.unwrap(), Err(colloquy_commands::CommandError::Conflict)));
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(conv.to_string())
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+}

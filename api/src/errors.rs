@@ -236,3 +236,50 @@ impl From<sqlx::Error> for ApiError {
         Self::internal(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::to_bytes;
+
+    use super::*;
+
+    async fn body_of(e: &ApiError) -> serde_json::Value {
+        let bytes = to_bytes(e.error_response().into_body()).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn command_outcomes_map_to_statuses_and_stable_codes() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (CommandError::<ConversationError>::Conflict.into(), 409, "concurrent_modification"),
+            (CommandError::Rejected(ConversationError::NotFound).into(), 404, "not_found"),
+            (CommandError::Rejected(ConversationError::Archived).into(), 409, "conversation_archived"),
+            (CommandError::Rejected(ConversationError::InvalidTitle { max: 200 }).into(), 422, "invalid_title"),
+            (CommandError::Rejected(UserError::EmptyUpdate).into(), 422, "empty_update"),
+            (RegistrationError::EmailTaken.into(), 409, "email_taken"),
+            (LoginError::InvalidCredentials.into(), 401, "unauthorized"),
+            (ApiError::RateLimited { retry_after_secs: 3 }, 429, "rate_limited"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status_code().as_u16(), status, "{error:?}");
+            let body = body_of(&error).await;
+            assert_eq!(body["error"]["code"], code);
+            assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty());
+        }
+    }
+
+    #[actix_web::test]
+    async fn internal_errors_hide_their_cause() {
+        let error = ApiError::from(CommandError::<ConversationError>::Store("password=hunter2 at db:5432".into()));
+        assert_eq!(error.status_code().as_u16(), 500);
+        let body = body_of(&error).await.to_string();
+        assert!(!body.contains("hunter2"), "{body}");
+        assert!(body.contains("\"internal\""));
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_retry_after() {
+        let response = ApiError::RateLimited { retry_after_secs: 7 }.error_response();
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
+    }
+}

@@ -110,6 +110,13 @@ where
         Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
+    /// How many times a command is decided and appended before a conflict is final
+    /// (default 8).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
     /// Decides `command` against the current state and appends the resulting events.
     #[instrument(skip_all, fields(aggregate = A::TYPE, %aggregate_id))]
     pub async fn execute(
