@@ -32,12 +32,7 @@ async fn fifty_concurrent_posts_to_one_conversation() {
     // Versions handed out are unique, and the log is gap-free.
     let versions: HashSet<i64> = acknowledged.iter().map(|b| b["version"].as_i64().unwrap()).collect();
     assert_eq!(versions.len(), acknowledged.len());
-    let sequences: Vec<i64> =
-        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-            .bind(conv.to_string())
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+    let sequences = support::sequences(app.pool(), &conv.to_string()).await;
     assert_eq!(sequences, (1..=acknowledged.len() as i64 + 1).collect::<Vec<_>>());
 
     // Every acknowledged message is in the read model exactly once.

@@ -16,24 +16,33 @@ use colloquy_infra::metrics::Metrics;
 use support::{isolated_settings, TestApp};
 use uuid::Uuid;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
-    let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
+/// The Conversation command service as the API builds it.
+fn conversation_service(app: &TestApp) -> CommandService<Conversation> {
     let services = ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
-    let service: CommandService<Conversation> =
-        CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY);
-    let owner = Uuid::new_v4();
-    let id = Uuid::new_v4();
+    CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY)
+}
+
+/// Starts a conversation of a new owner through `service`; returns (conversation, owner, meta).
+async fn started(service: &CommandService<Conversation>) -> (Uuid, Uuid, CommandMeta) {
+    let (id, owner) = (Uuid::new_v4(), Uuid::new_v4());
     let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "test".into(), causation_id: None };
     let start = ConversationCommand::StartConversation {
         conversation_id: id,
         owner_id: owner,
-        title: "long".into(),
+        title: "test".into(),
         kind: ConversationKind::Chat,
         model: "offline".into(),
         system_prompt: None,
     };
     service.execute(&id.to_string(), start, &meta).await.unwrap();
+    (id, owner, meta)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
+    let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
+    let service = conversation_service(&app);
+    let (id, owner, meta) = started(&service).await;
     let messages = 2 * SNAPSHOT_EVERY + 7;
     let mut first_message = None;
     for i in 0..messages {
@@ -177,21 +186,8 @@ async fn until_a_writer_waits(pool: &sqlx::PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
     let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
-    let lookup = || ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
-    let owner = Uuid::new_v4();
-    let conv = Uuid::new_v4();
-    let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "race".into(), causation_id: None };
-    let start = ConversationCommand::StartConversation {
-        conversation_id: conv,
-        owner_id: owner,
-        title: "race".into(),
-        kind: ConversationKind::Chat,
-        model: "offline".into(),
-        system_prompt: None,
-    };
-    let patient: CommandService<Conversation> =
-        CommandService::snapshotted(app.pool().clone(), lookup(), Metrics::new(), SNAPSHOT_EVERY);
-    patient.execute(&conv.to_string(), start, &meta).await.unwrap();
+    let patient = conversation_service(&app);
+    let (conv, owner, meta) = started(&patient).await;
     let post =
         || ConversationCommand::PostUserMessage { actor_id: owner, message_id: Uuid::new_v4(), content: "mine".into() };
 
@@ -207,8 +203,7 @@ async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
     assert_eq!(command.await.unwrap().unwrap(), 3);
 
     // Without retries left: the same race is answered as a conflict, and nothing of it stored.
-    let impatient: CommandService<Conversation> =
-        CommandService::snapshotted(app.pool().clone(), lookup(), Metrics::new(), SNAPSHOT_EVERY).with_max_attempts(1);
+    let impatient = conversation_service(&app).with_max_attempts(1);
     let other = racing_writer(app.pool(), conv, owner, 4).await;
     let command = tokio::spawn({
         let (id, cmd, meta) = (conv.to_string(), post(), meta.clone());
@@ -217,11 +212,5 @@ async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
     until_a_writer_waits(app.pool()).await;
     other.commit().await.unwrap();
     assert!(matches!(command.await.unwrap(), Err(colloquy_commands::CommandError::Conflict)));
-    let sequences: Vec<i64> =
-        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-            .bind(conv.to_string())
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
-    assert_eq!(sequences, [1, 2, 3, 4]);
+    assert_eq!(support::sequences(app.pool(), &conv.to_string()).await, [1, 2, 3, 4]);
 }

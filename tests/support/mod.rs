@@ -264,3 +264,12 @@ pub fn assert_data_matches_schema(ce: &Value) {
         );
     }
 }
+
+/// The sequences stored for one aggregate, in order.
+pub async fn sequences(pool: &PgPool, aggregate_id: &str) -> Vec<i64> {
+    sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+        .bind(aggregate_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
