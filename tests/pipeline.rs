@@ -174,3 +174,49 @@ async fn keyset_pagination_walks_every_conversation_once() {
     let (s, b) = app.get("/conversations?cursor=garbage", &token).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_cursor")));
 }
+
+/// Polls `path` until `done` holds for its body (bounded); returns the last body.
+async fn eventually(app: &TestApp, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, body) = app.get(path, token).await;
+        assert_eq!(s, 200, "{body}");
+        if done(&body) || tokio::time::Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_caches_serve_reads_and_follow_changes() {
+    let app = TestApp::spawn().await;
+    let (user, token) = app.user().await;
+    let (conv, v) = app.conversation(&token, "Cached").await;
+    app.get(&format!("/conversations/{conv}?min_version={v}"), &token).await;
+    assert_eq!(app.get("/users/me?min_version=1", &token).await.0, 200);
+    // Plain reads fill the caches...
+    let me = app.get("/users/me", &token).await.1;
+    let list = app.get("/conversations", &token).await.1;
+    assert_eq!(list["items"][0]["title"], "Cached");
+    let mut redis = app.deps.redis.conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}cache:{{{user}}}:*", app.settings.redis.key_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.ends_with(":profile")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains(":conversations:active:")), "{keys:?}");
+    // ...and are answered from them.
+    assert_eq!(app.get("/users/me", &token).await.1, me);
+
+    // A change reaches plain (cached) reads without any min_version.
+    let (s, _, _) =
+        app.send(reqwest::Method::PATCH, "/users/me", Some(&token), Some(json!({"full_name": "Renamed"}))).await;
+    assert_eq!(s, 200);
+    let me = eventually(&app, "/users/me", &token, |b| b["full_name"] == "Renamed").await;
+    assert_eq!(me["full_name"], "Renamed", "the cached profile was never invalidated");
+    app.message(&token, conv, "bump").await;
+    let list = eventually(&app, "/conversations", &token, |b| b["items"][0]["message_count"] == 1).await;
+    assert_eq!(list["items"][0]["message_count"], 1, "the cached first page was never invalidated");
+}
