@@ -51,3 +51,32 @@ pub async fn put(
 pub async fn invalidate_all(redis: &RedisStore) -> Result<u64, redis::RedisError> {
     redis.delete_prefixed("cache").await
 }
+
+/// Cache-aside for one of `user`'s views: the cached body of `name` if there is one,
+/// otherwise `load`'s, stored for the next reader under the generation seen before loading.
+/// With `bypass` (a reader that asked for a particular version) the cache is neither read
+/// nor filled. Redis failures only cost the cache, never the read.
+pub async fn get_or_load<F, Fut, E>(
+    redis: &RedisStore,
+    user: Uuid,
+    name: &str,
+    bypass: bool,
+    load: F,
+) -> Result<String, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<String, E>>,
+{
+    let cached = if bypass { None } else { get(redis, user, name).await.ok() };
+    match cached {
+        Some((_, Some(body))) => Ok(body),
+        Some((generation, None)) => {
+            let body = load().await?;
+            if let Err(e) = put(redis, user, generation, name, &body).await {
+                tracing::debug!(%user, error = %e, "Cache fill failed.");
+            }
+            Ok(body)
+        }
+        None => load().await,
+    }
+}

@@ -283,17 +283,13 @@ pub async fn get_conversations(
     }
     // The hot first page comes from Redis, unless a particular version was asked for.
     let cache_name = format!("conversations:{}:{limit}", if q.archived { "archived" } else { "active" });
-    let cacheable = after.is_none() && q.min_version.is_none();
-    let cached = if cacheable { cache::get(&state.redis, user.0, &cache_name).await.ok() } else { None };
-    if let Some((_, Some(body))) = &cached {
-        return Ok(HttpResponse::Ok().content_type("application/json").body(body.clone()));
-    }
-    let items = conversations::list(&state.pool, user.0, q.archived, after, limit).await?;
-    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(encode_cursor)).flatten();
-    let body = serde_json::to_string(&ConversationPage { items, next_cursor }).map_err(ApiError::internal)?;
-    if let Some((generation, None)) = cached {
-        let _ = cache::put(&state.redis, user.0, generation, &cache_name, &body).await;
-    }
+    let bypass = after.is_some() || q.min_version.is_some();
+    let body = cache::get_or_load(&state.redis, user.0, &cache_name, bypass, || async {
+        let items = conversations::list(&state.pool, user.0, q.archived, after, limit).await?;
+        let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(encode_cursor)).flatten();
+        serde_json::to_string(&ConversationPage { items, next_cursor }).map_err(ApiError::internal)
+    })
+    .await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 

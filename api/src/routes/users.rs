@@ -56,15 +56,11 @@ pub async fn get_me(
     let id = user.0;
     await_version(&state, &[users::NAME], &id.to_string(), q.min_version).await?;
     // The cache is only trusted when no particular version was asked for.
-    let cached = if q.min_version.is_none() { cache::get(&state.redis, id, "profile").await.ok() } else { None };
-    if let Some((_, Some(body))) = &cached {
-        return Ok(HttpResponse::Ok().content_type("application/json").body(body.clone()));
-    }
-    let profile = users::find(&state.pool, id).await?.ok_or(ApiError::NotFound("user"))?;
-    let body = serde_json::to_string(&profile).map_err(ApiError::internal)?;
-    if let Some((generation, None)) = cached {
-        let _ = cache::put(&state.redis, id, generation, "profile", &body).await;
-    }
+    let body = cache::get_or_load(&state.redis, id, "profile", q.min_version.is_some(), || async {
+        let profile = users::find(&state.pool, id).await?.ok_or(ApiError::NotFound("user"))?;
+        serde_json::to_string(&profile).map_err(ApiError::internal)
+    })
+    .await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
