@@ -30,7 +30,7 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
         .into()
 }
 
-fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool) {
+fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool, changes: bool) {
     let mut common = vec![
         ("400", "malformed request (JSON, query or header)"),
         ("429", "rate limited; see Retry-After"),
@@ -47,6 +47,8 @@ fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool)
     }
     if with_id {
         common.push(("404", "no such conversation for this user"));
+    }
+    if with_id && changes {
         common.push(("409", "the conversation's state forbids this (deleted, archived, ...)"));
     }
     for (code, description) in common {
@@ -75,12 +77,12 @@ impl Modify for CommonResponses {
             if !path.starts_with("/api/") {
                 continue;
             }
-            for op in
-                [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten()
-            {
-                let secured = op.security.is_some();
-                let with_body = op.request_body.is_some();
-                add_errors(op, secured, with_body, with_id);
+            if let Some(op) = item.get.as_mut() {
+                add_errors(op, op.security.is_some(), false, with_id, false);
+            }
+            for op in [&mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten() {
+                let (secured, with_body) = (op.security.is_some(), op.request_body.is_some());
+                add_errors(op, secured, with_body, with_id, true);
             }
         }
     }

@@ -65,7 +65,7 @@ fn client_address(req: &HttpRequest) -> String {
 
 /// Registers a user.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = Registered), (status = 409, body = ErrorBody, description = "email_taken"), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 201, body = Registered), (status = 409, body = ErrorBody, description = "email_taken")))]
 pub async fn post_register(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -82,7 +82,7 @@ pub async fn post_register(
 
 /// Exchanges an e-mail address and password for an access token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody, description = "invalid credentials"), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody, description = "invalid credentials")))]
 pub async fn post_login(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -132,7 +132,7 @@ fn actor(user: AuthUser) -> String {
 
 /// Starts a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations", tag = "conversations", request_body = StartRequest,
-    responses((status = 201, body = ConversationAccepted), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 201, body = ConversationAccepted), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn post_conversation(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -176,7 +176,7 @@ async fn simple_command(
 
 /// Renames a conversation.
 #[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = RenameRequest,
-    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted)), security(("bearer" = [])))]
 pub async fn patch_conversation(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -193,7 +193,7 @@ pub async fn patch_conversation(
 
 /// Archives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/archive", tag = "conversations",
-    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted)), security(("bearer" = [])))]
 pub async fn post_archive(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -208,7 +208,7 @@ pub async fn post_archive(
 
 /// Unarchives a conversation.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/unarchive", tag = "conversations",
-    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted)), security(("bearer" = [])))]
 pub async fn post_unarchive(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -223,7 +223,7 @@ pub async fn post_unarchive(
 
 /// Deletes a conversation.
 #[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "conversations",
-    responses((status = 200, body = ConversationAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationAccepted)), security(("bearer" = [])))]
 pub async fn delete_conversation(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -238,7 +238,7 @@ pub async fn delete_conversation(
 
 /// Posts a user message.
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "conversations", request_body = PostMessageRequest,
-    responses((status = 201, body = MessageAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 201, body = MessageAccepted)), security(("bearer" = [])))]
 pub async fn post_message(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -263,7 +263,7 @@ pub async fn post_message(
 
 /// Lists the user's conversations, newest activity first.
 #[utoipa::path(get, path = "/api/v1/conversations", tag = "conversations", params(ListQuery),
-    responses((status = 200, body = ConversationPage), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ConversationPage)), security(("bearer" = [])))]
 pub async fn get_conversations(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -295,7 +295,7 @@ pub async fn get_conversations(
 
 /// One conversation.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "conversations", params(Freshness),
-    responses((status = 200, body = conversations::ConversationSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = conversations::ConversationSummary)), security(("bearer" = [])))]
 pub async fn get_conversation(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -309,7 +309,7 @@ pub async fn get_conversation(
 
 /// A conversation's messages, in order.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations", params(MessagesQuery),
-    responses((status = 200, body = MessagePage), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = MessagePage)), security(("bearer" = [])))]
 pub async fn get_messages(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -391,7 +391,7 @@ pub struct AuditTrail<'a> {
 
 /// The conversation's audit trail, straight from the event store (deleted ones included).
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations",
-    responses((status = 200, body = AuditTrail), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = AuditTrail)), security(("bearer" = [])))]
 pub async fn get_events(
     state: web::Data<AppState>,
     user: AuthUser,

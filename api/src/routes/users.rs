@@ -47,7 +47,7 @@ pub struct Accepted {
 
 /// The authenticated user's profile.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", params(Freshness),
-    responses((status = 200, body = users::UserProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = users::UserProfile), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_me(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -66,7 +66,7 @@ pub async fn get_me(
 
 /// Updates the authenticated user's profile.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", request_body = UpdateProfileRequest,
-    responses((status = 200, body = Accepted), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = Accepted)), security(("bearer" = [])))]
 pub async fn patch_me(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -91,7 +91,7 @@ pub async fn patch_me(
 /// Deactivates the authenticated user's account: no more logins, and its access tokens
 /// stop working at once.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users",
-    responses((status = 200, body = Accepted), (status = 401)), security(("bearer" = [])))]
+    responses((status = 200, body = Accepted)), security(("bearer" = [])))]
 pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let cmd = UserCommand::DeactivateUser { reason: Some("deactivated by the user".into()) };
     let committed =
