@@ -128,15 +128,12 @@ async fn verify_finds_holes_and_unreadable_events() {
         .execute(app.pool())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let report = loop {
-        // The damaged row becomes readable once older transactions in the cluster ended.
+    // The damaged row becomes readable once older transactions in the cluster ended.
+    let report = support::eventually("the damaged event to be read", || async {
         let report = colloquy::audit::verify(app.pool(), &app.settings.relay.name).await.unwrap();
-        if !report.undecodable.is_empty() || tokio::time::Instant::now() > deadline {
-            break report;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        (!report.undecodable.is_empty()).then_some(report)
+    })
+    .await;
     assert!(!report.is_sound());
     assert_eq!(report.sequence_gaps.len(), 1);
     assert_eq!((report.sequence_gaps[0].aggregate_id.as_str(), report.sequence_gaps[0].first), (bad.as_str(), 2));
@@ -167,20 +164,17 @@ async fn racing_writer(
 /// Waits until some session is blocked on another transaction (our command, stuck on the
 /// racing writer's uncommitted row).
 async fn until_a_writer_waits(pool: &sqlx::PgPool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    support::eventually("the command to block on its append", || async {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
         )
         .fetch_one(pool)
         .await
         .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the command never reached its append");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+        (waiting > 0).then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -175,17 +175,14 @@ async fn keyset_pagination_walks_every_conversation_once() {
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_cursor")));
 }
 
-/// Polls `path` until `done` holds for its body (bounded); returns the last body.
-async fn eventually(app: &TestApp, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+/// Polls `path` until `done` holds for its body.
+async fn read_until(app: &TestApp, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
+    support::eventually(path, || async {
         let (s, body) = app.get(path, token).await;
         assert_eq!(s, 200, "{body}");
-        if done(&body) || tokio::time::Instant::now() > deadline {
-            return body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        done(&body).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,9 +211,9 @@ async fn redis_caches_serve_reads_and_follow_changes() {
     let (s, _, _) =
         app.send(reqwest::Method::PATCH, "/users/me", Some(&token), Some(json!({"full_name": "Renamed"}))).await;
     assert_eq!(s, 200);
-    let me = eventually(&app, "/users/me", &token, |b| b["full_name"] == "Renamed").await;
+    let me = read_until(&app, "/users/me", &token, |b| b["full_name"] == "Renamed").await;
     assert_eq!(me["full_name"], "Renamed", "the cached profile was never invalidated");
     app.message(&token, conv, "bump").await;
-    let list = eventually(&app, "/conversations", &token, |b| b["items"][0]["message_count"] == 1).await;
+    let list = read_until(&app, "/conversations", &token, |b| b["items"][0]["message_count"] == 1).await;
     assert_eq!(list["items"][0]["message_count"], 1, "the cached first page was never invalidated");
 }

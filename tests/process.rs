@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::{cleanup, create_database, ensure_broker, isolated_settings};
+use serde_json::Value;
+use support::{cleanup, create_database, ensure_broker, eventually, isolated_settings, ApiClient, PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
@@ -67,52 +67,21 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
             break line["port"].as_u64().unwrap();
         }
     };
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let email = format!("p{}@example.com", uuid::Uuid::new_v4().simple());
-    let r = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": email, "full_name": "P", "password": "long password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let token: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": "long password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_string();
-    let conv: Value = http
-        .post(format!("{base}/api/v1/conversations"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "t"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conv = conv["conversation_id"].as_str().unwrap().to_string();
+    let api = ApiClient::new(u16::try_from(port).unwrap());
+    let (_, token) = api.user().await;
+    let (conv, _) = api.conversation(&token, "t").await;
 
     // A request that stays in flight: it waits for a version that never comes.
     let in_flight = tokio::spawn({
-        let (http, base, token, conv) = (http.clone(), base.clone(), token.clone(), conv.clone());
-        async move { http.get(format!("{base}/api/v1/conversations/{conv}?min_version=99")).bearer_auth(token).send().await }
+        let (http, url, token) =
+            (api.http.clone(), api.url(&format!("/conversations/{conv}?min_version=99")), token.clone());
+        async move { http.get(url).bearer_auth(token).send().await }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        if metrics.lines().any(|l| l == "colloquy_min_version_waiting 1") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the slow request never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the slow request to arrive", || async {
+        let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.ok()?.text().await.ok()?;
+        metrics.lines().any(|l| l == "colloquy_min_version_waiting 1").then_some(())
+    })
+    .await;
     Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
 
     // The in-flight request gets its real answer (the bounded wait ran out), not a reset.
@@ -131,5 +100,5 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
     // Every line of a request carries its request id.
     let registered = seen.iter().find(|l| l["message"] == "User registered.").expect("registration logged");
     assert!(registered.to_string().contains("request_id"), "{registered}");
-    assert!(!seen.iter().any(|l| l.to_string().contains("long password")), "no password in any log line");
+    assert!(!seen.iter().any(|l| l.to_string().contains(PASSWORD)), "no password in any log line");
 }

@@ -103,6 +103,16 @@ async fn poison_messages_go_to_the_dlq_and_the_projector_continues() {
     assert!(metrics.contains("colloquy_dlq_messages_total{consumer=\"messages\"} 2"), "{metrics}");
 }
 
+async fn progress(app: &TestApp, projection: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id",
+    )
+    .bind(projection)
+    .fetch_all(app.pool())
+    .await
+    .unwrap()
+}
+
 async fn table_json(app: &TestApp, table: &str, order: &str) -> Vec<Value> {
     sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {order}"))
         .fetch_all(app.pool())
@@ -190,24 +200,12 @@ async fn a_rebuilt_projection_equals_the_live_one() {
     for (name, table, key) in tables {
         let live = table_json(&app, table, key).await;
         assert!(!live.is_empty());
-        let state_before: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id",
-        )
-        .bind(name)
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+        let state_before = progress(&app, name).await;
         let projection = colloquy_projections::by_name(name).unwrap();
         let report = colloquy_projections::rebuild::rebuild(app.pool(), projection.as_ref()).await.unwrap();
         assert!(report.events > 0);
         assert_eq!(table_json(&app, table, key).await, live, "{name} rebuilt differs from live");
-        let state_after: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 ORDER BY aggregate_id",
-        )
-        .bind(name)
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+        let state_after = progress(&app, name).await;
         assert_eq!(state_after, state_before);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -234,20 +232,15 @@ async fn a_read_model_outage_delays_but_loses_nothing() {
     app.message(&token, conv, "during 1").await;
     let v = app.message(&token, conv, "during 2").await;
     let metrics_url = format!("{}/metrics", app.base);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let metrics = app.http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    support::eventually("the projector to hit the outage", || async {
+        let metrics = app.http.get(&metrics_url).send().await.ok()?.text().await.ok()?;
         let retried = metrics
             .lines()
             .find_map(|l| l.strip_prefix("colloquy_projection_retries_total{projection=\"messages\"} "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        if retried > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the projector never hit the outage");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            .and_then(|n| n.parse::<u64>().ok())?;
+        (retried > 0).then_some(())
+    })
+    .await;
     sqlx::query("ALTER TABLE rm_messages_away RENAME TO rm_messages").execute(app.pool()).await.unwrap();
 
     // Once the table is back, everything acknowledged arrives, in order, and nothing was

@@ -40,14 +40,11 @@ async fn transactions_committing_out_of_order_are_both_published() {
     assert!(visible.is_empty(), "nothing is readable while an older transaction is open: {visible:?}");
     tx1.commit().await.unwrap();
     // Other tests' transactions elsewhere in the cluster may hold the fence a moment longer.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let visible = loop {
+    let visible = support::eventually("both events past the fence", || async {
         let visible = event_log::read_committed(app.pool(), LogCursor::default(), None, 100).await.unwrap();
-        if visible.len() == 2 || tokio::time::Instant::now() > deadline {
-            break visible;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        (visible.len() == 2).then_some(visible)
+    })
+    .await;
     let ids: Vec<String> = visible.iter().map(|(e, _)| e.aggregate_id.clone()).collect();
     assert_eq!(ids, [first.to_string(), second.to_string()], "both, in transaction order");
 

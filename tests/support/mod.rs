@@ -53,13 +53,45 @@ pub async fn create_database(settings: &Settings) {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
 }
 
-/// A running colloquy for one test.
-pub struct TestApp {
-    pub settings: Settings,
+/// The password every test user gets.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// An HTTP client for one colloquy API, with the calls tests make over and over.
+pub struct ApiClient {
     pub base: String,
     pub http: reqwest::Client,
+}
+
+/// A running colloquy for one test; its API client is reachable directly (`app.get(..)`).
+pub struct TestApp {
+    pub settings: Settings,
+    pub client: ApiClient,
     pub deps: Deps,
     running: Option<Running>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+/// Polls `probe` every 20 ms until it yields a value; panics naming `what` after 20 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl TestApp {
@@ -80,8 +112,8 @@ impl TestApp {
     pub async fn attach(settings: Settings, which: Processes) -> Self {
         let deps = runtime::connect(&settings).await.expect("connect");
         let running = runtime::start(&settings, &deps, which).await.expect("start");
-        let base = format!("http://127.0.0.1:{}", running.port.unwrap_or(0));
-        Self { settings, base, http: reqwest::Client::new(), deps, running: Some(running) }
+        let client = ApiClient::new(running.port.unwrap_or(0));
+        Self { settings, client, deps, running: Some(running) }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -95,6 +127,18 @@ impl TestApp {
         }
     }
 
+    /// Number of rows in the events table.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(self.pool()).await.unwrap()
+    }
+}
+
+impl ApiClient {
+    /// A client for the API on `port` of this machine.
+    pub fn new(port: u16) -> Self {
+        Self { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1{}", self.base, path)
     }
@@ -103,14 +147,10 @@ impl TestApp {
     pub async fn user(&self) -> (Uuid, String) {
         let email = format!("u{}@example.com", Uuid::new_v4().simple());
         let r = self
-            .post_json(
-                "/auth/register",
-                None,
-                json!({"email": email, "full_name": "Test User", "password": "correct horse battery"}),
-            )
+            .post_json("/auth/register", None, json!({"email": email, "full_name": "Test User", "password": PASSWORD}))
             .await;
         assert_eq!(r.0, 201, "register: {}", r.1);
-        let r = self.post_json("/auth/login", None, json!({"email": email, "password": "correct horse battery"})).await;
+        let r = self.post_json("/auth/login", None, json!({"email": email, "password": PASSWORD})).await;
         assert_eq!(r.0, 200, "login: {}", r.1);
         (r.1["user_id"].as_str().unwrap().parse().unwrap(), r.1["access_token"].as_str().unwrap().to_string())
     }
@@ -160,11 +200,6 @@ impl TestApp {
             .await;
         assert_eq!(s, 201, "post message: {b}");
         b["version"].as_i64().unwrap()
-    }
-
-    /// Number of rows in the events table.
-    pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(self.pool()).await.unwrap()
     }
 }
 
