@@ -28,7 +28,7 @@ enum Command {
     Relay,
     /// The projector workers.
     Project,
-    /// Apply database migrations.
+    /// Create the database if missing and apply its migrations.
     Migrate,
     /// Create the Kafka topics.
     Topics,
@@ -82,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay => Processes { relay: true, ..Default::default() },
         Command::Project => Processes { projectors: true, ..Default::default() },
         Command::Migrate => {
+            if postgres::create_database_if_missing(&settings.database).await? {
+                tracing::info!("Database created.");
+            }
             let pool = postgres::connect(&settings.database).await?;
             postgres::migrate(&pool).await?;
             tracing::info!("Migrations applied.");

@@ -25,6 +25,9 @@ pub struct Deps {
 
 /// Connects Postgres (migrating if configured) and Redis.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Deps> {
+    if settings.database.migrate_on_start && postgres::create_database_if_missing(&settings.database).await? {
+        tracing::info!("Database created.");
+    }
     let pool = postgres::connect(&settings.database).await?;
     if settings.database.migrate_on_start {
         postgres::migrate(&pool).await?;

@@ -26,7 +26,7 @@ use colloquy::runtime::{self, Processes};
 use colloquy_infra::{telemetry, Settings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection};
+use sqlx::migrate::MigrateDatabase;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -96,13 +96,13 @@ async fn main() -> anyhow::Result<()> {
     let server = args.postgres_url.trim_end_matches('/').to_string();
     let db_name = format!("colloquy_bench_{tag}");
     let db_url = format!("{server}/{db_name}");
-    admin(&server, &format!("CREATE DATABASE \"{db_name}\"")).await.context("creating the bench database")?;
+    sqlx::Postgres::create_database(&db_url).await.context("creating the bench database")?;
     eprintln!("[bench] database {db_name} created");
 
     let outcome = run(&args, &tag, &db_url).await;
 
     // Always drop the database, also after a failure; FORCE ends connections left behind.
-    let dropped = admin(&server, &format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
+    let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
     let report = outcome?;
     dropped.context("dropping the bench database")?;
     eprintln!("[bench] database {db_name} dropped");
@@ -122,14 +122,6 @@ fn ensure_kafka() -> anyhow::Result<()> {
     if !status.success() {
         bail!("scripts/services.sh kafka failed: {status}");
     }
-    Ok(())
-}
-
-/// Runs one statement on the server's maintenance database.
-async fn admin(server: &str, statement: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(&format!("{server}/postgres")).await?;
-    sqlx::raw_sql(statement).execute(&mut conn).await?;
-    conn.close().await?;
     Ok(())
 }
 

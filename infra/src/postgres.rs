@@ -36,6 +36,17 @@ pub async fn connect_for_http(settings: &DatabaseSettings) -> Result<PgPool, sql
         .await
 }
 
+/// Creates the configured database when it does not exist yet (the server's own
+/// `CREATE DATABASE`, through sqlx), so a fresh server needs nothing done by hand.
+pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<bool, sqlx::Error> {
+    use sqlx::migrate::MigrateDatabase;
+    if sqlx::Postgres::database_exists(&settings.url).await? {
+        return Ok(false);
+    }
+    sqlx::Postgres::create_database(&settings.url).await?;
+    Ok(true)
+}
+
 /// Applies pending migrations; safe to run from several processes at once (sqlx takes an
 /// advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -11,10 +11,9 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::PgPool;
 use uuid::Uuid;
-
-const ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
 /// Makes sure the broker runs (the project's script installs/starts it when missing).
 pub fn ensure_broker() {
@@ -48,9 +47,7 @@ pub fn isolated_settings() -> Settings {
 }
 
 pub async fn create_database(settings: &Settings) {
-    let name = settings.database.url.rsplit('/').next().unwrap().to_string();
-    let mut admin = PgConnection::connect(ADMIN_URL).await.expect("connect to postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+    sqlx::Postgres::create_database(&settings.database.url).await.expect("create database");
 }
 
 /// The password every test user gets.
@@ -220,10 +217,7 @@ impl Drop for TestApp {
 
 /// Drops the test's database, topics and Redis keys.
 pub async fn cleanup(settings: Settings) {
-    let name = settings.database.url.rsplit('/').next().unwrap().to_string();
-    if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
-    }
+    let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
     if let Ok(redis) = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await {
         let _ = redis.delete_prefixed("").await;
     }
