@@ -52,7 +52,8 @@ pub struct Running {
     /// The API's port, if it runs.
     pub port: Option<u16>,
     shutdown: CancellationToken,
-    api: Option<actix_web::dev::ServerHandle>,
+    /// The process's HTTP listener: the API, or the metrics/health listener of workers.
+    http: Option<actix_web::dev::ServerHandle>,
     tasks: JoinSet<()>,
 }
 
@@ -60,8 +61,8 @@ impl Running {
     /// Stops everything gracefully: the API finishes in-flight requests, projectors commit
     /// their offsets, the relay flushes its producer.
     pub async fn stop(mut self) {
-        if let Some(api) = &self.api {
-            api.stop(true).await;
+        if let Some(http) = &self.http {
+            http.stop(true).await;
         }
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -70,8 +71,8 @@ impl Running {
     /// Stops everything now, without waiting (for use where nothing can be awaited, such
     /// as `Drop`): the API stops without finishing requests, workers are cancelled.
     pub fn abort(mut self) {
-        if let Some(api) = self.api.take() {
-            tokio::spawn(async move { api.stop(false).await });
+        if let Some(http) = self.http.take() {
+            tokio::spawn(async move { http.stop(false).await });
         }
         self.shutdown.cancel();
         self.tasks.abort_all();
@@ -109,12 +110,12 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         }
     }
     let mut port = None;
-    let mut api = None;
+    let mut http = None;
     if !which.api && settings.http.ops_port != 0 {
         match colloquy_api::ops_server(&settings.http.host, settings.http.ops_port, deps.metrics.clone()) {
             Ok((ops_port, server)) => {
                 tracing::info!(port = ops_port, "Metrics and health listening.");
-                api = Some(server.handle());
+                http = Some(server.handle());
                 tasks.spawn(async move {
                     let _ = server.await;
                 });
@@ -127,7 +128,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
         let app = Application::build(settings.clone(), api_pool, deps.redis.clone(), deps.metrics.clone())?;
         port = Some(app.port());
-        api = Some(app.handle());
+        http = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");
         tasks.spawn(purge_idempotency_keys(deps.pool.clone(), settings.http.idempotency_ttl_hours, shutdown.clone()));
         tasks.spawn(async move {
@@ -136,7 +137,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
             }
         });
     }
-    Ok(Running { port, shutdown, api, tasks })
+    Ok(Running { port, shutdown, http, tasks })
 }
 
 fn spawn_projector(

@@ -122,7 +122,8 @@ pub async fn apply_all_in_order(
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| fail(0)(e.into()))?;
-    let mut last: HashMap<String, i64> = rows.into_iter().collect();
+    let loaded: HashMap<String, i64> = rows.into_iter().collect();
+    let mut last = loaded.clone();
     let mut outcomes = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let seen = last.get(&event.aggregate_id).copied().unwrap_or(0);
@@ -162,7 +163,9 @@ pub async fn apply_all_in_order(
         last.insert(event.aggregate_id.clone(), event.sequence);
         outcomes.push(Applied::Applied { filled, touched });
     }
-    let (ids, sequences): (Vec<String>, Vec<i64>) = last.into_iter().unzip();
+    // Only aggregates this batch advanced need their progress written.
+    let (ids, sequences): (Vec<String>, Vec<i64>) =
+        last.into_iter().filter(|(id, seq)| loaded.get(id) != Some(seq)).unzip();
     sqlx::query(
         "INSERT INTO projection_state (projection, aggregate_id, last_sequence)
          SELECT $1, id, seq FROM UNNEST($2::text[], $3::bigint[]) AS t(id, seq)

@@ -145,10 +145,14 @@ impl Projector {
     async fn handle_batch(&self, batch: &[Received], shutdown: &CancellationToken) {
         let name = self.projection.name();
         let mut poison: Vec<(usize, String)> = Vec::new();
-        let mut events: Vec<(usize, StoredEvent)> = Vec::new();
+        // The decodable events, and for each the index of its message in `batch`.
+        let (mut events, mut origins): (Vec<StoredEvent>, Vec<usize>) = (Vec::new(), Vec::new());
         for (i, m) in batch.iter().enumerate() {
             match cloudevents::decode(&m.payload) {
-                Ok(e) if self.projection.aggregate_types().contains(&e.aggregate_type.as_str()) => events.push((i, e)),
+                Ok(e) if self.projection.aggregate_types().contains(&e.aggregate_type.as_str()) => {
+                    events.push(e);
+                    origins.push(i);
+                }
                 Ok(e) => poison.push((i, format!("unexpected aggregate type {}", e.aggregate_type))),
                 Err(e) => poison.push((i, e.to_string())),
             }
@@ -156,7 +160,7 @@ impl Projector {
         // Retry the database part until it commits: an outage must not skip anything.
         let mut backoff = Duration::from_millis(100);
         let (applied, rejected) = loop {
-            match self.apply_batch(&events).await {
+            match self.apply_batch(&events, &origins).await {
                 Ok(result) => break result,
                 Err(e) => {
                     tracing::error!(projection = name, error = %e, "Batch failed; retrying.");
@@ -206,12 +210,12 @@ impl Projector {
     /// outcomes and the events rejected as poison.
     async fn apply_batch(
         &self,
-        events: &[(usize, StoredEvent)],
+        events: &[StoredEvent],
+        origins: &[usize],
     ) -> Result<(Vec<Applied>, Vec<(usize, String)>), sqlx::Error> {
         let projection = self.projection.as_ref();
-        let plain: Vec<StoredEvent> = events.iter().map(|(_, e)| e.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        match apply_all_in_order(&mut tx, projection, projection.name(), projection.table(), &plain).await {
+        match apply_all_in_order(&mut tx, projection, projection.name(), projection.table(), events).await {
             Ok(outcomes) => {
                 tx.commit().await?;
                 return Ok((outcomes, Vec::new()));
@@ -222,7 +226,7 @@ impl Projector {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut poison = Vec::new();
-        for (i, event) in events {
+        for (event, i) in events.iter().zip(origins) {
             let mut savepoint = tx.begin().await?;
             match apply_in_order(&mut savepoint, projection, projection.name(), projection.table(), event).await {
                 Ok(outcome) => {

@@ -48,13 +48,12 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     loop {
         let page = event_log::read_committed(pool, cursor, Some(&types), PAGE).await?;
         let Some((_, last)) = page.last() else { break };
-        let last = *last;
+        cursor = *last;
+        let batch: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
         let mut tx = pool.begin().await?;
-        let batch: Vec<_> = page.iter().map(|(e, _)| e.clone()).collect();
         apply_all_in_order(&mut tx, projection, &state, &fresh, &batch).await.map_err(|f| f.error)?;
         tx.commit().await?;
-        events += page.len() as u64;
-        cursor = last;
+        events += batch.len() as u64;
     }
 
     // Switch: lock the live table (the live projector waits), catch up with what was
