@@ -111,10 +111,14 @@ impl Credentials {
             Ok(committed) => Ok((user_id, committed)),
             Err(e) => {
                 // Release the address so the person can try again.
-                let _ = sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+                let released = sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
                     .bind(user_id)
                     .execute(&self.pool)
                     .await;
+                if let Err(e) = released {
+                    // The address frees itself: an orphaned claim is taken over after ORPHAN_AFTER_SECS.
+                    tracing::warn!(%user_id, error = %e, "Could not release the e-mail claim.");
+                }
                 Err(match e {
                     CommandError::Rejected(e) => RegistrationError::Invalid(e),
                     other => RegistrationError::Internal(other.to_string()),

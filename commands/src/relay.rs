@@ -106,7 +106,10 @@ impl Relay {
                 }
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(10));
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            // Unflushed records were never checkpointed: the next relay sends them again.
+            tracing::warn!(error = %e, "Producer flush at shutdown incomplete.");
+        }
         tracing::info!("Relay stopped.");
     }
 

@@ -66,47 +66,47 @@ impl Projection for ConversationsProjection {
         use ConversationEvent as E;
         let id: Uuid =
             e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
-        let event = domain_event::<ConversationEvent>(e)?;
-        if let E::ConversationStarted(s) = &event {
-            sqlx::query(&format!(
-                "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
-            ))
-            .bind(id)
-            .bind(s.owner_id)
-            .bind(&s.title)
-            .bind(enum_str(s.kind))
-            .bind(&s.model)
-            .bind(&s.system_prompt)
-            .bind(e.sequence)
-            .bind(e.recorded_at)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(Some(s.owner_id));
-        }
-        let owner: Option<Uuid> = if let E::ConversationDeleted(_) = event {
-            sqlx::query_scalar(&format!("DELETE FROM {table} WHERE conversation_id = $1 RETURNING owner_id"))
+        // Every change but start and delete is one UPDATE of some columns.
+        let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {
+            E::ConversationStarted(s) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+                ))
                 .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-        } else {
-            let (set, text): (&str, Option<String>) = match event {
-                E::ConversationRenamed(r) => ("title = $4", Some(r.title)),
-                E::ConversationArchived(_) => ("archived = true", None),
-                E::ConversationUnarchived(_) => ("archived = false", None),
-                E::UserMessagePosted(_) => ("message_count = message_count + 1", None),
-                E::ConversationStarted(_) | E::ConversationDeleted(_) => unreachable!("handled above"),
-            };
-            sqlx::query_scalar(&format!(
-                "UPDATE {table} SET {set}, version = $2, last_activity_at = $3 WHERE conversation_id = $1 RETURNING owner_id"
-            ))
-            .bind(id)
-            .bind(e.sequence)
-            .bind(e.recorded_at)
-            .bind(text)
-            .fetch_optional(&mut *conn)
-            .await?
+                .bind(s.owner_id)
+                .bind(&s.title)
+                .bind(enum_str(s.kind))
+                .bind(&s.model)
+                .bind(&s.system_prompt)
+                .bind(e.sequence)
+                .bind(e.recorded_at)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(Some(s.owner_id));
+            }
+            E::ConversationDeleted(_) => {
+                let owner =
+                    sqlx::query_scalar(&format!("DELETE FROM {table} WHERE conversation_id = $1 RETURNING owner_id"))
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                return Ok(owner);
+            }
+            E::ConversationRenamed(r) => ("title = $4", Some(r.title)),
+            E::ConversationArchived(_) => ("archived = true", None),
+            E::ConversationUnarchived(_) => ("archived = false", None),
+            E::UserMessagePosted(_) => ("message_count = message_count + 1", None),
         };
+        let owner = sqlx::query_scalar(&format!(
+            "UPDATE {table} SET {set}, version = $2, last_activity_at = $3 WHERE conversation_id = $1 RETURNING owner_id"
+        ))
+        .bind(id)
+        .bind(e.sequence)
+        .bind(e.recorded_at)
+        .bind(text)
+        .fetch_optional(&mut *conn)
+        .await?;
         Ok(owner)
     }
 }
