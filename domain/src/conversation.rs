@@ -6,7 +6,7 @@ mod errors;
 mod events;
 mod services;
 
-pub use aggregate::{Conversation, ConversationStatus};
+pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
@@ -15,7 +15,5 @@ pub use events::{
 };
 pub use services::{ConversationServices, MessageLookup};
 
-/// Longest accepted title, in characters.
-pub const TITLE_MAX: usize = 200;
 /// Longest accepted user message, in characters.
 pub const MESSAGE_MAX: usize = 32_000;

@@ -1,20 +1,15 @@
-//! The list of every event type, with its JSON Schema, for the published contract.
-//!
-//! `schemas/` in the repository holds the output of [`schemas`]; a test in the root
-//! package fails when the two disagree, so a payload change cannot ship unpublished.
+//! Event types, declared once: [`domain_events!`] turns the list of an aggregate's events
+//! (variant, payload type, payload version) into the event enum, its `DomainEvent` impl
+//! (the stored `event_type` and `event_version`) and its catalog entry with JSON Schemas.
+//! Nothing else names an event type or a version.
 
 use schemars::schema::RootSchema;
 use schemars::{schema_for, JsonSchema};
 
-use crate::conversation::*;
-use crate::user::*;
-
-/// One event type of the contract.
+/// One event type of an aggregate: its stored name, payload version and payload schema.
 #[derive(Debug, Clone)]
-pub struct EventType {
-    /// The aggregate type (`User`, `Conversation`, ...).
-    pub aggregate: &'static str,
-    /// The event type, as stored in the event store.
+pub struct EventTypeSpec {
+    /// The event type, as stored in the event store (the enum variant's name).
     pub event_type: &'static str,
     /// The payload version, as stored in the event store.
     pub version: &'static str,
@@ -22,23 +17,17 @@ pub struct EventType {
     pub schema: RootSchema,
 }
 
-fn entry<T: JsonSchema>(aggregate: &'static str, event_type: &'static str) -> EventType {
-    EventType { aggregate, event_type, version: "1.0", schema: schema_for!(T) }
+impl EventTypeSpec {
+    /// The entry for payload type `T`.
+    pub fn of<T: JsonSchema>(event_type: &'static str, version: &'static str) -> Self {
+        Self { event_type, version, schema: schema_for!(T) }
+    }
 }
 
-/// Every event type the system emits.
-pub fn schemas() -> Vec<EventType> {
-    vec![
-        entry::<UserRegistered>("User", "UserRegistered"),
-        entry::<ProfileUpdated>("User", "ProfileUpdated"),
-        entry::<UserDeactivated>("User", "UserDeactivated"),
-        entry::<ConversationStarted>("Conversation", "ConversationStarted"),
-        entry::<ConversationRenamed>("Conversation", "ConversationRenamed"),
-        entry::<ConversationArchived>("Conversation", "ConversationArchived"),
-        entry::<ConversationUnarchived>("Conversation", "ConversationUnarchived"),
-        entry::<ConversationDeleted>("Conversation", "ConversationDeleted"),
-        entry::<UserMessagePosted>("Conversation", "UserMessagePosted"),
-    ]
+/// An event enum that knows its own event types (implemented by [`domain_events!`]).
+pub trait EventCatalog {
+    /// Every event type of the enum, in declaration order.
+    fn event_types() -> Vec<EventTypeSpec>;
 }
 
 /// The CloudEvents `type` of an event: `colloquy.<aggregate>.<EventType>.v<major>`.
@@ -47,8 +36,40 @@ pub fn cloud_event_type(aggregate: &str, event_type: &str, version: &str) -> Str
     format!("colloquy.{}.{}.v{}", aggregate.to_lowercase(), event_type, major)
 }
 
-/// Every aggregate type, each with its own Kafka topic.
-pub const AGGREGATE_TYPES: &[&str] = &["User", "Conversation"];
+/// Declares an aggregate's event enum: one line per event, `Variant(Payload) = "version"`.
+/// The variant's name is the stored `event_type`; a changed payload shape gets a new
+/// version and an upcaster, never a rewrite of stored events.
+#[macro_export]
+macro_rules! domain_events {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident($payload:ty) = $version:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant($payload) ),+
+        }
+
+        impl cqrs_es::DomainEvent for $name {
+            fn event_type(&self) -> String {
+                match self { $( Self::$variant(_) => stringify!($variant) ),+ }.to_string()
+            }
+
+            fn event_version(&self) -> String {
+                match self { $( Self::$variant(_) => $version ),+ }.to_string()
+            }
+        }
+
+        impl $crate::event_catalog::EventCatalog for $name {
+            fn event_types() -> Vec<$crate::event_catalog::EventTypeSpec> {
+                vec![ $( $crate::event_catalog::EventTypeSpec::of::<$payload>(stringify!($variant), $version) ),+ ]
+            }
+        }
+    };
+}
 
 #[cfg(test)]
 mod tests {
@@ -61,14 +82,5 @@ mod tests {
             "colloquy.conversation.UserMessagePosted.v1"
         );
         assert_eq!(cloud_event_type("User", "UserRegistered", "2.3"), "colloquy.user.UserRegistered.v2");
-    }
-
-    #[test]
-    fn catalog_names_are_unique() {
-        let all = schemas();
-        let mut names: Vec<_> = all.iter().map(|e| (e.aggregate, e.event_type)).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), all.len());
     }
 }

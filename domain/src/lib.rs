@@ -1,13 +1,30 @@
-//! colloquy's domain: aggregates, their commands, events and errors, and value types.
+//! colloquy's domain: aggregates, their commands, events and errors, value types, and the
+//! registry that the rest of the system derives each aggregate's wiring from.
 //!
-//! Nothing in this crate does I/O. Aggregates decide from their own state and from what
-//! the command carries; the command service in `colloquy-commands` loads and stores them.
+//! Nothing in this crate does I/O. Aggregates decide from their own state, from what the
+//! command carries and from ports (traits) that `colloquy-infra` implements; the command
+//! service in `colloquy-commands` loads and stores them.
 
-pub mod conversation;
+pub mod decision;
 pub mod event_catalog;
 pub mod metadata;
-pub mod user;
+pub mod registry;
 pub mod values;
 
-pub use conversation::Conversation;
-pub use user::User;
+/// Declares the aggregate modules and the registry in one list: adding an aggregate is its
+/// folder plus one line here (see `docs/adding-an-aggregate.md`).
+macro_rules! aggregates {
+    ($($module:ident::$aggregate:ident),+ $(,)?) => {
+        $( pub mod $module; pub use $module::$aggregate; )+
+
+        /// Every aggregate type the system runs, in registration order.
+        pub fn aggregates() -> Vec<registry::AggregateType> {
+            vec![$( registry::AggregateType::of::<$module::$aggregate>() ),+]
+        }
+    };
+}
+
+aggregates! {
+    user::User,
+    conversation::Conversation,
+}

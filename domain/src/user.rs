@@ -12,7 +12,3 @@ pub use events::{ProfileUpdated, Role, UserDeactivated, UserEvent, UserRegistere
 
 /// Longest accepted full name, in characters.
 pub const FULL_NAME_MAX: usize = 200;
-/// Longest accepted default system prompt, in characters.
-pub const SYSTEM_PROMPT_MAX: usize = 20_000;
-/// Longest accepted model name, in characters.
-pub const MODEL_NAME_MAX: usize = 200;

@@ -46,6 +46,28 @@ impl std::fmt::Display for EmailAddress {
     }
 }
 
+/// Longest accepted model name, in characters.
+pub const MODEL_NAME_MAX: usize = 200;
+/// Longest accepted system prompt, in characters.
+pub const SYSTEM_PROMPT_MAX: usize = 20_000;
+/// Longest accepted title, in characters.
+pub const TITLE_MAX: usize = 200;
+
+/// A model name (`gpt-4o`, `local/smollm2-135m`): trimmed, 1 to [`MODEL_NAME_MAX`] characters.
+pub fn model_name(raw: &str) -> Option<String> {
+    bounded_text(raw, MODEL_NAME_MAX)
+}
+
+/// A system prompt: trimmed, 1 to [`SYSTEM_PROMPT_MAX`] characters.
+pub fn system_prompt(raw: &str) -> Option<String> {
+    bounded_text(raw, SYSTEM_PROMPT_MAX)
+}
+
+/// A title: trimmed, 1 to [`TITLE_MAX`] characters.
+pub fn title(raw: &str) -> Option<String> {
+    bounded_text(raw, TITLE_MAX)
+}
+
 /// Trims `raw` and checks it holds between 1 and `max` characters.
 ///
 /// Returns the trimmed text, or `None` when it is empty or too long.

@@ -4,8 +4,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
-use crate::user::{MODEL_NAME_MAX, SYSTEM_PROMPT_MAX};
-use crate::values::bounded_text;
+use crate::decision::Refusal;
+use crate::registry::Registered;
+use crate::values::{self, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
+
+/// Events between Conversation snapshots. The aggregate is small and of constant size, so
+/// frequent snapshots are cheap and keep the tail of events to replay short.
+pub const SNAPSHOT_EVERY: usize = 20;
 
 /// Lifecycle state of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -51,14 +56,18 @@ impl Conversation {
 }
 
 fn title(raw: &str) -> Result<String, ConversationError> {
-    bounded_text(raw, TITLE_MAX).ok_or(ConversationError::InvalidTitle { max: TITLE_MAX })
+    values::title(raw).ok_or(ConversationError::InvalidTitle { max: TITLE_MAX })
+}
+
+impl Registered for Conversation {
+    const SNAPSHOT_EVERY: Option<usize> = Some(SNAPSHOT_EVERY);
 }
 
 impl Aggregate for Conversation {
     const TYPE: &'static str = "Conversation";
     type Command = ConversationCommand;
     type Event = ConversationEvent;
-    type Error = ConversationError;
+    type Error = Refusal<ConversationError>;
     type Services = ConversationServices;
 
     async fn handle(
@@ -66,24 +75,23 @@ impl Aggregate for Conversation {
         command: ConversationCommand,
         services: &ConversationServices,
         sink: &EventSink<Self>,
-    ) -> Result<(), ConversationError> {
+    ) -> Result<(), Refusal<ConversationError>> {
         use ConversationCommand as C;
         use ConversationEvent as E;
         let event = match command {
             C::StartConversation { conversation_id, owner_id, title: t, kind, model, system_prompt } => {
                 if self.status != ConversationStatus::New {
-                    return Err(ConversationError::AlreadyStarted);
+                    return Err(ConversationError::AlreadyStarted.into());
                 }
                 E::ConversationStarted(ConversationStarted {
                     conversation_id,
                     owner_id,
                     title: title(&t)?,
                     kind,
-                    model: bounded_text(&model, MODEL_NAME_MAX)
-                        .ok_or(ConversationError::InvalidModel { max: MODEL_NAME_MAX })?,
+                    model: values::model_name(&model).ok_or(ConversationError::InvalidModel { max: MODEL_NAME_MAX })?,
                     system_prompt: system_prompt
                         .map(|p| {
-                            bounded_text(&p, SYSTEM_PROMPT_MAX)
+                            values::system_prompt(&p)
                                 .ok_or(ConversationError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX })
                         })
                         .transpose()?,
@@ -96,14 +104,14 @@ impl Aggregate for Conversation {
             C::ArchiveConversation { actor_id } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status == ConversationStatus::Archived {
-                    return Err(ConversationError::AlreadyArchived);
+                    return Err(ConversationError::AlreadyArchived.into());
                 }
                 E::ConversationArchived(ConversationArchived {})
             }
             C::UnarchiveConversation { actor_id } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status != ConversationStatus::Archived {
-                    return Err(ConversationError::NotArchived);
+                    return Err(ConversationError::NotArchived.into());
                 }
                 E::ConversationUnarchived(ConversationUnarchived {})
             }
@@ -114,16 +122,16 @@ impl Aggregate for Conversation {
             C::PostUserMessage { actor_id, message_id, content } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status == ConversationStatus::Archived {
-                    return Err(ConversationError::Archived);
+                    return Err(ConversationError::Archived.into());
                 }
                 // Message text keeps its inner whitespace; only emptiness and length are checked.
                 let count = content.chars().count();
                 if content.trim().is_empty() || count > MESSAGE_MAX {
-                    return Err(ConversationError::InvalidMessage { max: MESSAGE_MAX });
+                    return Err(ConversationError::InvalidMessage { max: MESSAGE_MAX }.into());
                 }
                 let id = self.id.ok_or(ConversationError::NotFound)?;
-                if services.messages.message_exists(id, message_id).await.map_err(ConversationError::LookupFailed)? {
-                    return Err(ConversationError::DuplicateMessage);
+                if services.messages.message_exists(id, message_id).await.map_err(Refusal::PortFailed)? {
+                    return Err(ConversationError::DuplicateMessage.into());
                 }
                 E::UserMessagePosted(UserMessagePosted { message_id, author_id: actor_id, content })
             }
@@ -160,6 +168,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::decision::PortError;
 
     type ConvTest = TestFramework<Conversation>;
 
@@ -169,7 +178,7 @@ mod tests {
 
     #[async_trait]
     impl MessageLookup for KnownMessages {
-        async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String> {
+        async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, PortError> {
             Ok(self.0.lock().unwrap().contains(&(conversation_id, message_id)))
         }
     }
@@ -178,8 +187,8 @@ mod tests {
 
     #[async_trait]
     impl MessageLookup for Unreachable {
-        async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, String> {
-            Err("event store unreachable".into())
+        async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            Err(PortError::new("message lookup", "event store unreachable"))
         }
     }
 
@@ -234,7 +243,7 @@ mod tests {
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
-        ConvTest::with(services()).given(given).when_async(cmd).await.then_expect_error(err);
+        ConvTest::with(services()).given(given).when_async(cmd).await.then_expect_error(Refusal::Rejected(err));
     }
 
     #[tokio::test]
@@ -369,12 +378,12 @@ mod tests {
             .given(vec![started(), posted()])
             .when_async(post(OWNER, "again"))
             .await
-            .then_expect_error(ConversationError::DuplicateMessage);
+            .then_expect_error(Refusal::Rejected(ConversationError::DuplicateMessage));
         ConvTest::with(ConversationServices::new(Arc::new(Unreachable)))
             .given(vec![started()])
             .when_async(post(OWNER, "hi"))
             .await
-            .then_expect_error(ConversationError::LookupFailed("event store unreachable".into()));
+            .then_expect_error(Refusal::PortFailed(PortError::new("message lookup", "event store unreachable")));
         expect_err(
             vec![started(), ConversationEvent::ConversationArchived(ConversationArchived {})],
             post(OWNER, "hi"),
@@ -416,7 +425,7 @@ mod tests {
                         accepted += 1;
                     }
                     let stranger = conv.clone().handle(post(STRANGER, "x"), &services, &EventSink::default()).await;
-                    assert_eq!(stranger, Err(ConversationError::NotFound));
+                    assert_eq!(stranger, Err(Refusal::Rejected(ConversationError::NotFound)));
                 }
                 assert_eq!(conv.message_count, accepted);
             });

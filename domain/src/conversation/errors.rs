@@ -1,5 +1,5 @@
 /// Business rejections of Conversation commands.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConversationError {
     /// `StartConversation` on an existing id.
     #[error("the conversation already exists")]
@@ -46,7 +46,4 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
-    /// A lookup the decision needs failed (infrastructure, not a business rule); retry.
-    #[error("a lookup failed: {0}")]
-    LookupFailed(String),
 }

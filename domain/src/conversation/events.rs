@@ -1,4 +1,3 @@
-use cqrs_es::DomainEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -61,37 +60,20 @@ pub struct UserMessagePosted {
     pub content: String,
 }
 
-/// Everything that can happen to a Conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ConversationEvent {
-    /// See [`ConversationStarted`].
-    ConversationStarted(ConversationStarted),
-    /// See [`ConversationRenamed`].
-    ConversationRenamed(ConversationRenamed),
-    /// See [`ConversationArchived`].
-    ConversationArchived(ConversationArchived),
-    /// See [`ConversationUnarchived`].
-    ConversationUnarchived(ConversationUnarchived),
-    /// See [`ConversationDeleted`].
-    ConversationDeleted(ConversationDeleted),
-    /// See [`UserMessagePosted`].
-    UserMessagePosted(UserMessagePosted),
-}
-
-impl DomainEvent for ConversationEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ConversationStarted(_) => "ConversationStarted",
-            Self::ConversationRenamed(_) => "ConversationRenamed",
-            Self::ConversationArchived(_) => "ConversationArchived",
-            Self::ConversationUnarchived(_) => "ConversationUnarchived",
-            Self::ConversationDeleted(_) => "ConversationDeleted",
-            Self::UserMessagePosted(_) => "UserMessagePosted",
-        }
-        .to_string()
-    }
-
-    fn event_version(&self) -> String {
-        "1.0".to_string()
+crate::domain_events! {
+    /// Everything that can happen to a Conversation.
+    pub enum ConversationEvent {
+        /// See [`ConversationStarted`].
+        ConversationStarted(ConversationStarted) = "1.0",
+        /// See [`ConversationRenamed`].
+        ConversationRenamed(ConversationRenamed) = "1.0",
+        /// See [`ConversationArchived`].
+        ConversationArchived(ConversationArchived) = "1.0",
+        /// See [`ConversationUnarchived`].
+        ConversationUnarchived(ConversationUnarchived) = "1.0",
+        /// See [`ConversationDeleted`].
+        ConversationDeleted(ConversationDeleted) = "1.0",
+        /// See [`UserMessagePosted`].
+        UserMessagePosted(UserMessagePosted) = "1.0",
     }
 }

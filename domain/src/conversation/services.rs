@@ -2,6 +2,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use uuid::Uuid;
 
+use crate::decision::PortError;
+
 /// Answers whether a message id is taken in a conversation, from the event store.
 ///
 /// The aggregate asks instead of remembering every message id itself: its state (and
@@ -11,7 +13,7 @@ use uuid::Uuid;
 #[async_trait]
 pub trait MessageLookup: Send + Sync {
     /// Whether `message_id` already names a message of `conversation_id`.
-    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String>;
+    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, PortError>;
 }
 
 /// What Conversation decisions reach outside the aggregate.

@@ -3,11 +3,10 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{
-    ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX,
-    MODEL_NAME_MAX, SYSTEM_PROMPT_MAX,
-};
-use crate::values::{bounded_text, EmailAddress};
+use super::{ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX};
+use crate::decision::Refusal;
+use crate::registry::Registered;
+use crate::values::{self, bounded_text, EmailAddress, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX};
 
 /// Whether the account can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -54,22 +53,36 @@ fn full_name(raw: &str) -> Result<String, UserError> {
     bounded_text(raw, FULL_NAME_MAX).ok_or(UserError::InvalidFullName { max: FULL_NAME_MAX })
 }
 
-fn optional(raw: Option<String>, max: usize, err: UserError) -> Result<Option<String>, UserError> {
-    raw.map(|r| bounded_text(&r, max).ok_or(err)).transpose()
+fn optional(
+    raw: Option<String>,
+    parse: fn(&str) -> Option<String>,
+    err: UserError,
+) -> Result<Option<String>, UserError> {
+    raw.map(|r| parse(&r).ok_or(err)).transpose()
+}
+
+/// Users have few events: always replayed, never snapshotted.
+impl Registered for User {
+    const SNAPSHOT_EVERY: Option<usize> = None;
 }
 
 impl Aggregate for User {
     const TYPE: &'static str = "User";
     type Command = UserCommand;
     type Event = UserEvent;
-    type Error = UserError;
+    type Error = Refusal<UserError>;
     type Services = ();
 
-    async fn handle(&mut self, command: UserCommand, _: &(), sink: &EventSink<Self>) -> Result<(), UserError> {
+    async fn handle(
+        &mut self,
+        command: UserCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Refusal<UserError>> {
         match command {
             UserCommand::RegisterUser { user_id, email, full_name: name } => {
                 if self.status != UserStatus::Unregistered {
-                    return Err(UserError::AlreadyRegistered);
+                    return Err(UserError::AlreadyRegistered.into());
                 }
                 let email = EmailAddress::parse(&email).ok_or(UserError::InvalidEmail)?;
                 let event = UserRegistered { user_id, email, full_name: full_name(&name)?, role: Role::Member };
@@ -78,16 +91,16 @@ impl Aggregate for User {
             UserCommand::UpdateProfile { full_name: name, default_model, system_prompt } => {
                 self.ensure_active()?;
                 if name.is_none() && default_model.is_none() && system_prompt.is_none() {
-                    return Err(UserError::EmptyUpdate);
+                    return Err(UserError::EmptyUpdate.into());
                 }
                 let event = ProfileUpdated {
                     full_name: name.map(|n| full_name(&n)).transpose()?,
                     default_model: default_model
-                        .map(|m| optional(m, MODEL_NAME_MAX, UserError::InvalidModel { max: MODEL_NAME_MAX }))
+                        .map(|m| optional(m, values::model_name, UserError::InvalidModel { max: MODEL_NAME_MAX }))
                         .transpose()?,
                     system_prompt: system_prompt
                         .map(|p| {
-                            optional(p, SYSTEM_PROMPT_MAX, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX })
+                            optional(p, values::system_prompt, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX })
                         })
                         .transpose()?,
                 };
@@ -167,7 +180,7 @@ mod tests {
             .given(vec![registered()])
             .when_async(register("ada@example.com", "Ada"))
             .await
-            .then_expect_error(UserError::AlreadyRegistered);
+            .then_expect_error(Refusal::Rejected(UserError::AlreadyRegistered));
     }
 
     #[tokio::test]
@@ -176,17 +189,17 @@ mod tests {
             .given_no_previous_events()
             .when_async(register("not-an-email", "Ada"))
             .await
-            .then_expect_error(UserError::InvalidEmail);
+            .then_expect_error(Refusal::Rejected(UserError::InvalidEmail));
         UserTest::with(())
             .given_no_previous_events()
             .when_async(register("ada@example.com", "   "))
             .await
-            .then_expect_error(UserError::InvalidFullName { max: FULL_NAME_MAX });
+            .then_expect_error(Refusal::Rejected(UserError::InvalidFullName { max: FULL_NAME_MAX }));
         UserTest::with(())
             .given_no_previous_events()
             .when_async(register("ada@example.com", &"x".repeat(FULL_NAME_MAX + 1)))
             .await
-            .then_expect_error(UserError::InvalidFullName { max: FULL_NAME_MAX });
+            .then_expect_error(Refusal::Rejected(UserError::InvalidFullName { max: FULL_NAME_MAX }));
     }
 
     #[tokio::test]
@@ -217,17 +230,17 @@ mod tests {
             .given_no_previous_events()
             .when_async(update(Some(None)))
             .await
-            .then_expect_error(UserError::NotRegistered);
+            .then_expect_error(Refusal::Rejected(UserError::NotRegistered));
         UserTest::with(())
             .given(vec![registered()])
             .when_async(update(None))
             .await
-            .then_expect_error(UserError::EmptyUpdate);
+            .then_expect_error(Refusal::Rejected(UserError::EmptyUpdate));
         UserTest::with(())
             .given(vec![registered()])
             .when_async(update(Some(Some("m".repeat(MODEL_NAME_MAX + 1)))))
             .await
-            .then_expect_error(UserError::InvalidModel { max: MODEL_NAME_MAX });
+            .then_expect_error(Refusal::Rejected(UserError::InvalidModel { max: MODEL_NAME_MAX }));
         UserTest::with(())
             .given(vec![registered()])
             .when_async(UserCommand::UpdateProfile {
@@ -236,12 +249,12 @@ mod tests {
                 system_prompt: Some(Some(" ".into())),
             })
             .await
-            .then_expect_error(UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX });
+            .then_expect_error(Refusal::Rejected(UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX }));
         UserTest::with(())
             .given(vec![registered(), UserEvent::UserDeactivated(UserDeactivated { reason: None })])
             .when_async(update(Some(None)))
             .await
-            .then_expect_error(UserError::Deactivated);
+            .then_expect_error(Refusal::Rejected(UserError::Deactivated));
     }
 
     #[tokio::test]
@@ -255,12 +268,12 @@ mod tests {
             .given(vec![registered(), UserEvent::UserDeactivated(UserDeactivated { reason: None })])
             .when_async(UserCommand::DeactivateUser { reason: None })
             .await
-            .then_expect_error(UserError::Deactivated);
+            .then_expect_error(Refusal::Rejected(UserError::Deactivated));
         UserTest::with(())
             .given_no_previous_events()
             .when_async(UserCommand::DeactivateUser { reason: None })
             .await
-            .then_expect_error(UserError::NotRegistered);
+            .then_expect_error(Refusal::Rejected(UserError::NotRegistered));
     }
 
     #[test]

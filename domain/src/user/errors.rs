@@ -1,5 +1,5 @@
 /// Business rejections of User commands.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum UserError {
     /// `RegisterUser` on a user that exists.
     #[error("the user is already registered")]

@@ -1,4 +1,3 @@
-use cqrs_es::DomainEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -53,29 +52,15 @@ pub struct UserDeactivated {
     pub reason: Option<String>,
 }
 
-/// Everything that can happen to a User.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum UserEvent {
-    /// See [`UserRegistered`].
-    UserRegistered(UserRegistered),
-    /// See [`ProfileUpdated`].
-    ProfileUpdated(ProfileUpdated),
-    /// See [`UserDeactivated`].
-    UserDeactivated(UserDeactivated),
-}
-
-impl DomainEvent for UserEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::UserRegistered(_) => "UserRegistered",
-            Self::ProfileUpdated(_) => "ProfileUpdated",
-            Self::UserDeactivated(_) => "UserDeactivated",
-        }
-        .to_string()
-    }
-
-    fn event_version(&self) -> String {
-        "1.0".to_string()
+crate::domain_events! {
+    /// Everything that can happen to a User.
+    pub enum UserEvent {
+        /// See [`UserRegistered`].
+        UserRegistered(UserRegistered) = "1.0",
+        /// See [`ProfileUpdated`].
+        ProfileUpdated(ProfileUpdated) = "1.0",
+        /// See [`UserDeactivated`].
+        UserDeactivated(UserDeactivated) = "1.0",
     }
 }
 
