@@ -39,14 +39,14 @@ enum Command {
     },
     /// Print an aggregate's events, one JSON object per line.
     History {
-        /// `User` or `Conversation`.
+        /// The aggregate type, as registered (`User`, `Conversation`, ...).
         aggregate_type: String,
         /// Its id.
         aggregate_id: String,
     },
     /// Print an aggregate's state at a version (default: now), replayed from its events.
     State {
-        /// `User` or `Conversation`.
+        /// The aggregate type, as registered (`User`, `Conversation`, ...).
         aggregate_type: String,
         /// Its id.
         aggregate_id: String,
@@ -56,7 +56,7 @@ enum Command {
     },
     /// Print every event as a CloudEvent (the Kafka record value), one per line, in commit order.
     Export {
-        /// Only this aggregate type (`User`, `Conversation`).
+        /// Only this aggregate type, as registered.
         #[arg(long)]
         aggregate_type: Option<String>,
     },
@@ -98,9 +98,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Rebuild { projection } => {
             let p = colloquy_projections::by_name(&projection)
                 .with_context(|| format!("no projection named {projection}"))?;
-            let deps = runtime::connect(&settings).await?;
-            let report = colloquy_projections::rebuild::rebuild(&deps.pool, p.as_ref()).await?;
-            colloquy_projections::cache::invalidate_all(&deps.redis).await?;
+            let pool = postgres::connect(&settings.database).await?;
+            let report = colloquy_projections::rebuild::rebuild(&pool, p.as_ref()).await?;
+            let redis = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await?;
+            colloquy_projections::cache::invalidate_all(&redis).await?;
             tracing::info!(events = report.events, "Rebuild finished.");
             return Ok(());
         }
@@ -140,17 +141,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Schemas { dir } => {
             std::fs::create_dir_all(&dir)?;
-            for e in colloquy_domain::event_catalog::schemas() {
-                let path = dir.join(format!(
-                    "{}.json",
-                    colloquy_domain::event_catalog::cloud_event_type(e.aggregate, e.event_type, e.version)
-                ));
-                std::fs::write(&path, serde_json::to_string_pretty(&e.schema)? + "\n")?;
+            for aggregate in colloquy_domain::aggregates() {
+                for (cloud_type, event) in aggregate.cloud_event_types() {
+                    let path = dir.join(format!("{cloud_type}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&event.schema)? + "\n")?;
+                }
             }
             return Ok(());
         }
     };
-    let deps = runtime::connect(&settings).await?;
+    let deps = runtime::connect(&settings, processes).await?;
     let mut running = runtime::start(&settings, &deps, processes).await?;
     if let Some(port) = running.port {
         tracing::info!(url = %format!("http://{}:{port}", settings.http.host), "colloquy is up.");

@@ -3,28 +3,30 @@
 use std::sync::Arc;
 
 use colloquy_api::Application;
-use colloquy_commands::relay::Relay;
+use colloquy_commands::idempotency::Idempotency;
 use colloquy_infra::metrics::Metrics;
+use colloquy_infra::ops::{self, Scrape};
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::{kafka, postgres, Settings};
 use colloquy_projections::projector::Projector;
+use colloquy_projections::relay::{LagProbe, Relay};
 use colloquy_projections::Projection;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The connections every process needs.
+/// The connections the selected processes need.
 pub struct Deps {
     /// Postgres.
     pub pool: PgPool,
-    /// Redis.
-    pub redis: RedisStore,
+    /// Redis, when a selected process uses it (the API and the projectors' caches).
+    pub redis: Option<RedisStore>,
     /// Metrics.
     pub metrics: Metrics,
 }
 
-/// Connects Postgres (migrating if configured) and Redis.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Deps> {
+/// Connects Postgres (migrating if configured), and Redis when `which` needs it.
+pub async fn connect(settings: &Settings, which: Processes) -> anyhow::Result<Deps> {
     if settings.database.migrate_on_start && postgres::create_database_if_missing(&settings.database).await? {
         tracing::info!("Database created.");
     }
@@ -32,12 +34,18 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Deps> {
     if settings.database.migrate_on_start {
         postgres::migrate(&pool).await?;
     }
-    let redis = RedisStore::connect(&settings.redis).await?;
+    let redis = match which.api || which.projectors {
+        true => Some(RedisStore::connect(&settings.redis).await?),
+        false => None,
+    };
     Ok(Deps { pool, redis, metrics: Metrics::new() })
 }
 
+/// How often expired idempotency keys are forgotten, so the table stays small.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Which processes to run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Processes {
     /// The HTTP API.
     pub api: bool,
@@ -111,8 +119,11 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     }
     let mut port = None;
     let mut http = None;
+    // Every process reports relay lag at scrape time, whichever process runs the relay.
+    let scrape = Scrape::new(deps.metrics.clone())
+        .with_probe(Arc::new(LagProbe::new(deps.pool.clone(), settings.relay.name.clone())));
     if !which.api && settings.http.ops_port != 0 {
-        match colloquy_api::ops_server(&settings.http.host, settings.http.ops_port, deps.metrics.clone()) {
+        match ops::ops_server(&settings.http.host, settings.http.ops_port, scrape.clone()) {
             Ok((ops_port, server)) => {
                 tracing::info!(port = ops_port, "Metrics and health listening.");
                 http = Some(server.handle());
@@ -123,14 +134,24 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
             Err(e) => tracing::warn!(port = settings.http.ops_port, error = %e, "No metrics listener (port taken?)."),
         }
     }
-    if which.api {
+    if let (true, Some(redis)) = (which.api, &deps.redis) {
         // The API gets its own pool, opened from this runtime (see `connect_for_http`).
         let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
-        let app = Application::build(settings.clone(), api_pool, deps.redis.clone(), deps.metrics.clone())?;
+        let app = Application::build(settings.clone(), api_pool, redis.clone(), scrape)?;
         port = Some(app.port());
         http = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");
-        tasks.spawn(purge_idempotency_keys(deps.pool.clone(), settings.http.idempotency_ttl_hours, shutdown.clone()));
+        let keys = Idempotency::new(deps.pool.clone(), settings.http.idempotency_ttl_hours);
+        tasks.spawn(ops::every(PURGE_EVERY, shutdown.clone(), move || {
+            let keys = keys.clone();
+            async move {
+                match keys.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "Expired idempotency keys removed."),
+                    Err(e) => tracing::warn!(error = ?e, "Could not purge idempotency keys."),
+                }
+            }
+        }));
         tasks.spawn(async move {
             if let Err(e) = app.run_until_stopped().await {
                 tracing::error!(error = %e, "API server failed.");
@@ -148,22 +169,7 @@ fn spawn_projector(
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let projector =
-        Projector::new(projection, &settings.kafka, deps.pool.clone(), Some(deps.redis.clone()), deps.metrics.clone())?;
+        Projector::new(projection, &settings.kafka, deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
     tasks.spawn(async move { projector.run(token).await });
     Ok(())
-}
-
-/// Forgets expired idempotency keys every ten minutes, so the table stays small.
-async fn purge_idempotency_keys(pool: PgPool, ttl_hours: u32, shutdown: CancellationToken) {
-    loop {
-        match colloquy_api::idempotency::purge_expired(&pool, ttl_hours).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "Expired idempotency keys removed."),
-            Err(e) => tracing::warn!(error = %e, "Could not purge idempotency keys."),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
 }

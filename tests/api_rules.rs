@@ -41,12 +41,12 @@ async fn another_users_conversation_is_404_on_every_route_and_bad_tokens_are_401
     let forged = {
         let mut settings = isolated_settings().auth;
         settings.keys[0].secret = "another-secret-that-is-long-enough-0123456789".into();
-        colloquy_api::auth::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+        colloquy_api::tokens::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
     };
     let wrong_audience = {
         let mut settings = app.settings.auth.clone();
         settings.audience = "someone-else".into();
-        colloquy_api::auth::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+        colloquy_api::tokens::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
     };
     let expired = {
         let key = jsonwebtoken::EncodingKey::from_secret(app.settings.auth.keys[0].secret.as_bytes());

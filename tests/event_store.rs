@@ -5,13 +5,14 @@
 mod support;
 
 use colloquy::runtime::Processes;
-use colloquy_commands::command_service::SNAPSHOT_EVERY;
-use colloquy_commands::{CommandMeta, CommandService};
+use colloquy_commands::{Actor, CommandMeta, CommandService};
 use std::sync::Arc;
 
-use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind, ConversationServices};
+use colloquy_domain::conversation::{
+    ConversationCommand, ConversationError, ConversationKind, ConversationServices, SNAPSHOT_EVERY,
+};
 use colloquy_domain::Conversation;
-use colloquy_infra::event_log::EventStoreMessages;
+use colloquy_infra::event_store::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use support::{isolated_settings, TestApp};
 use uuid::Uuid;
@@ -19,13 +20,13 @@ use uuid::Uuid;
 /// The Conversation command service as the API builds it.
 fn conversation_service(app: &TestApp) -> CommandService<Conversation> {
     let services = ConversationServices::new(Arc::new(EventStoreMessages::new(app.pool().clone())));
-    CommandService::snapshotted(app.pool().clone(), services, Metrics::new(), SNAPSHOT_EVERY)
+    CommandService::new(app.pool().clone(), services, Metrics::new())
 }
 
 /// Starts a conversation of a new owner through `service`; returns (conversation, owner, meta).
 async fn started(service: &CommandService<Conversation>) -> (Uuid, Uuid, CommandMeta) {
     let (id, owner) = (Uuid::new_v4(), Uuid::new_v4());
-    let meta = CommandMeta { actor: format!("user:{owner}"), correlation_id: "test".into(), causation_id: None };
+    let meta = CommandMeta { actor: Actor::User(owner), correlation_id: "test".into(), causation_id: None };
     let start = ConversationCommand::StartConversation {
         conversation_id: id,
         owner_id: owner,
@@ -71,7 +72,7 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     .await
     .unwrap();
     assert_eq!(last_sequence, 2 * SNAPSHOT_EVERY as i64, "one snapshot, at the last multiple of {SNAPSHOT_EVERY}");
-    let (loaded, version) = service.load(&id.to_string()).await.unwrap();
+    let (loaded, version) = service.current_state(&id.to_string()).await.unwrap();
     assert_eq!(version, messages as i64 + 1);
     assert_eq!(loaded.message_count, messages as u64);
     let replayed = colloquy::audit::state_at(app.pool(), "Conversation", &id.to_string(), None).await.unwrap();

@@ -196,7 +196,7 @@ async fn redis_caches_serve_reads_and_follow_changes() {
     let me = app.get("/users/me", &token).await.1;
     let list = app.get("/conversations", &token).await.1;
     assert_eq!(list["items"][0]["title"], "Cached");
-    let mut redis = app.deps.redis.conn.clone();
+    let mut redis = app.deps.redis.as_ref().unwrap().conn.clone();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}cache:{{{user}}}:*", app.settings.redis.key_prefix))
         .query_async(&mut redis)

@@ -5,7 +5,7 @@
 mod support;
 
 use colloquy::runtime::Processes;
-use colloquy_infra::event_log;
+use colloquy_infra::event_store;
 use colloquy_infra::kafka::{producer_config, Topics};
 use colloquy_projections::projection::{apply_in_order, Applied};
 use colloquy_projections::Projection;
@@ -22,7 +22,7 @@ async fn duplicate_and_out_of_order_delivery_leave_the_read_model_correct() {
     for i in 0..3 {
         app.message(&token, conv, &format!("m{i}")).await;
     }
-    let events = event_log::read_aggregate(app.pool(), "Conversation", &conv.to_string(), 0, None).await.unwrap();
+    let events = event_store::read_aggregate(app.pool(), "Conversation", &conv.to_string(), 0, None).await.unwrap();
     assert_eq!(events.len(), 4);
     let projection = colloquy_projections::conversations::ConversationsProjection;
     let messages = colloquy_projections::messages::MessagesProjection;

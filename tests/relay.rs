@@ -5,7 +5,7 @@
 mod support;
 
 use colloquy::runtime::Processes;
-use colloquy_infra::event_log::{self, LogCursor};
+use colloquy_infra::event_store::{self, LogCursor};
 use colloquy_infra::kafka::Topics;
 use serde_json::json;
 use sqlx::Connection;
@@ -36,12 +36,12 @@ async fn transactions_committing_out_of_order_are_both_published() {
     tx2.commit().await.unwrap();
 
     // While T1 is open, the fence holds T2's event back: reading past it would skip T1's.
-    let visible = event_log::read_committed(app.pool(), LogCursor::default(), None, 100).await.unwrap();
+    let visible = event_store::read_committed(app.pool(), LogCursor::default(), None, 100).await.unwrap();
     assert!(visible.is_empty(), "nothing is readable while an older transaction is open: {visible:?}");
     tx1.commit().await.unwrap();
     // Other tests' transactions elsewhere in the cluster may hold the fence a moment longer.
     let visible = support::eventually("both events past the fence", || async {
-        let visible = event_log::read_committed(app.pool(), LogCursor::default(), None, 100).await.unwrap();
+        let visible = event_store::read_committed(app.pool(), LogCursor::default(), None, 100).await.unwrap();
         (visible.len() == 2).then_some(visible)
     })
     .await;

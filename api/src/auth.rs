@@ -1,118 +1,28 @@
-//! Access tokens (JWT, HS256, one key per `kid`) and the authenticated-user extractor,
-//! which also applies the per-user rate limit.
+//! The authenticated caller of a request: the access token is verified, the per-user rate
+//! limit applied, and the request's metadata (request id, correlation id) and
+//! Idempotency-Key gathered into the [`Caller`] every use case takes.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
-use chrono::Utc;
-use colloquy_infra::settings::AuthSettings;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use colloquy_commands::{Caller, IdempotencyKey};
 use uuid::Uuid;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorCode};
+use crate::requests::{correlation_id, request_id, IDEMPOTENCY_HEADER};
 use crate::state::AppState;
 
-/// The claims of an access token.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    /// The user id.
-    pub sub: String,
-    /// Issuer.
-    pub iss: String,
-    /// Audience.
-    pub aud: String,
-    /// Expiry (seconds since the epoch).
-    pub exp: i64,
-    /// Issued at.
-    pub iat: i64,
-    /// Token id.
-    pub jti: String,
-    /// `access` (refresh tokens, when they come, say `refresh`).
-    pub typ: String,
-}
-
-/// Issues and verifies access tokens.
-pub struct Tokens {
-    settings: AuthSettings,
-    decoding: HashMap<String, DecodingKey>,
-    encoding: EncodingKey,
-    validation: Validation,
-}
-
-/// A configuration problem with the keys.
-#[derive(Debug, thiserror::Error)]
-#[error("auth configuration: {0}")]
-pub struct TokenConfigError(String);
-
-impl Tokens {
-    /// Loads the keys; the signing key must be among them and every secret ≥ 32 bytes.
-    pub fn new(settings: &AuthSettings) -> Result<Self, TokenConfigError> {
-        if let Some(k) = settings.keys.iter().find(|k| k.secret.len() < 32) {
-            return Err(TokenConfigError(format!("key {} is shorter than 32 bytes", k.kid)));
-        }
-        let signing = settings
-            .keys
-            .iter()
-            .find(|k| k.kid == settings.signing_kid)
-            .ok_or_else(|| TokenConfigError(format!("no key with kid {}", settings.signing_kid)))?;
-        if signing.secret == colloquy_infra::settings::DEV_JWT_SECRET {
-            tracing::warn!("Signing access tokens with the development key; set COLLOQUY_AUTH__KEYS in production.");
-        }
-        let decoding =
-            settings.keys.iter().map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes()))).collect();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&settings.issuer]);
-        validation.set_audience(&[&settings.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
-        Ok(Self {
-            settings: settings.clone(),
-            decoding,
-            encoding: EncodingKey::from_secret(signing.secret.as_bytes()),
-            validation,
-        })
-    }
-
-    /// A signed access token for `user` and its lifetime in seconds.
-    pub fn issue(&self, user: Uuid) -> Result<(String, u64), ApiError> {
-        let now = Utc::now().timestamp();
-        let ttl = self.settings.access_token_ttl_secs;
-        let claims = Claims {
-            sub: user.to_string(),
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            exp: now + ttl as i64,
-            iat: now,
-            jti: Uuid::new_v4().to_string(),
-            typ: "access".into(),
-        };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.settings.signing_kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(ApiError::internal)?;
-        Ok((token, ttl))
-    }
-
-    /// The user a valid access token names.
-    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
-        let invalid = || ApiError::Unauthorized("the access token is missing, invalid or expired".into());
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
-        let key = header.kid.as_deref().and_then(|kid| self.decoding.get(kid)).ok_or_else(invalid)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| invalid())?;
-        if data.claims.typ != "access" {
-            return Err(invalid());
-        }
-        data.claims.sub.parse().map_err(|_| invalid())
-    }
-}
-
 /// The authenticated user of a request (and the request passed its rate limit).
-#[derive(Debug, Clone, Copy)]
-pub struct AuthUser(pub Uuid);
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The user.
+    pub user: Uuid,
+    /// The user as the caller of a use case.
+    pub caller: Caller,
+}
 
-impl FromRequest for AuthUser {
+impl FromRequest for Authenticated {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
@@ -124,12 +34,20 @@ impl FromRequest for AuthUser {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|t| t.trim().to_string());
+        let key = match req.headers().get(IDEMPOTENCY_HEADER) {
+            None => Ok(None),
+            Some(raw) => raw.to_str().ok().and_then(IdempotencyKey::parse).map(Some).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidIdempotencyKey, "Idempotency-Key must be 1 to 200 visible characters")
+            }),
+        };
+        let (request, correlation) = (request_id(req), correlation_id(req));
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
-            let token = token.ok_or_else(|| ApiError::Unauthorized("an access token is required".into()))?;
+            let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
+            let token = token.ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
             let user = state.tokens.verify(&token)?;
             state.limiter.check_user(user).await?;
-            Ok(AuthUser(user))
+            let caller = Caller::user(user, correlation, &request).with_idempotency_key(key?);
+            Ok(Self { user, caller })
         })
     }
 }

@@ -7,20 +7,22 @@ use actix_web::web;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorCode};
 
 /// The `JsonConfig` for a route accepting at most `limit` bytes.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default().limit(limit).error_handler(move |err, _req| {
         let api = match &err {
             JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                ApiError::PayloadTooLarge { limit }
+                ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body exceeds {limit} bytes"))
             }
-            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+            JsonPayloadError::ContentType => {
+                ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/json")
+            }
             JsonPayloadError::Deserialize(e) => {
-                ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+                ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}"))
             }
-            other => ApiError::bad_request("invalid_body", other.to_string()),
+            other => ApiError::new(ErrorCode::InvalidBody, other.to_string()),
         };
         actix_web::Error::from(api)
     })
@@ -31,9 +33,9 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
 /// (`[null, null]`), which no client means.
 pub fn parse<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     if !value.is_object() {
-        return Err(ApiError::unprocessable("invalid_request", "the body must be a JSON object"));
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"));
     }
-    serde_json::from_value(value).map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))
+    serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))
 }
 
 #[cfg(test)]
@@ -55,7 +57,7 @@ mod tests {
         assert!(parse::<Update>(json!({"a": "x"})).is_ok());
         for not_an_object in [json!([null, null]), json!("a"), json!(1), json!(null)] {
             let err = parse::<Update>(not_an_object).unwrap_err();
-            assert_eq!(err.code(), "invalid_request");
+            assert_eq!(err.code(), crate::errors::ErrorCode::InvalidRequest);
         }
     }
 }

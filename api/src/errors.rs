@@ -1,13 +1,17 @@
 //! The one error type at the HTTP edge: every failure becomes
-//! `{"error": {"code": "...", "message": "..."}}` with a stable snake_case code.
+//! `{"error": {"code": "...", "message": "..."}}` with a stable [`ErrorCode`], and every
+//! error of the layers below maps to one here, in one place.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use colloquy_commands::credentials::{LoginError, RegistrationError};
-use colloquy_commands::CommandError;
+use colloquy_commands::users::{LoginRejection, RegistrationRejection};
+use colloquy_commands::UseCaseError;
 use colloquy_domain::conversation::ConversationError;
 use colloquy_domain::user::UserError;
+use colloquy_projections::queries::QueryError;
 use serde_json::json;
+
+pub use crate::error_code::ErrorCode;
 
 /// The body of every error response (documentation type for the OpenAPI document).
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -19,8 +23,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable snake_case code, e.g. `conversation_archived`.
-    pub code: String,
+    /// Stable code, e.g. `conversation_archived`.
+    pub code: ErrorCode,
     /// For people.
     pub message: String,
 }
@@ -28,47 +32,15 @@ pub struct ErrorDetail {
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400: the request is malformed.
+    /// An answer with a stable code (4xx, or 503 for an unavailable dependency).
     #[error("{message}")]
-    BadRequest {
-        /// Stable code.
-        code: &'static str,
+    Coded {
+        /// The code; it decides the status.
+        code: ErrorCode,
         /// For people.
         message: String,
-    },
-    /// 401: no valid credentials.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 404: nothing here for this user.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// 405: the route exists, the method does not.
-    #[error("this method is not allowed on this route")]
-    MethodNotAllowed,
-    /// 409: the request conflicts with the current state.
-    #[error("{message}")]
-    Conflict {
-        /// Stable code.
-        code: &'static str,
-        /// For people.
-        message: String,
-    },
-    /// 413: the body is too large.
-    #[error("the request body exceeds {limit} bytes")]
-    PayloadTooLarge {
-        /// The limit.
-        limit: usize,
-    },
-    /// 415: the body is not JSON.
-    #[error("send the body as application/json")]
-    UnsupportedMediaType,
-    /// 422: well-formed but rejected.
-    #[error("{message}")]
-    Unprocessable {
-        /// Stable code.
-        code: &'static str,
-        /// For people.
-        message: String,
+        /// The recorded answer to an earlier request with the same Idempotency-Key.
+        replayed: bool,
     },
     /// 429: slow down.
     #[error("too many requests; retry in {retry_after_secs} s")]
@@ -76,61 +48,45 @@ pub enum ApiError {
         /// Seconds until a retry can succeed.
         retry_after_secs: u64,
     },
-    /// 503: a dependency is down.
-    #[error("{0}")]
-    Unavailable(String),
-    /// 500: a bug or an outage; the cause is logged, never shown.
+    /// 500: a bug or an outage; the cause chain is logged, never shown.
     #[error("internal error")]
-    Internal(#[source] anyhow::Error),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl ApiError {
-    /// The stable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::BadRequest { code, .. } | Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => code,
-            Self::Unauthorized(_) => "unauthorized",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
-        }
+    /// An answer with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Coded { code, message: message.into(), replayed: false }
+    }
+
+    /// 404 for `what` (also another user's object).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    /// 401 with `message`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// A 500 from anything.
-    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
         Self::Internal(e.into())
     }
 
-    /// A 422 with `code`.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Unprocessable { code, message: message.into() }
-    }
-
-    /// A 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest { code, message: message.into() }
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Coded { code, .. } => *code,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -146,8 +102,11 @@ impl ResponseError for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 builder.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            Self::Unauthorized(_) => {
+            Self::Coded { code: ErrorCode::Unauthorized, .. } => {
                 builder.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::Coded { replayed: true, .. } => {
+                builder.insert_header((crate::requests::REPLAYED_HEADER, "true"));
             }
             _ => {}
         }
@@ -155,91 +114,99 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<UserError> for ApiError {
-    fn from(e: UserError) -> Self {
-        let code = match e {
-            UserError::AlreadyRegistered => {
-                return Self::Conflict { code: "already_registered", message: e.to_string() }
+/// A rejection of the layers below, with the code it is answered with.
+pub trait Coded: std::error::Error {
+    /// The code; its status follows.
+    fn code(&self) -> ErrorCode;
+}
+
+impl Coded for UserError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::AlreadyRegistered => ErrorCode::AlreadyRegistered,
+            Self::NotRegistered => ErrorCode::NotFound,
+            Self::Deactivated => ErrorCode::UserDeactivated,
+            Self::InvalidEmail => ErrorCode::InvalidEmail,
+            Self::InvalidFullName { .. } => ErrorCode::InvalidFullName,
+            Self::InvalidModel { .. } => ErrorCode::InvalidModel,
+            Self::InvalidSystemPrompt { .. } => ErrorCode::InvalidSystemPrompt,
+            Self::EmptyUpdate => ErrorCode::EmptyUpdate,
+        }
+    }
+}
+
+impl Coded for ConversationError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound => ErrorCode::NotFound,
+            Self::AlreadyStarted => ErrorCode::ConversationExists,
+            Self::Deleted => ErrorCode::ConversationDeleted,
+            Self::Archived => ErrorCode::ConversationArchived,
+            Self::AlreadyArchived => ErrorCode::AlreadyArchived,
+            Self::NotArchived => ErrorCode::NotArchived,
+            Self::DuplicateMessage => ErrorCode::DuplicateMessage,
+            Self::InvalidTitle { .. } => ErrorCode::InvalidTitle,
+            Self::InvalidModel { .. } => ErrorCode::InvalidModel,
+            Self::InvalidSystemPrompt { .. } => ErrorCode::InvalidSystemPrompt,
+            Self::InvalidMessage { .. } => ErrorCode::InvalidMessage,
+        }
+    }
+}
+
+impl Coded for RegistrationRejection {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid(e) => e.code(),
+            Self::WeakPassword => ErrorCode::InvalidPassword,
+            Self::EmailTaken => ErrorCode::EmailTaken,
+        }
+    }
+}
+
+impl Coded for LoginRejection {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidCredentials => ErrorCode::Unauthorized,
+        }
+    }
+}
+
+impl<R: Coded + Send + Sync + 'static> From<UseCaseError<R>> for ApiError {
+    fn from(e: UseCaseError<R>) -> Self {
+        let code = match &e {
+            UseCaseError::Rejected { rejection, replayed } => {
+                return Self::Coded { code: rejection.code(), message: rejection.to_string(), replayed: *replayed };
             }
-            UserError::NotRegistered => return Self::NotFound("user"),
-            UserError::Deactivated => return Self::Conflict { code: "user_deactivated", message: e.to_string() },
-            UserError::InvalidEmail => "invalid_email",
-            UserError::InvalidFullName { .. } => "invalid_full_name",
-            UserError::InvalidModel { .. } => "invalid_model",
-            UserError::InvalidSystemPrompt { .. } => "invalid_system_prompt",
-            UserError::EmptyUpdate => "empty_update",
+            UseCaseError::Conflict => ErrorCode::ConcurrentModification,
+            UseCaseError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            UseCaseError::RequestInProgress => ErrorCode::RequestInProgress,
+            UseCaseError::Failed(_) => return Self::internal(e),
         };
-        Self::unprocessable(code, e.to_string())
+        Self::new(code, e.to_string())
     }
 }
 
-impl From<ConversationError> for ApiError {
-    fn from(e: ConversationError) -> Self {
-        use ConversationError as C;
-        let conflict = |code| Self::Conflict { code, message: e.to_string() };
-        let code = match e {
-            C::NotFound => return Self::NotFound("conversation"),
-            C::AlreadyStarted => return conflict("conversation_exists"),
-            C::Deleted => return conflict("conversation_deleted"),
-            C::Archived => return conflict("conversation_archived"),
-            C::AlreadyArchived => return conflict("already_archived"),
-            C::NotArchived => return conflict("not_archived"),
-            C::DuplicateMessage => return conflict("duplicate_message"),
-            C::LookupFailed(cause) => return Self::internal(anyhow::anyhow!("message lookup failed: {cause}")),
-            C::InvalidTitle { .. } => "invalid_title",
-            C::InvalidModel { .. } => "invalid_model",
-            C::InvalidSystemPrompt { .. } => "invalid_system_prompt",
-            C::InvalidMessage { .. } => "invalid_message",
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let code = match &e {
+            QueryError::NotFound(_) => ErrorCode::NotFound,
+            QueryError::NotYetVisible { .. } => ErrorCode::Unavailable,
+            QueryError::InvalidLimit => ErrorCode::InvalidLimit,
+            QueryError::InvalidCursor => ErrorCode::InvalidCursor,
+            QueryError::InvalidMinVersion => ErrorCode::InvalidMinVersion,
+            QueryError::MinVersionNeedsConversation => ErrorCode::MinVersionNeedsConversationId,
+            QueryError::Failed(_) => return Self::internal(e),
         };
-        Self::unprocessable(code, e.to_string())
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for ApiError
-where
-    ApiError: From<E>,
-{
-    fn from(e: CommandError<E>) -> Self {
-        match e {
-            CommandError::Rejected(e) => e.into(),
-            CommandError::Conflict => Self::Conflict {
-                code: "concurrent_modification",
-                message: "the resource was changed concurrently; retry the request".into(),
-            },
-            CommandError::Store(m) => Self::internal(anyhow::anyhow!(m)),
-        }
-    }
-}
-
-impl From<RegistrationError> for ApiError {
-    fn from(e: RegistrationError) -> Self {
-        match e {
-            RegistrationError::Invalid(e) => e.into(),
-            RegistrationError::WeakPassword => Self::unprocessable("invalid_password", e.to_string()),
-            RegistrationError::EmailTaken => Self::Conflict { code: "email_taken", message: e.to_string() },
-            RegistrationError::Internal(m) => Self::internal(anyhow::anyhow!(m)),
-        }
-    }
-}
-
-impl From<LoginError> for ApiError {
-    fn from(e: LoginError) -> Self {
-        match e {
-            LoginError::InvalidCredentials => Self::Unauthorized(e.to_string()),
-            LoginError::Internal(m) => Self::internal(anyhow::anyhow!(m)),
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::internal(e)
+        Self::new(code, e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use actix_web::body::to_bytes;
+    use colloquy_commands::command_service::StoreError;
+    use colloquy_commands::{CommandError, Failure};
+    use colloquy_projections::queries::Resource;
 
     use super::*;
 
@@ -248,38 +215,92 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
-    #[actix_web::test]
-    async fn command_outcomes_map_to_statuses_and_stable_codes() {
-        let cases: Vec<(ApiError, u16, &str)> = vec![
-            (CommandError::<ConversationError>::Conflict.into(), 409, "concurrent_modification"),
-            (CommandError::Rejected(ConversationError::NotFound).into(), 404, "not_found"),
-            (CommandError::Rejected(ConversationError::Archived).into(), 409, "conversation_archived"),
-            (CommandError::Rejected(ConversationError::InvalidTitle { max: 200 }).into(), 422, "invalid_title"),
-            (CommandError::Rejected(UserError::EmptyUpdate).into(), 422, "empty_update"),
-            (RegistrationError::EmailTaken.into(), 409, "email_taken"),
-            (LoginError::InvalidCredentials.into(), 401, "unauthorized"),
+    fn rejected<R: Coded + Send + Sync + 'static>(r: R) -> ApiError {
+        UseCaseError::<R>::rejected(r).into()
+    }
+
+    /// Every rejection and failure the layers below can give, with the status and code it
+    /// is answered with.
+    fn every_mapping() -> Vec<(ApiError, u16, &'static str)> {
+        use ConversationError as C;
+        use UserError as U;
+        vec![
+            (rejected(U::AlreadyRegistered), 409, "already_registered"),
+            (rejected(U::NotRegistered), 404, "not_found"),
+            (rejected(U::Deactivated), 409, "user_deactivated"),
+            (rejected(U::InvalidEmail), 422, "invalid_email"),
+            (rejected(U::InvalidFullName { max: 200 }), 422, "invalid_full_name"),
+            (rejected(U::InvalidModel { max: 200 }), 422, "invalid_model"),
+            (rejected(U::InvalidSystemPrompt { max: 9 }), 422, "invalid_system_prompt"),
+            (rejected(U::EmptyUpdate), 422, "empty_update"),
+            (rejected(C::AlreadyStarted), 409, "conversation_exists"),
+            (rejected(C::NotFound), 404, "not_found"),
+            (rejected(C::Deleted), 409, "conversation_deleted"),
+            (rejected(C::Archived), 409, "conversation_archived"),
+            (rejected(C::AlreadyArchived), 409, "already_archived"),
+            (rejected(C::NotArchived), 409, "not_archived"),
+            (rejected(C::InvalidTitle { max: 200 }), 422, "invalid_title"),
+            (rejected(C::InvalidModel { max: 200 }), 422, "invalid_model"),
+            (rejected(C::InvalidSystemPrompt { max: 9 }), 422, "invalid_system_prompt"),
+            (rejected(C::InvalidMessage { max: 9 }), 422, "invalid_message"),
+            (rejected(C::DuplicateMessage), 409, "duplicate_message"),
+            (rejected(RegistrationRejection::Invalid(U::InvalidEmail)), 422, "invalid_email"),
+            (rejected(RegistrationRejection::WeakPassword), 422, "invalid_password"),
+            (rejected(RegistrationRejection::EmailTaken), 409, "email_taken"),
+            (rejected(LoginRejection::InvalidCredentials), 401, "unauthorized"),
+            (UseCaseError::<C>::Conflict.into(), 409, "concurrent_modification"),
+            (UseCaseError::<C>::from(CommandError::<C>::Conflict).into(), 409, "concurrent_modification"),
+            (UseCaseError::<C>::IdempotencyKeyReused.into(), 422, "idempotency_key_reused"),
+            (UseCaseError::<C>::RequestInProgress.into(), 409, "request_in_progress"),
+            (QueryError::NotFound(Resource::Conversation).into(), 404, "not_found"),
+            (QueryError::NotFound(Resource::User).into(), 404, "not_found"),
+            (QueryError::NotYetVisible { min_version: 3 }.into(), 503, "unavailable"),
+            (QueryError::InvalidLimit.into(), 400, "invalid_limit"),
+            (QueryError::InvalidCursor.into(), 400, "invalid_cursor"),
+            (QueryError::InvalidMinVersion.into(), 400, "invalid_min_version"),
+            (QueryError::MinVersionNeedsConversation.into(), 400, "min_version_needs_conversation_id"),
             (ApiError::RateLimited { retry_after_secs: 3 }, 429, "rate_limited"),
-        ];
-        for (error, status, code) in cases {
+            (ApiError::not_found("route"), 404, "not_found"),
+            (ApiError::unauthorized("no token"), 401, "unauthorized"),
+        ]
+    }
+
+    #[actix_web::test]
+    async fn every_outcome_maps_to_its_status_and_stable_code() {
+        for (error, status, code) in every_mapping() {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");
             let body = body_of(&error).await;
-            assert_eq!(body["error"]["code"], code);
-            assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty());
+            assert_eq!(body["error"]["code"], code, "{error:?}");
+            assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty(), "{error:?}");
         }
     }
 
     #[actix_web::test]
     async fn internal_errors_hide_their_cause() {
-        let error = ApiError::from(CommandError::<ConversationError>::Store("password=hunter2 at db:5432".into()));
-        assert_eq!(error.status_code().as_u16(), 500);
-        let body = body_of(&error).await.to_string();
-        assert!(!body.contains("hunter2"), "{body}");
-        assert!(body.contains("\"internal\""));
+        let cause: Box<dyn std::error::Error + Send + Sync> = "password=hunter2 at db:5432".into();
+        let failures: Vec<ApiError> = vec![
+            UseCaseError::<ConversationError>::Failed(Failure::Store(StoreError::from(cause))).into(),
+            QueryError::Failed(sqlx::Error::PoolTimedOut.into()).into(),
+        ];
+        for error in failures {
+            assert_eq!(error.status_code().as_u16(), 500);
+            let body = body_of(&error).await.to_string();
+            assert!(!body.contains("hunter2") && !body.contains("pool"), "{body}");
+            assert!(body.contains("\"internal\""));
+        }
     }
 
     #[test]
     fn rate_limited_answers_carry_retry_after() {
         let response = ApiError::RateLimited { retry_after_secs: 7 }.error_response();
         assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
+    }
+
+    #[test]
+    fn replayed_rejections_say_so() {
+        let error: ApiError = UseCaseError::Rejected { rejection: ConversationError::Archived, replayed: true }.into();
+        let response = error.error_response();
+        assert_eq!(response.status().as_u16(), 409);
+        assert_eq!(response.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     }
 }

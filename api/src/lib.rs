@@ -3,34 +3,30 @@
 
 pub mod auth;
 pub mod body;
+pub mod error_code;
 pub mod errors;
-pub mod idempotency;
 pub mod openapi;
 pub mod rate_limit;
 pub mod requests;
 pub mod routes;
 pub mod state;
+pub mod tokens;
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpMessage, HttpServer};
-use colloquy_commands::command_service::SNAPSHOT_EVERY;
-use colloquy_commands::credentials::Credentials;
-use colloquy_commands::CommandService;
-use colloquy_domain::conversation::ConversationServices;
-use colloquy_infra::event_log::EventStoreMessages;
-use colloquy_infra::metrics::Metrics;
-use colloquy_infra::passwords::PasswordHasher;
+use colloquy_commands::{CommandSettings, Commands};
+use colloquy_infra::ops::Scrape;
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::Settings;
+use colloquy_projections::queries::Queries;
 use sqlx::PgPool;
 use tracing_actix_web::{RequestId, TracingLogger};
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Why the API could not start.
@@ -41,7 +37,7 @@ pub enum StartError {
     Bind(#[from] std::io::Error),
     /// The token keys are misconfigured.
     #[error(transparent)]
-    Keys(#[from] auth::TokenConfigError),
+    Keys(#[from] tokens::TokenConfigError),
 }
 
 /// A bound, not yet awaited, API server.
@@ -51,40 +47,41 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the app and binds its port (0 picks a free one).
-    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, metrics: Metrics) -> Result<Self, StartError> {
+    /// Builds the app and binds its port (0 picks a free one). `scrape` serves `/metrics`.
+    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, scrape: Scrape) -> Result<Self, StartError> {
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
         let port = listener.local_addr()?.port();
+        let metrics = scrape.metrics.clone();
+        let command_settings = CommandSettings {
+            hash_concurrency: settings.auth.hash_concurrency,
+            idempotency_ttl_hours: settings.http.idempotency_ttl_hours,
+        };
+        let wait = Duration::from_millis(settings.http.min_version_wait_ms);
         let state = web::Data::new(AppState {
-            users: CommandService::event_sourced(pool.clone(), (), metrics.clone()),
-            conversations: CommandService::snapshotted(
-                pool.clone(),
-                ConversationServices::new(Arc::new(EventStoreMessages::new(pool.clone()))),
-                metrics.clone(),
-                SNAPSHOT_EVERY,
-            ),
-            credentials: Credentials::new(pool.clone(), PasswordHasher::new(settings.auth.hash_concurrency)),
-            tokens: auth::Tokens::new(&settings.auth)?,
+            commands: Commands::new(pool.clone(), metrics.clone(), command_settings),
+            queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
+            tokens: tokens::Tokens::new(&settings.auth)?,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),
             settings: settings.clone(),
+            scrape,
             pool,
             redis,
-            metrics,
         });
         let json_limit = settings.http.json_limit_bytes;
         let mut server = HttpServer::new(move || {
-            let metrics = state.metrics.clone();
+            let metrics = metrics.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(body::json_config(json_limit))
-                .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("resource").into()))
+                .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::not_found("resource").into()))
                 .app_data(
                     web::QueryConfig::default()
-                        .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+                        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidQuery, e.to_string()).into()),
                 )
                 .configure(routes::configure)
                 .configure(routes::health::configure)
-                .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route")) }))
+                .configure(openapi::configure)
+                .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))
                 .wrap_fn(move |req, srv| {
                     // Request metrics, labelled by route pattern (not raw path: bounded cardinality).
                     let started = Instant::now();
@@ -131,26 +128,4 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
-}
-
-/// A small listener with `/health` and `/metrics` for processes without the API (relay,
-/// projectors), so every process can be probed and scraped.
-pub fn ops_server(host: &str, port: u16, metrics: Metrics) -> std::io::Result<(u16, Server)> {
-    let listener = TcpListener::bind((host, port))?;
-    let port = listener.local_addr()?.port();
-    let server = HttpServer::new(move || {
-        let metrics = metrics.clone();
-        App::new().route("/health", web::get().to(routes::health::get_health)).route(
-            "/metrics",
-            web::get().to(move || {
-                let body = metrics.render();
-                async move { actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
-            }),
-        )
-    })
-    .workers(1)
-    .listen(listener)?
-    .disable_signals()
-    .run();
-    Ok((port, server))
 }

@@ -1,4 +1,4 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, and its route.
 
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -6,7 +6,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::errors::{ErrorBody, ErrorDetail};
+use actix_web::{web, HttpResponse};
+
+use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::routes::{auth, conversations, health, users};
 
 struct BearerAuth;
@@ -92,7 +94,7 @@ impl Modify for CommonResponses {
 #[openapi(
     info(title = "colloquy", description = "Event-sourced AI chat backend. Errors are {\"error\": {\"code\", \"message\"}}."),
     modifiers(&BearerAuth, &CommonResponses),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
     paths(
         auth::post_register, auth::post_login,
         users::get_me, users::patch_me, users::delete_me,
@@ -108,4 +110,38 @@ struct ApiDoc;
 /// The document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// `GET /openapi.json`.
+pub async fn get_openapi() -> HttpResponse {
+    HttpResponse::Ok().json(document())
+}
+
+/// Registers `/openapi.json`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(crate::routes::resource("/openapi.json", "GET").route(web::get().to(get_openapi)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients learn the codes from the document: it lists every one the API declares.
+    #[test]
+    fn the_document_lists_every_error_code() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let listed: Vec<String> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ErrorCode enum in {}", doc["components"]["schemas"]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let declared: Vec<String> =
+            ErrorCode::ALL.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_string()).collect();
+        assert_eq!(listed, declared, "ErrorCode::ALL and the enum differ");
+        assert_eq!(
+            doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+    }
 }

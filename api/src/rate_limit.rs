@@ -7,7 +7,7 @@ use colloquy_infra::settings::RateLimitSettings;
 use redis::Script;
 use uuid::Uuid;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorCode};
 
 const GCRA: &str = r"
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
@@ -94,9 +94,9 @@ impl RateLimiter {
             Ok(Verdict::Wait(wait_ms)) => {
                 Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) })
             }
-            Ok(Verdict::Denied) => Err(ApiError::Unauthorized("the account is deactivated".into())),
+            Ok(Verdict::Denied) => Err(ApiError::unauthorized("the account is deactivated")),
             Err(e) => {
-                tracing::warn!(error = %e, "Rate limiter unavailable; allowing the request.");
+                tracing::warn!(error = ?e, "Rate limiter unavailable; allowing the request.");
                 Ok(())
             }
         }
@@ -113,8 +113,8 @@ impl RateLimiter {
                 Err(ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) })
             }
             Err(e) => {
-                tracing::error!(error = %e, "Rate limiter unavailable; refusing authentication.");
-                Err(ApiError::Unavailable("authentication is temporarily unavailable".into()))
+                tracing::error!(error = ?e, "Rate limiter unavailable; refusing authentication.");
+                Err(ApiError::new(ErrorCode::Unavailable, "authentication is temporarily unavailable"))
             }
         }
     }

@@ -1,34 +1,30 @@
 //! What every handler can reach.
 
-use colloquy_commands::credentials::Credentials;
-use colloquy_commands::CommandService;
-use colloquy_domain::{Conversation, User};
-use colloquy_infra::metrics::Metrics;
-use colloquy_infra::redis_store::RedisStore;
+use colloquy_commands::Commands;
+use colloquy_infra::ops::Scrape;
 use colloquy_infra::Settings;
+use colloquy_projections::queries::Queries;
 use sqlx::PgPool;
 
-use crate::auth::Tokens;
 use crate::rate_limit::RateLimiter;
+use crate::tokens::Tokens;
 
 /// Shared application state.
 pub struct AppState {
     /// The settings the app was built with.
     pub settings: Settings,
-    /// Postgres.
-    pub pool: PgPool,
-    /// Redis.
-    pub redis: RedisStore,
-    /// User commands.
-    pub users: CommandService<User>,
-    /// Conversation commands.
-    pub conversations: CommandService<Conversation>,
-    /// Registration and login.
-    pub credentials: Credentials,
+    /// The write-side use cases.
+    pub commands: Commands,
+    /// The read-side queries.
+    pub queries: Queries,
     /// Access tokens.
     pub tokens: Tokens,
     /// Rate limits.
     pub limiter: RateLimiter,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// Metrics and their probes.
+    pub scrape: Scrape,
+    /// Postgres, for the readiness check only.
+    pub pool: PgPool,
+    /// Redis, for the readiness check only.
+    pub redis: colloquy_infra::redis_store::RedisStore,
 }

@@ -143,8 +143,9 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     settings.log.filter = "warn".into();
     telemetry::init(&settings.log);
 
-    let deps = runtime::connect(&settings).await.context("connecting Postgres and Redis")?;
-    let running = runtime::start(&settings, &deps, Processes { api: true, relay: true, projectors: true }).await?;
+    let everything = Processes { api: true, relay: true, projectors: true };
+    let deps = runtime::connect(&settings, everything).await.context("connecting Postgres and Redis")?;
+    let running = runtime::start(&settings, &deps, everything).await?;
     let Some(port) = running.port else { bail!("the API did not start") };
     eprintln!("[bench] colloquy listening on 127.0.0.1:{port}");
 
@@ -153,8 +154,10 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
         eprintln!("[bench] warning: colloquy did not stop within 30 s");
     }
-    if let Err(e) = forget_redis_keys(deps.redis.conn.clone(), &settings.redis.key_prefix).await {
-        eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
+    if let Some(redis) = &deps.redis {
+        if let Err(e) = forget_redis_keys(redis.conn.clone(), &settings.redis.key_prefix).await {
+            eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
+        }
     }
     deps.pool.close().await;
     let mut report = measured?;

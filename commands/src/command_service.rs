@@ -5,21 +5,45 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use colloquy_domain::decision::{Decided, PortError};
 use colloquy_domain::metadata;
+use colloquy_domain::registry::{Registered, RejectionOf};
 use colloquy_infra::metrics::Metrics;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::{AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 use tracing::instrument;
+use uuid::Uuid;
+
+/// Who issues a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// An authenticated user.
+    User(Uuid),
+    /// A process worker (the assistant, the ingest worker), named.
+    System(&'static str),
+    /// Nobody yet (registration).
+    Anonymous,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::System(worker) => write!(f, "system:{worker}"),
+            Self::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
 
 /// Who caused a command, and which request or reaction it belongs to.
 #[derive(Debug, Clone)]
 pub struct CommandMeta {
-    /// `user:<uuid>` or `system:<worker>`.
-    pub actor: String,
+    /// Who.
+    pub actor: Actor,
     /// Shared by everything one request caused.
     pub correlation_id: String,
     /// The command or event that directly caused this one.
@@ -29,7 +53,7 @@ pub struct CommandMeta {
 impl CommandMeta {
     fn to_map(&self) -> HashMap<String, String> {
         let mut m = HashMap::from([
-            (metadata::ACTOR.to_string(), self.actor.clone()),
+            (metadata::ACTOR.to_string(), self.actor.to_string()),
             (metadata::CORRELATION_ID.to_string(), self.correlation_id.clone()),
         ]);
         if let Some(c) = &self.causation_id {
@@ -50,20 +74,46 @@ pub struct Committed {
 
 /// Why a command did not commit.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError<E: std::error::Error> {
+pub enum CommandError<R: std::error::Error> {
     /// The aggregate said no.
     #[error("rejected: {0}")]
-    Rejected(E),
+    Rejected(R),
     /// Concurrent writers kept winning after every retry.
     #[error("the aggregate was changed concurrently; retry")]
     Conflict,
+    /// A port the decision needed failed.
+    #[error(transparent)]
+    Port(PortError),
     /// The event store failed.
-    #[error("event store failure: {0}")]
-    Store(String),
+    #[error("event store failure")]
+    Store(#[source] StoreError),
+}
+
+impl<R: std::error::Error> CommandError<R> {
+    /// The same failure with its rejection converted.
+    pub fn map_rejection<Q: std::error::Error>(self, f: impl FnOnce(R) -> Q) -> CommandError<Q> {
+        match self {
+            Self::Rejected(r) => CommandError::Rejected(f(r)),
+            Self::Conflict => CommandError::Conflict,
+            Self::Port(e) => CommandError::Port(e),
+            Self::Store(e) => CommandError::Store(e),
+        }
+    }
+}
+
+/// A failure of the event store underneath cqrs-es (connection, serialisation).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for StoreError {
+    fn from(e: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(e)
+    }
 }
 
 /// Handles commands for one aggregate type.
-pub struct CommandService<A: Aggregate> {
+pub struct CommandService<A: Registered> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
     metrics: Metrics,
@@ -89,25 +139,28 @@ fn stripe_of(aggregate_id: &str) -> usize {
     (h % STRIPES as u64) as usize
 }
 
-/// Events between Conversation snapshots. The aggregate is small and of constant size, so
-/// frequent snapshots are cheap and keep the tail of events to replay short.
-pub const SNAPSHOT_EVERY: usize = 20;
-
 impl<A> CommandService<A>
 where
-    A: Aggregate + Clone,
+    A: Registered,
     A::Command: Clone,
 {
-    /// A service that replays the full history on every load (short-lived aggregates).
-    pub fn event_sourced(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
-        let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool));
+    /// A service for `A` with its registered snapshot policy: snapshots every
+    /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load.
+    pub fn new(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
+        let repo = PostgresEventRepository::new(pool);
+        let store = match A::SNAPSHOT_EVERY {
+            Some(every) => PersistedEventStore::new_snapshot_store(repo, every),
+            None => PersistedEventStore::new_event_store(repo),
+        };
         Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
-    /// A service that snapshots every `every` events, so load cost stays flat.
-    pub fn snapshotted(pool: PgPool, services: A::Services, metrics: Metrics, every: usize) -> Self {
-        let store = PersistedEventStore::new_snapshot_store(PostgresEventRepository::new(pool), every);
-        Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
+    /// Without the in-process queue per aggregate: concurrent commands to one aggregate
+    /// race to the primary key as they would from separate instances (for tests of the
+    /// optimistic-concurrency path).
+    pub fn without_local_queue(mut self) -> Self {
+        self.stripes = Vec::new();
+        self
     }
 
     /// How many times a command is decided and appended before a conflict is final
@@ -124,13 +177,13 @@ where
         aggregate_id: &str,
         command: A::Command,
         meta: &CommandMeta,
-    ) -> Result<Committed, CommandError<A::Error>> {
+    ) -> Result<Committed, CommandError<RejectionOf<A>>> {
         let outcome = self.try_execute(aggregate_id, command, meta).await;
         let label = match &outcome {
             Ok(_) => "ok",
             Err(CommandError::Rejected(_)) => "rejected",
             Err(CommandError::Conflict) => "conflict",
-            Err(CommandError::Store(_)) => "error",
+            Err(CommandError::Port(_) | CommandError::Store(_)) => "error",
         };
         self.metrics.commands.with_label_values(&[A::TYPE, label]).inc();
         outcome
@@ -141,8 +194,11 @@ where
         aggregate_id: &str,
         command: A::Command,
         meta: &CommandMeta,
-    ) -> Result<Committed, CommandError<A::Error>> {
-        let _serialized = self.stripes[stripe_of(aggregate_id)].lock().await;
+    ) -> Result<Committed, CommandError<RejectionOf<A>>> {
+        let _serialized = match self.stripes.get(stripe_of(aggregate_id)) {
+            Some(stripe) => Some(stripe.lock().await),
+            None => None,
+        };
         for attempt in 1..=self.max_attempts {
             let context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
             let version = context.current_sequence as i64;
@@ -152,7 +208,7 @@ where
             // context's aggregate before snapshotting it: deciding on the context itself
             // would write snapshots with the command's events applied twice.
             let mut decided = context.aggregate.clone();
-            decided.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Rejected)?;
+            decided.handle(command.clone(), &self.services, &sink).await.map_err(refused)?;
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Committed { version, events: 0 });
@@ -175,17 +231,28 @@ where
         Err(CommandError::Conflict)
     }
 
-    /// The aggregate as it stands (for decisions outside the aggregate, such as login).
-    pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
+    /// The aggregate as it stands, for decisions the application layer takes on the write
+    /// model (consistent with the last commit, unlike a read model): defaults a new
+    /// conversation inherits from its owner, whether an account may log in.
+    pub async fn current_state(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<RejectionOf<A>>> {
         let context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
         Ok((context.aggregate, context.current_sequence as i64))
     }
 }
 
-fn store_error<E: std::error::Error>(e: AggregateError<E>) -> CommandError<E> {
+pub(crate) fn refused<E: Decided>(e: E) -> CommandError<E::Rejection> {
+    match e.split() {
+        Ok(rejection) => CommandError::Rejected(rejection),
+        Err(port) => CommandError::Port(port),
+    }
+}
+
+fn store_error<E: Decided>(e: AggregateError<E>) -> CommandError<E::Rejection> {
     match e {
-        AggregateError::UserError(e) => CommandError::Rejected(e),
+        AggregateError::UserError(e) => refused(e),
         AggregateError::AggregateConflict => CommandError::Conflict,
-        other => CommandError::Store(other.to_string()),
+        AggregateError::DatabaseConnectionError(e)
+        | AggregateError::DeserializationError(e)
+        | AggregateError::UnexpectedError(e) => CommandError::Store(StoreError(e)),
     }
 }

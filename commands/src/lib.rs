@@ -1,9 +1,63 @@
-//! The write side: the command service over the event store, user registration and login
-//! (credentials kept outside the event log), and the relay that publishes committed events
-//! to Kafka.
+//! The application layer of the write side: one entry point per use case (`users.rs`,
+//! `conversations.rs`), called alike by HTTP handlers, workers and the CLI. Each owns its
+//! command metadata, idempotency, credential checks and authorisation; underneath, the
+//! command service loads an aggregate, lets it decide and appends its events.
 
+pub mod caller;
 pub mod command_service;
+pub mod conversations;
 pub mod credentials;
-pub mod relay;
+pub mod errors;
+pub mod idempotency;
+pub mod users;
 
-pub use command_service::{CommandError, CommandMeta, CommandService, Committed};
+use std::sync::Arc;
+
+use colloquy_domain::conversation::ConversationServices;
+use colloquy_domain::{Conversation, User};
+use colloquy_infra::event_store::EventStoreMessages;
+use colloquy_infra::metrics::Metrics;
+use colloquy_infra::passwords::PasswordHasher;
+use sqlx::PgPool;
+
+pub use caller::Caller;
+pub use command_service::{Actor, CommandError, CommandMeta, CommandService, Committed};
+pub use errors::{Failure, UseCaseError};
+pub use idempotency::{Answer, IdempotencyKey};
+
+/// Every write-side use case, over one Postgres pool.
+pub struct Commands {
+    users: CommandService<User>,
+    conversations: CommandService<Conversation>,
+    credentials: credentials::Credentials,
+    hasher: PasswordHasher,
+    idempotency: idempotency::Idempotency,
+}
+
+/// What the write side is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandSettings {
+    /// Concurrent password hashes at most.
+    pub hash_concurrency: usize,
+    /// How long an Idempotency-Key is remembered.
+    pub idempotency_ttl_hours: u32,
+}
+
+impl Commands {
+    /// The use cases on `pool`.
+    pub fn new(pool: PgPool, metrics: Metrics, settings: CommandSettings) -> Self {
+        let messages = Arc::new(EventStoreMessages::new(pool.clone()));
+        Self {
+            users: CommandService::new(pool.clone(), (), metrics.clone()),
+            conversations: CommandService::new(pool.clone(), ConversationServices::new(messages), metrics),
+            credentials: credentials::Credentials::new(pool.clone()),
+            hasher: PasswordHasher::new(settings.hash_concurrency),
+            idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
+        }
+    }
+
+    /// The Idempotency-Key store (for its periodic purge).
+    pub fn idempotency(&self) -> &idempotency::Idempotency {
+        &self.idempotency
+    }
+}

@@ -17,9 +17,12 @@ macro_rules! aggregates {
     ($($module:ident::$aggregate:ident),+ $(,)?) => {
         $( pub mod $module; pub use $module::$aggregate; )+
 
-        /// Every aggregate type the system runs, in registration order.
-        pub fn aggregates() -> Vec<registry::AggregateType> {
-            vec![$( registry::AggregateType::of::<$module::$aggregate>() ),+]
+        /// Every aggregate type the system runs, in registration order (built once).
+        pub fn aggregates() -> &'static [registry::AggregateType] {
+            static REGISTRY: std::sync::LazyLock<Vec<registry::AggregateType>> = std::sync::LazyLock::new(|| {
+                vec![$( registry::AggregateType::of::<$module::$aggregate>() ),+]
+            });
+            &REGISTRY
         }
     };
 }

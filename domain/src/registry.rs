@@ -90,14 +90,14 @@ pub fn topic_of(name: &str) -> String {
 }
 
 /// The registered aggregate called `name` (exactly as stored).
-pub fn find(name: &str) -> Option<AggregateType> {
-    crate::aggregates().into_iter().find(|a| a.name == name)
+pub fn find(name: &str) -> Option<&'static AggregateType> {
+    crate::aggregates().iter().find(|a| a.name == name)
 }
 
 /// The registered aggregate whose lower-cased name is `lower` (as in CloudEvent sources
 /// and types).
-pub fn find_lowercase(lower: &str) -> Option<AggregateType> {
-    crate::aggregates().into_iter().find(|a| a.name.to_lowercase() == lower)
+pub fn find_lowercase(lower: &str) -> Option<&'static AggregateType> {
+    crate::aggregates().iter().find(|a| a.name.eq_ignore_ascii_case(lower))
 }
 
 #[cfg(test)]
@@ -111,7 +111,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), all.len(), "aggregate names differ in more than case");
-        for a in &all {
+        for a in all {
             let mut types: Vec<_> = a.events.iter().map(|e| e.event_type).collect();
             types.sort();
             types.dedup();

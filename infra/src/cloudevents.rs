@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::event_log::StoredEvent;
+use crate::event_store::StoredEvent;
 
 /// The JSON shape of one record value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,10 +110,9 @@ impl CloudEvent {
             .strip_prefix("colloquy/")
             .and_then(|s| s.split('/').next())
             .ok_or_else(|| DecodeError::Invalid(format!("source {}", self.source)))?;
-        let aggregate_type = colloquy_domain::event_catalog::AGGREGATE_TYPES
-            .iter()
-            .find(|t| t.to_lowercase() == aggregate_lower)
+        let aggregate_type = colloquy_domain::registry::find_lowercase(aggregate_lower)
             .ok_or_else(|| DecodeError::Invalid(format!("unknown aggregate {aggregate_lower}")))?
+            .name
             .to_string();
         let mut metadata = HashMap::new();
         for (k, v) in [

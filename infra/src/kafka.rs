@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use colloquy_domain::event_catalog::AGGREGATE_TYPES;
+use colloquy_domain::registry::topic_of;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
@@ -25,7 +25,7 @@ impl Topics {
 
     /// `colloquy.<aggregate>.events`.
     pub fn events(&self, aggregate_type: &str) -> String {
-        format!("{}colloquy.{}.events", self.prefix, aggregate_type.to_lowercase())
+        format!("{}{}", self.prefix, topic_of(aggregate_type))
     }
 
     /// `colloquy.dlq`.
@@ -35,7 +35,7 @@ impl Topics {
 
     /// Every topic the project owns.
     pub fn all(&self) -> Vec<String> {
-        let mut all: Vec<String> = AGGREGATE_TYPES.iter().map(|t| self.events(t)).collect();
+        let mut all: Vec<String> = colloquy_domain::aggregates().iter().map(|a| self.events(a.name)).collect();
         all.push(self.dlq());
         all
     }

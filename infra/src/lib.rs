@@ -1,10 +1,12 @@
 //! colloquy's adapters to the outside world: configuration, telemetry, PostgreSQL, Kafka
-//! (clients and the CloudEvents codec), Redis, password hashing and metrics.
+//! (clients and the CloudEvents codec), the event store's SQL, Redis, password hashing,
+//! metrics and the operations listener every process offers.
 
 pub mod cloudevents;
-pub mod event_log;
+pub mod event_store;
 pub mod kafka;
 pub mod metrics;
+pub mod ops;
 pub mod passwords;
 pub mod postgres;
 pub mod redis_store;

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Events in the store the relay has not yet published.
     pub relay_lag_events: IntGauge,
+    /// 1 while this process's relay holds the relay lock and publishes, 0 while it stands by.
+    pub relay_active: IntGauge,
+    /// Attempts this process's relay made to take the relay lock.
+    pub relay_lock_attempts: prometheus::IntCounter,
     /// Events published by the relay.
     pub relay_published: IntCounterVec,
     /// Consumer lag per projection (messages behind the high watermark).
@@ -52,6 +56,9 @@ impl Metrics {
         let commands =
             must(IntCounterVec::new(Opts::new("commands_total", "Commands handled"), &["aggregate", "outcome"]));
         let relay_lag_events = must(IntGauge::new("relay_lag_events", "Committed events not yet published to Kafka"));
+        let relay_active = must(IntGauge::new("relay_active", "1 while this relay is the active one"));
+        let relay_lock_attempts =
+            must(prometheus::IntCounter::new("relay_lock_attempts_total", "Attempts to become the active relay"));
         let relay_published =
             must(IntCounterVec::new(Opts::new("relay_published_total", "Events published"), &["topic"]));
         let consumer_lag = must(IntGaugeVec::new(
@@ -76,6 +83,8 @@ impl Metrics {
             Box::new(commands.clone()),
             Box::new(relay_lag_events.clone()),
             Box::new(relay_published.clone()),
+            Box::new(relay_active.clone()),
+            Box::new(relay_lock_attempts.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(projection_applied.clone()),
             Box::new(dlq_messages.clone()),
@@ -91,6 +100,8 @@ impl Metrics {
             commands,
             relay_lag_events,
             relay_published,
+            relay_active,
+            relay_lock_attempts,
             consumer_lag,
             projection_applied,
             dlq_messages,

@@ -16,9 +16,12 @@ pub const PASSWORD_MAX: usize = 256;
 /// Hashing failures (not "wrong password", which is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
-    /// The library failed.
-    #[error("password hashing failed: {0}")]
-    Hash(String),
+    /// The hashing parameters are invalid (a bug).
+    #[error("invalid password hashing parameters")]
+    Params(#[source] argon2::Error),
+    /// The library failed, or a stored hash is not a PHC string.
+    #[error("password hashing failed")]
+    Hash(#[source] argon2::password_hash::Error),
     /// The blocking task was cancelled or panicked.
     #[error("password hashing task failed")]
     Task,
@@ -31,7 +34,7 @@ pub struct PasswordHasher {
 }
 
 fn argon2() -> Result<Argon2<'static>, PasswordError> {
-    let params = Params::new(19 * 1024, 2, 1, None).map_err(|e| PasswordError::Hash(e.to_string()))?;
+    let params = Params::new(19 * 1024, 2, 1, None).map_err(PasswordError::Params)?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -46,10 +49,7 @@ impl PasswordHasher {
         let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Task)?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon2()?
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| PasswordError::Hash(e.to_string()))
+            argon2()?.hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(PasswordError::Hash)
         })
         .await
         .map_err(|_| PasswordError::Task)?
@@ -59,7 +59,7 @@ impl PasswordHasher {
     pub async fn verify(&self, password: String, phc: String) -> Result<bool, PasswordError> {
         let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Task)?;
         tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&phc).map_err(|e| PasswordError::Hash(e.to_string()))?;
+            let parsed = PasswordHash::new(&phc).map_err(PasswordError::Hash)?;
             Ok(argon2()?.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await

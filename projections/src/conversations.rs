@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use colloquy_domain::conversation::ConversationEvent;
-use colloquy_infra::event_log::StoredEvent;
+use colloquy_domain::Conversation;
+use colloquy_infra::event_store::StoredEvent;
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -59,7 +61,7 @@ impl Projection for ConversationsProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["Conversation"]
+        &[Conversation::TYPE]
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
@@ -118,6 +120,25 @@ pub struct PageCursor {
     pub last_activity_at: DateTime<Utc>,
     /// Its id.
     pub conversation_id: Uuid,
+}
+
+impl PageCursor {
+    /// The cursor after `row`.
+    pub fn of(row: &ConversationSummary) -> Self {
+        Self { last_activity_at: row.last_activity_at, conversation_id: row.conversation_id }
+    }
+
+    /// The opaque form handed to clients: `<microseconds>_<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.last_activity_at.timestamp_micros(), self.conversation_id.simple())
+    }
+
+    /// Reads a cursor [`encode`](Self::encode) made; `None` for anything else.
+    pub fn decode(raw: &str) -> Option<Self> {
+        let (micros, id) = raw.split_once('_')?;
+        let last_activity_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some(Self { last_activity_at, conversation_id: id.parse().ok()? })
+    }
 }
 
 /// One page of `owner`'s conversations, newest activity first.

@@ -1,6 +1,6 @@
-//! The read side: projections that turn events into read models (PostgreSQL tables and
-//! Redis caches), the Kafka consumer that drives them, rebuilds from the event store, and
-//! the queries the API serves from the read models.
+//! The pipeline after the event store, one module per stage: the relay (event store →
+//! Kafka), the projector (Kafka → read models, through the projections), rebuilds from the
+//! event store alone, and the queries the API serves from the read models.
 
 pub mod cache;
 pub mod conversations;
@@ -8,7 +8,9 @@ pub mod freshness;
 pub mod messages;
 pub mod projection;
 pub mod projector;
+pub mod queries;
 pub mod rebuild;
+pub mod relay;
 pub mod users;
 
 use std::sync::Arc;

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use colloquy_domain::conversation::ConversationEvent;
-use colloquy_infra::event_log::StoredEvent;
+use colloquy_domain::Conversation;
+use colloquy_infra::event_store::StoredEvent;
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -44,7 +46,7 @@ impl Projection for MessagesProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["Conversation"]
+        &[Conversation::TYPE]
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use colloquy_infra::event_log::{self, StoredEvent};
+use colloquy_infra::event_store::{self, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -32,10 +32,10 @@ impl From<sqlx::Error> for ApplyError {
     }
 }
 
-impl From<event_log::EventLogError> for ApplyError {
-    fn from(e: event_log::EventLogError) -> Self {
+impl From<event_store::EventStoreError> for ApplyError {
+    fn from(e: event_store::EventStoreError) -> Self {
         match e {
-            event_log::EventLogError::Database(e) => Self::from(e),
+            event_store::EventStoreError::Database(e) => Self::from(e),
             other => Self::Poison(other.to_string()),
         }
     }
@@ -134,7 +134,7 @@ pub async fn apply_all_in_order(
         let mut touched = Vec::new();
         let mut filled = 0;
         if event.sequence > seen + 1 {
-            let missing = event_log::read_aggregate(
+            let missing = event_store::read_aggregate(
                 &mut *conn,
                 &event.aggregate_type,
                 &event.aggregate_id,

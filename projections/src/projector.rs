@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use colloquy_infra::cloudevents;
-use colloquy_infra::event_log::StoredEvent;
+use colloquy_infra::event_store::StoredEvent;
 use colloquy_infra::kafka::{consumer_config, producer_config, Topics};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::redis_store::RedisStore;

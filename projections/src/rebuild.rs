@@ -2,7 +2,7 @@
 //! fresh table, then an atomic switch. Readers never see an empty or half-built table; at
 //! most they wait for the moment of the switch.
 
-use colloquy_infra::event_log::{self, LogCursor};
+use colloquy_infra::event_store::{self, LogCursor};
 use sqlx::PgPool;
 
 use crate::projection::{apply_all_in_order, ApplyError, Projection};
@@ -18,7 +18,7 @@ pub enum RebuildError {
     Database(#[from] sqlx::Error),
     /// Reading the event store failed.
     #[error(transparent)]
-    EventLog(#[from] event_log::EventLogError),
+    EventLog(#[from] event_store::EventStoreError),
     /// An event could not be applied.
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -46,7 +46,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     let mut cursor = LogCursor::default();
     let mut events = 0u64;
     loop {
-        let page = event_log::read_committed(pool, cursor, Some(&types), PAGE).await?;
+        let page = event_store::read_committed(pool, cursor, Some(&types), PAGE).await?;
         let Some((_, last)) = page.last() else { break };
         cursor = *last;
         let batch: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
@@ -61,7 +61,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     let mut tx = pool.begin().await?;
     sqlx::query(&format!("LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE")).execute(&mut *tx).await?;
     loop {
-        let page = event_log::read_committed(&mut *tx, cursor, Some(&types), PAGE).await?;
+        let page = event_store::read_committed(&mut *tx, cursor, Some(&types), PAGE).await?;
         let Some((_, last)) = page.last() else { break };
         cursor = *last;
         let page: Vec<_> = page.into_iter().map(|(e, _)| e).collect();

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use colloquy_domain::user::UserEvent;
-use colloquy_infra::event_log::StoredEvent;
+use colloquy_domain::User;
+use colloquy_infra::event_store::StoredEvent;
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -52,7 +54,7 @@ impl Projection for UsersProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["User"]
+        &[User::TYPE]
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {

@@ -107,7 +107,7 @@ impl TestApp {
 
     /// Starts processes on an existing test database (e.g. after `stop_processes`).
     pub async fn attach(settings: Settings, which: Processes) -> Self {
-        let deps = runtime::connect(&settings).await.expect("connect");
+        let deps = runtime::connect(&settings, which).await.expect("connect");
         let running = runtime::start(&settings, &deps, which).await.expect("start");
         let client = ApiClient::new(running.port.unwrap_or(0));
         Self { settings, client, deps, running: Some(running) }

@@ -7,9 +7,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use colloquy_commands::users::{Register, Registered};
+
 use crate::body::parse;
 use crate::errors::{ApiError, ErrorBody};
-use crate::requests::command_meta;
+use crate::requests::correlation_id;
 use crate::state::AppState;
 
 /// Registration request.
@@ -25,15 +27,6 @@ pub struct RegisterRequest {
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256, format = Password)]
     pub password: String,
-}
-
-/// Registration result.
-#[derive(Serialize, ToSchema)]
-pub struct Registered {
-    /// The new user's id.
-    pub user_id: Uuid,
-    /// The User aggregate's version.
-    pub version: i64,
 }
 
 /// Login request.
@@ -73,11 +66,9 @@ pub async fn post_register(
 ) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: RegisterRequest = parse(body.into_inner())?;
-    let meta = command_meta(&req, "anonymous".into());
-    let (user_id, committed) =
-        state.credentials.register(&state.users, &r.email, &r.full_name, r.password, &meta).await?;
-    tracing::info!(%user_id, "User registered.");
-    Ok(HttpResponse::build(StatusCode::CREATED).json(Registered { user_id, version: committed.version }))
+    let input = Register { email: r.email, full_name: r.full_name, password: r.password };
+    let registered = state.commands.register(correlation_id(&req), input).await?;
+    Ok(HttpResponse::build(StatusCode::CREATED).json(registered))
 }
 
 /// Exchanges an e-mail address and password for an access token.
@@ -90,7 +81,7 @@ pub async fn post_login(
 ) -> Result<HttpResponse, ApiError> {
     state.limiter.check_auth(&client_address(&req)).await?;
     let r: LoginRequest = parse(body.into_inner())?;
-    let user_id = state.credentials.login(&state.users, &r.email, r.password).await?;
+    let user_id = state.commands.login(&r.email, r.password).await?;
     let (access_token, expires_in) = state.tokens.issue(user_id)?;
     Ok(HttpResponse::Ok().json(TokenResponse { access_token, token_type: "Bearer".into(), expires_in, user_id }))
 }

@@ -1,9 +1,9 @@
-//! `GET /health` (liveness), `GET /health/ready` (dependencies), `GET /metrics`,
-//! `GET /openapi.json`.
+//! `GET /health` (liveness), `GET /health/ready` (dependencies), `GET /metrics`.
 
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use colloquy_infra::ops;
 use serde_json::json;
 
 use crate::state::AppState;
@@ -11,7 +11,7 @@ use crate::state::AppState;
 /// The process is up.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200)))]
 pub async fn get_health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    ops::health_response()
 }
 
 /// Postgres, Redis and Kafka all answer.
@@ -33,27 +33,15 @@ pub async fn get_ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics (relay lag among them, measured at scrape time).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
-    // Relay lag is read from Postgres at scrape time, so every API instance reports it
-    // truthfully whichever process runs the relay.
-    match colloquy_commands::relay::lag(&state.pool, &state.settings.relay.name).await {
-        Ok(lag) => state.metrics.relay_lag_events.set(lag),
-        Err(e) => tracing::warn!(error = %e, "Could not measure relay lag."),
-    }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
-}
-
-/// The OpenAPI description of every route.
-pub async fn get_openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::document())
+    ops::metrics_response(&state.scrape).await
 }
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/health", "GET").route(web::get().to(get_health)))
         .service(super::resource("/health/ready", "GET").route(web::get().to(get_ready)))
-        .service(super::resource("/metrics", "GET").route(web::get().to(get_metrics)))
-        .service(super::resource("/openapi.json", "GET").route(web::get().to(get_openapi)));
+        .service(super::resource("/metrics", "GET").route(web::get().to(get_metrics)));
 }

@@ -1,19 +1,18 @@
 //! `GET /users/me`, `PATCH /users/me`.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
-use colloquy_domain::user::UserCommand;
-use colloquy_projections::{cache, users};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use actix_web::{web, HttpResponse};
+use colloquy_commands::users::{UpdateProfile, UserAccepted};
+use colloquy_projections::users;
+use serde::Deserialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{await_version, Freshness};
-use crate::auth::AuthUser;
+use super::Freshness;
+use crate::auth::Authenticated;
 use crate::body::parse;
 use crate::errors::{ApiError, ErrorBody};
-use crate::idempotency;
-use crate::requests::command_meta;
+use crate::requests::answer;
 use crate::state::AppState;
 
 /// A profile update; absent fields stay as they are, `null` clears an optional field.
@@ -38,72 +37,46 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// A command's result.
-#[derive(Serialize, ToSchema)]
-pub struct Accepted {
-    /// The aggregate's version after the command; pass it as `min_version` to queries.
-    pub version: i64,
-}
-
 /// The authenticated user's profile.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", params(Freshness),
     responses((status = 200, body = users::UserProfile), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_me(
     state: web::Data<AppState>,
-    user: AuthUser,
+    me: Authenticated,
     q: web::Query<Freshness>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = user.0;
-    await_version(&state, &[users::NAME], &id.to_string(), q.min_version).await?;
-    // The cache is only trusted when no particular version was asked for.
-    let body = cache::get_or_load(&state.redis, id, "profile", q.min_version.is_some(), || async {
-        let profile = users::find(&state.pool, id).await?.ok_or(ApiError::NotFound("user"))?;
-        serde_json::to_string(&profile).map_err(ApiError::internal)
-    })
-    .await?;
+    let body = state.queries.profile(me.user, q.min_version).await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
 /// Updates the authenticated user's profile.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", request_body = UpdateProfileRequest,
-    responses((status = 200, body = Accepted)), security(("bearer" = [])))]
+    responses((status = 200, body = UserAccepted)), security(("bearer" = [])))]
 pub async fn patch_me(
     state: web::Data<AppState>,
-    user: AuthUser,
-    req: HttpRequest,
+    me: Authenticated,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    idempotency::once(&state, user.0, &req, &body, || async {
-        let r: UpdateProfileRequest = parse(body.clone())?;
-        let cmd = UserCommand::UpdateProfile {
-            full_name: r.full_name,
-            default_model: r.default_model,
-            system_prompt: r.system_prompt,
-        };
-        let committed =
-            state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
-        Ok((StatusCode::OK, json!({"version": committed.version})))
-    })
-    .await
+    let r: UpdateProfileRequest = parse(body.into_inner())?;
+    let input =
+        UpdateProfile { full_name: r.full_name, default_model: r.default_model, system_prompt: r.system_prompt };
+    let accepted = state.commands.update_profile(&me.caller, input).await?;
+    Ok(answer(StatusCode::OK, accepted))
 }
 
 /// Deactivates the authenticated user's account: no more logins, and its access tokens
 /// stop working at once.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users",
-    responses((status = 200, body = Accepted)), security(("bearer" = [])))]
-pub async fn delete_me(state: web::Data<AppState>, user: AuthUser, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let cmd = UserCommand::DeactivateUser { reason: Some("deactivated by the user".into()) };
-    let committed =
-        state.users.execute(&user.0.to_string(), cmd, &command_meta(&req, format!("user:{}", user.0))).await?;
+    responses((status = 200, body = UserAccepted)), security(("bearer" = [])))]
+pub async fn delete_me(state: web::Data<AppState>, me: Authenticated) -> Result<HttpResponse, ApiError> {
+    let accepted = state.commands.deactivate(&me.caller).await?;
     // Tokens outlive this call by at most their lifetime; deny them for that long.
-    if let Err(e) = state.limiter.deny_user(user.0, state.settings.auth.access_token_ttl_secs).await {
+    if let Err(e) = state.limiter.deny_user(me.user, state.settings.auth.access_token_ttl_secs).await {
         // The account is deactivated regardless (no login succeeds); only tokens already
         // issued keep working until they expire.
-        tracing::error!(user_id = %user.0, error = %e, "Could not revoke the user's tokens in Redis.");
+        tracing::error!(user_id = %me.user, error = ?e, "Could not revoke the user's tokens in Redis.");
     }
-    tracing::info!(user_id = %user.0, "User deactivated.");
-    Ok(HttpResponse::Ok().json(json!({"version": committed.version})))
+    Ok(HttpResponse::Ok().json(accepted))
 }
 
 /// Registers the routes.

@@ -192,21 +192,26 @@ mod tests {
         }
     }
 
+    /// Services whose lookup knows no message at all.
     fn services() -> ConversationServices {
-        ConversationServices::new(Arc::new(KnownMessages::default()))
+        services_knowing(&[])
+    }
+
+    /// Services whose lookup knows exactly these (conversation, message) pairs.
+    fn services_knowing(pairs: &[(Uuid, Uuid)]) -> ConversationServices {
+        ConversationServices::new(Arc::new(KnownMessages(Mutex::new(pairs.iter().copied().collect()))))
     }
 
     /// Services that know `MSG` is already in the conversation.
     fn services_knowing_msg() -> ConversationServices {
-        let known = KnownMessages::default();
-        known.0.lock().unwrap().insert((CONV, MSG));
-        ConversationServices::new(Arc::new(known))
+        services_knowing(&[(CONV, MSG)])
     }
 
     const OWNER: Uuid = Uuid::from_u128(1);
     const STRANGER: Uuid = Uuid::from_u128(2);
     const MSG: Uuid = Uuid::from_u128(3);
     const CONV: Uuid = Uuid::from_u128(9);
+    const OTHER_CONV: Uuid = Uuid::from_u128(10);
 
     fn started() -> ConversationEvent {
         ConversationEvent::ConversationStarted(ConversationStarted {
@@ -216,6 +221,22 @@ mod tests {
             kind: ConversationKind::Chat,
             model: "offline".into(),
             system_prompt: None,
+        })
+    }
+
+    fn archived() -> ConversationEvent {
+        ConversationEvent::ConversationArchived(ConversationArchived {})
+    }
+
+    fn deleted() -> ConversationEvent {
+        ConversationEvent::ConversationDeleted(ConversationDeleted {})
+    }
+
+    fn posted() -> ConversationEvent {
+        ConversationEvent::UserMessagePosted(UserMessagePosted {
+            message_id: MSG,
+            author_id: OWNER,
+            content: "hi".into(),
         })
     }
 
@@ -230,24 +251,34 @@ mod tests {
         }
     }
 
-    fn post(actor: Uuid, content: &str) -> ConversationCommand {
-        ConversationCommand::PostUserMessage { actor_id: actor, message_id: MSG, content: content.into() }
+    fn rename(actor: Uuid, title: &str) -> ConversationCommand {
+        ConversationCommand::RenameConversation { actor_id: actor, title: title.into() }
     }
 
-    fn posted() -> ConversationEvent {
-        ConversationEvent::UserMessagePosted(UserMessagePosted {
-            message_id: MSG,
-            author_id: OWNER,
-            content: "hi".into(),
-        })
+    fn archive(actor: Uuid) -> ConversationCommand {
+        ConversationCommand::ArchiveConversation { actor_id: actor }
+    }
+
+    fn unarchive(actor: Uuid) -> ConversationCommand {
+        ConversationCommand::UnarchiveConversation { actor_id: actor }
+    }
+
+    fn delete(actor: Uuid) -> ConversationCommand {
+        ConversationCommand::DeleteConversation { actor_id: actor }
+    }
+
+    fn post(actor: Uuid, content: &str) -> ConversationCommand {
+        ConversationCommand::PostUserMessage { actor_id: actor, message_id: MSG, content: content.into() }
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
         ConvTest::with(services()).given(given).when_async(cmd).await.then_expect_error(Refusal::Rejected(err));
     }
 
+    // Starting.
+
     #[tokio::test]
-    async fn start_emits_started() {
+    async fn starting_emits_started_with_a_trimmed_title() {
         ConvTest::with(services())
             .given_no_previous_events()
             .when_async(start(" Trip ", "offline", None))
@@ -256,16 +287,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn start_rejections() {
+    async fn starting_keeps_a_trimmed_system_prompt() {
+        ConvTest::with(services())
+            .given_no_previous_events()
+            .when_async(start("Trip", "offline", Some(" Be brief. ")))
+            .await
+            .then_expect_events(vec![ConversationEvent::ConversationStarted(ConversationStarted {
+                conversation_id: CONV,
+                owner_id: OWNER,
+                title: "Trip".into(),
+                kind: ConversationKind::Chat,
+                model: "offline".into(),
+                system_prompt: Some("Be brief.".into()),
+            })]);
+    }
+
+    #[tokio::test]
+    async fn starting_a_started_conversation_is_rejected() {
         expect_err(vec![started()], start("Trip", "offline", None), ConversationError::AlreadyStarted).await;
+    }
+
+    // Deletion is terminal: the id is not free to start again.
+    #[tokio::test]
+    async fn starting_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], start("Trip", "offline", None), ConversationError::AlreadyStarted).await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_title_is_rejected_at_start() {
         expect_err(vec![], start("", "offline", None), ConversationError::InvalidTitle { max: TITLE_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_title_is_rejected_at_start() {
         expect_err(
             vec![],
             start(&"t".repeat(TITLE_MAX + 1), "offline", None),
             ConversationError::InvalidTitle { max: TITLE_MAX },
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_blank_model_is_rejected_at_start() {
         expect_err(vec![], start("Trip", " ", None), ConversationError::InvalidModel { max: MODEL_NAME_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_model_is_rejected_at_start() {
+        expect_err(
+            vec![],
+            start("Trip", &"m".repeat(MODEL_NAME_MAX + 1), None),
+            ConversationError::InvalidModel { max: MODEL_NAME_MAX },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_system_prompt_is_rejected_at_start() {
         expect_err(
             vec![],
             start("Trip", "offline", Some("")),
@@ -275,135 +354,285 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rename() {
+    async fn an_overlong_system_prompt_is_rejected_at_start() {
+        expect_err(
+            vec![],
+            start("Trip", "offline", Some(&"p".repeat(SYSTEM_PROMPT_MAX + 1))),
+            ConversationError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX },
+        )
+        .await;
+    }
+
+    // Renaming.
+
+    #[tokio::test]
+    async fn the_owner_can_rename() {
+        ConvTest::with(services()).given(vec![started()]).when_async(rename(OWNER, "Plans")).await.then_expect_events(
+            vec![ConversationEvent::ConversationRenamed(ConversationRenamed { title: "Plans".into() })],
+        );
+    }
+
+    // Archiving only stops new messages; the owner can still rename.
+    #[tokio::test]
+    async fn an_archived_conversation_can_be_renamed() {
         ConvTest::with(services())
-            .given(vec![started()])
-            .when_async(ConversationCommand::RenameConversation { actor_id: OWNER, title: "Plans".into() })
+            .given(vec![started(), archived()])
+            .when_async(rename(OWNER, "Plans"))
             .await
             .then_expect_events(vec![ConversationEvent::ConversationRenamed(ConversationRenamed {
                 title: "Plans".into(),
             })]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_title_is_rejected_on_rename() {
+        expect_err(vec![started()], rename(OWNER, ""), ConversationError::InvalidTitle { max: TITLE_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_title_is_rejected_on_rename() {
         expect_err(
             vec![started()],
-            ConversationCommand::RenameConversation { actor_id: OWNER, title: "".into() },
+            rename(OWNER, &"t".repeat(TITLE_MAX + 1)),
             ConversationError::InvalidTitle { max: TITLE_MAX },
         )
         .await;
-        expect_err(
-            vec![started()],
-            ConversationCommand::RenameConversation { actor_id: STRANGER, title: "x".into() },
-            ConversationError::NotFound,
-        )
-        .await;
-        expect_err(
-            vec![],
-            ConversationCommand::RenameConversation { actor_id: OWNER, title: "x".into() },
-            ConversationError::NotFound,
-        )
-        .await;
     }
 
     #[tokio::test]
-    async fn archive_and_unarchive() {
-        let archived = ConversationEvent::ConversationArchived(ConversationArchived {});
+    async fn a_stranger_cannot_rename() {
+        expect_err(vec![started()], rename(STRANGER, "x"), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn renaming_an_unstarted_conversation_is_not_found() {
+        expect_err(vec![], rename(OWNER, "x"), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn renaming_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], rename(OWNER, "x"), ConversationError::Deleted).await;
+    }
+
+    // Archiving and unarchiving.
+
+    #[tokio::test]
+    async fn the_owner_can_archive() {
         ConvTest::with(services())
             .given(vec![started()])
-            .when_async(ConversationCommand::ArchiveConversation { actor_id: OWNER })
+            .when_async(archive(OWNER))
             .await
-            .then_expect_events(vec![archived.clone()]);
-        expect_err(
-            vec![started(), archived.clone()],
-            ConversationCommand::ArchiveConversation { actor_id: OWNER },
-            ConversationError::AlreadyArchived,
-        )
-        .await;
+            .then_expect_events(vec![archived()]);
+    }
+
+    #[tokio::test]
+    async fn archiving_an_archived_conversation_is_rejected() {
+        expect_err(vec![started(), archived()], archive(OWNER), ConversationError::AlreadyArchived).await;
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_archive() {
+        expect_err(vec![started()], archive(STRANGER), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn archiving_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], archive(OWNER), ConversationError::Deleted).await;
+    }
+
+    #[tokio::test]
+    async fn the_owner_can_unarchive() {
         ConvTest::with(services())
-            .given(vec![started(), archived.clone()])
-            .when_async(ConversationCommand::UnarchiveConversation { actor_id: OWNER })
+            .given(vec![started(), archived()])
+            .when_async(unarchive(OWNER))
             .await
             .then_expect_events(vec![ConversationEvent::ConversationUnarchived(ConversationUnarchived {})]);
-        expect_err(
-            vec![started()],
-            ConversationCommand::UnarchiveConversation { actor_id: OWNER },
-            ConversationError::NotArchived,
-        )
-        .await;
-        expect_err(
-            vec![started()],
-            ConversationCommand::ArchiveConversation { actor_id: STRANGER },
-            ConversationError::NotFound,
-        )
-        .await;
     }
 
     #[tokio::test]
-    async fn delete_is_terminal() {
-        let deleted = ConversationEvent::ConversationDeleted(ConversationDeleted {});
+    async fn unarchiving_an_active_conversation_is_rejected() {
+        expect_err(vec![started()], unarchive(OWNER), ConversationError::NotArchived).await;
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_unarchive() {
+        expect_err(vec![started(), archived()], unarchive(STRANGER), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn unarchiving_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], unarchive(OWNER), ConversationError::Deleted).await;
+    }
+
+    // Deleting an archived conversation does not leave it archived: it is Deleted, not NotArchived.
+    #[tokio::test]
+    async fn unarchiving_an_archived_then_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), archived(), deleted()], unarchive(OWNER), ConversationError::Deleted).await;
+    }
+
+    // Deleting.
+
+    #[tokio::test]
+    async fn the_owner_can_delete() {
         ConvTest::with(services())
             .given(vec![started()])
-            .when_async(ConversationCommand::DeleteConversation { actor_id: OWNER })
+            .when_async(delete(OWNER))
             .await
-            .then_expect_events(vec![deleted.clone()]);
-        expect_err(
-            vec![started(), deleted.clone()],
-            ConversationCommand::DeleteConversation { actor_id: OWNER },
-            ConversationError::Deleted,
-        )
-        .await;
-        expect_err(vec![started(), deleted.clone()], post(OWNER, "hi"), ConversationError::Deleted).await;
-        expect_err(
-            vec![started(), deleted.clone()],
-            ConversationCommand::UnarchiveConversation { actor_id: OWNER },
-            ConversationError::Deleted,
-        )
-        .await;
-        expect_err(
-            vec![started()],
-            ConversationCommand::DeleteConversation { actor_id: STRANGER },
-            ConversationError::NotFound,
-        )
-        .await;
-        // A stranger learns nothing, not even that it was deleted.
-        expect_err(vec![started(), deleted], post(STRANGER, "hi"), ConversationError::NotFound).await;
+            .then_expect_events(vec![deleted()]);
     }
 
     #[tokio::test]
-    async fn post_user_message() {
+    async fn an_archived_conversation_can_be_deleted() {
+        ConvTest::with(services())
+            .given(vec![started(), archived()])
+            .when_async(delete(OWNER))
+            .await
+            .then_expect_events(vec![deleted()]);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], delete(OWNER), ConversationError::Deleted).await;
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_delete() {
+        expect_err(vec![started()], delete(STRANGER), ConversationError::NotFound).await;
+    }
+
+    // Posting.
+
+    #[tokio::test]
+    async fn the_owner_can_post() {
         ConvTest::with(services())
             .given(vec![started()])
             .when_async(post(OWNER, "hi"))
             .await
             .then_expect_events(vec![posted()]);
+    }
+
+    // Message text keeps its whitespace, inner and outer; only emptiness and length are checked.
+    #[tokio::test]
+    async fn a_message_is_kept_as_written() {
+        ConvTest::with(services())
+            .given(vec![started()])
+            .when_async(post(OWNER, "  hi\n\n  there "))
+            .await
+            .then_expect_events(vec![ConversationEvent::UserMessagePosted(UserMessagePosted {
+                message_id: MSG,
+                author_id: OWNER,
+                content: "  hi\n\n  there ".into(),
+            })]);
+    }
+
+    // The limit counts characters, not bytes ('é' is two bytes in UTF-8).
+    #[tokio::test]
+    async fn a_message_of_exactly_the_limit_in_characters_is_accepted() {
+        let content = "é".repeat(MESSAGE_MAX);
+        ConvTest::with(services()).given(vec![started()]).when_async(post(OWNER, &content)).await.then_expect_events(
+            vec![ConversationEvent::UserMessagePosted(UserMessagePosted {
+                message_id: MSG,
+                author_id: OWNER,
+                content,
+            })],
+        );
+    }
+
+    // Duplicates are the lookup's answer, not the history's: the aggregate does not remember
+    // message ids (see `MessageLookup`), so the given events hold no earlier post here.
+    #[tokio::test]
+    async fn a_message_id_the_lookup_knows_is_a_duplicate() {
         ConvTest::with(services_knowing_msg())
-            .given(vec![started(), posted()])
+            .given(vec![started()])
             .when_async(post(OWNER, "again"))
             .await
             .then_expect_error(Refusal::Rejected(ConversationError::DuplicateMessage));
+    }
+
+    // The lookup is keyed by (conversation, message): an id taken elsewhere is free here.
+    #[tokio::test]
+    async fn a_message_id_taken_in_another_conversation_is_not_a_duplicate() {
+        ConvTest::with(services_knowing(&[(OTHER_CONV, MSG)]))
+            .given(vec![started()])
+            .when_async(post(OWNER, "hi"))
+            .await
+            .then_expect_events(vec![posted()]);
+    }
+
+    // The history already holds a post with this very id, yet the lookup knows nothing, and the
+    // post is accepted: the decision comes from the port, not from the given events.
+    #[tokio::test]
+    async fn a_message_id_unknown_to_the_lookup_is_accepted_after_earlier_posts() {
+        ConvTest::with(services())
+            .given(vec![started(), posted()])
+            .when_async(post(OWNER, "again"))
+            .await
+            .then_expect_events(vec![ConversationEvent::UserMessagePosted(UserMessagePosted {
+                message_id: MSG,
+                author_id: OWNER,
+                content: "again".into(),
+            })]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_is_a_port_failure() {
         ConvTest::with(ConversationServices::new(Arc::new(Unreachable)))
             .given(vec![started()])
             .when_async(post(OWNER, "hi"))
             .await
             .then_expect_error(Refusal::PortFailed(PortError::new("message lookup", "event store unreachable")));
-        expect_err(
-            vec![started(), ConversationEvent::ConversationArchived(ConversationArchived {})],
-            post(OWNER, "hi"),
-            ConversationError::Archived,
-        )
-        .await;
+    }
+
+    #[tokio::test]
+    async fn posting_to_an_archived_conversation_is_rejected() {
+        expect_err(vec![started(), archived()], post(OWNER, "hi"), ConversationError::Archived).await;
+    }
+
+    #[tokio::test]
+    async fn a_blank_message_is_rejected() {
         expect_err(vec![started()], post(OWNER, "  \n "), ConversationError::InvalidMessage { max: MESSAGE_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_message_is_rejected() {
         expect_err(
             vec![started()],
             post(OWNER, &"x".repeat(MESSAGE_MAX + 1)),
             ConversationError::InvalidMessage { max: MESSAGE_MAX },
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_post() {
         expect_err(vec![started()], post(STRANGER, "hi"), ConversationError::NotFound).await;
+    }
+
+    // A stranger learns nothing, not even that it is archived.
+    #[tokio::test]
+    async fn a_stranger_posting_to_an_archived_conversation_gets_not_found() {
+        expect_err(vec![started(), archived()], post(STRANGER, "hi"), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn posting_to_an_unstarted_conversation_is_not_found() {
         expect_err(vec![], post(OWNER, "hi"), ConversationError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn posting_to_a_deleted_conversation_is_rejected() {
+        expect_err(vec![started(), deleted()], post(OWNER, "hi"), ConversationError::Deleted).await;
+    }
+
+    // A stranger learns nothing, not even that it was deleted.
+    #[tokio::test]
+    async fn a_stranger_posting_to_a_deleted_conversation_gets_not_found() {
+        expect_err(vec![started(), deleted()], post(STRANGER, "hi"), ConversationError::NotFound).await;
     }
 
     proptest! {
         /// Whatever sequence of commands the owner sends, a stranger is never let in and
-        /// the state only ever holds accepted message ids.
+        /// the message count only ever counts accepted posts.
         #[test]
         fn strangers_never_get_in(ops in proptest::collection::vec(0u8..6, 0..20)) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

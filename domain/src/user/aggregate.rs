@@ -161,12 +161,27 @@ mod tests {
         })
     }
 
+    fn deactivated() -> UserEvent {
+        UserEvent::UserDeactivated(UserDeactivated { reason: None })
+    }
+
     fn register(email: &str, name: &str) -> UserCommand {
         UserCommand::RegisterUser { user_id: id(), email: email.into(), full_name: name.into() }
     }
 
+    /// An update of the default model alone: `None` leaves it, `Some(None)` clears it.
+    fn update_model(model: Option<Option<String>>) -> UserCommand {
+        UserCommand::UpdateProfile { full_name: None, default_model: model, system_prompt: None }
+    }
+
+    async fn expect_err(given: Vec<UserEvent>, cmd: UserCommand, err: UserError) {
+        UserTest::with(()).given(given).when_async(cmd).await.then_expect_error(Refusal::Rejected(err));
+    }
+
+    // Registering.
+
     #[tokio::test]
-    async fn register_emits_registered_with_normalised_email() {
+    async fn registering_normalises_the_email_and_trims_the_name() {
         UserTest::with(())
             .given_no_previous_events()
             .when_async(register(" ADA@example.com", "  Ada Lovelace "))
@@ -175,35 +190,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn register_twice_is_rejected() {
-        UserTest::with(())
-            .given(vec![registered()])
-            .when_async(register("ada@example.com", "Ada"))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::AlreadyRegistered));
+    async fn registering_twice_is_rejected() {
+        expect_err(vec![registered()], register("ada@example.com", "Ada"), UserError::AlreadyRegistered).await;
+    }
+
+    // Deactivation is terminal: the id is not free to register again.
+    #[tokio::test]
+    async fn registering_a_deactivated_user_is_rejected() {
+        expect_err(vec![registered(), deactivated()], register("ada@example.com", "Ada"), UserError::AlreadyRegistered)
+            .await;
     }
 
     #[tokio::test]
-    async fn register_rejects_bad_email_and_name() {
-        UserTest::with(())
-            .given_no_previous_events()
-            .when_async(register("not-an-email", "Ada"))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::InvalidEmail));
-        UserTest::with(())
-            .given_no_previous_events()
-            .when_async(register("ada@example.com", "   "))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::InvalidFullName { max: FULL_NAME_MAX }));
-        UserTest::with(())
-            .given_no_previous_events()
-            .when_async(register("ada@example.com", &"x".repeat(FULL_NAME_MAX + 1)))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::InvalidFullName { max: FULL_NAME_MAX }));
+    async fn an_implausible_email_is_rejected() {
+        expect_err(vec![], register("not-an-email", "Ada"), UserError::InvalidEmail).await;
     }
 
     #[tokio::test]
-    async fn update_profile_emits_only_named_fields() {
+    async fn a_blank_name_is_rejected_at_registration() {
+        expect_err(vec![], register("ada@example.com", "   "), UserError::InvalidFullName { max: FULL_NAME_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_name_is_rejected_at_registration() {
+        expect_err(
+            vec![],
+            register("ada@example.com", &"x".repeat(FULL_NAME_MAX + 1)),
+            UserError::InvalidFullName { max: FULL_NAME_MAX },
+        )
+        .await;
+    }
+
+    // Updating the profile.
+
+    #[tokio::test]
+    async fn an_update_emits_only_the_named_fields() {
         UserTest::with(())
             .given(vec![registered()])
             .when_async(UserCommand::UpdateProfile {
@@ -219,61 +240,100 @@ mod tests {
             })]);
     }
 
+    // Clearing is `Some(None)` in the event, distinct from `None` (left as it is).
     #[tokio::test]
-    async fn update_profile_rejections() {
-        let update = |model: Option<Option<String>>| UserCommand::UpdateProfile {
-            full_name: None,
-            default_model: model,
-            system_prompt: None,
-        };
-        UserTest::with(())
-            .given_no_previous_events()
-            .when_async(update(Some(None)))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::NotRegistered));
-        UserTest::with(())
-            .given(vec![registered()])
-            .when_async(update(None))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::EmptyUpdate));
-        UserTest::with(())
-            .given(vec![registered()])
-            .when_async(update(Some(Some("m".repeat(MODEL_NAME_MAX + 1)))))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::InvalidModel { max: MODEL_NAME_MAX }));
-        UserTest::with(())
-            .given(vec![registered()])
-            .when_async(UserCommand::UpdateProfile {
+    async fn clearing_the_default_model_emits_an_explicit_clear() {
+        UserTest::with(()).given(vec![registered()]).when_async(update_model(Some(None))).await.then_expect_events(
+            vec![UserEvent::ProfileUpdated(ProfileUpdated {
                 full_name: None,
-                default_model: None,
-                system_prompt: Some(Some(" ".into())),
-            })
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX }));
-        UserTest::with(())
-            .given(vec![registered(), UserEvent::UserDeactivated(UserDeactivated { reason: None })])
-            .when_async(update(Some(None)))
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::Deactivated));
+                default_model: Some(None),
+                system_prompt: None,
+            })],
+        );
     }
 
     #[tokio::test]
-    async fn deactivate_once() {
+    async fn a_new_default_model_is_trimmed() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when_async(update_model(Some(Some(" offline ".into()))))
+            .await
+            .then_expect_events(vec![UserEvent::ProfileUpdated(ProfileUpdated {
+                full_name: None,
+                default_model: Some(Some("offline".into())),
+                system_prompt: None,
+            })]);
+    }
+
+    #[tokio::test]
+    async fn updating_an_unregistered_user_is_rejected() {
+        expect_err(vec![], update_model(Some(None)), UserError::NotRegistered).await;
+    }
+
+    #[tokio::test]
+    async fn updating_a_deactivated_user_is_rejected() {
+        expect_err(vec![registered(), deactivated()], update_model(Some(None)), UserError::Deactivated).await;
+    }
+
+    #[tokio::test]
+    async fn an_update_that_names_no_field_is_rejected() {
+        expect_err(vec![registered()], update_model(None), UserError::EmptyUpdate).await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_default_model_is_rejected() {
+        expect_err(
+            vec![registered()],
+            update_model(Some(Some("m".repeat(MODEL_NAME_MAX + 1)))),
+            UserError::InvalidModel { max: MODEL_NAME_MAX },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_blank_system_prompt_is_rejected() {
+        expect_err(
+            vec![registered()],
+            UserCommand::UpdateProfile { full_name: None, default_model: None, system_prompt: Some(Some(" ".into())) },
+            UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_blank_name_is_rejected_on_update() {
+        expect_err(
+            vec![registered()],
+            UserCommand::UpdateProfile { full_name: Some(" ".into()), default_model: None, system_prompt: None },
+            UserError::InvalidFullName { max: FULL_NAME_MAX },
+        )
+        .await;
+    }
+
+    // Deactivating.
+
+    #[tokio::test]
+    async fn deactivating_emits_deactivated_with_a_trimmed_reason() {
         UserTest::with(())
             .given(vec![registered()])
             .when_async(UserCommand::DeactivateUser { reason: Some(" left ".into()) })
             .await
             .then_expect_events(vec![UserEvent::UserDeactivated(UserDeactivated { reason: Some("left".into()) })]);
-        UserTest::with(())
-            .given(vec![registered(), UserEvent::UserDeactivated(UserDeactivated { reason: None })])
-            .when_async(UserCommand::DeactivateUser { reason: None })
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::Deactivated));
-        UserTest::with(())
-            .given_no_previous_events()
-            .when_async(UserCommand::DeactivateUser { reason: None })
-            .await
-            .then_expect_error(Refusal::Rejected(UserError::NotRegistered));
+    }
+
+    #[tokio::test]
+    async fn deactivating_twice_is_rejected() {
+        expect_err(
+            vec![registered(), deactivated()],
+            UserCommand::DeactivateUser { reason: None },
+            UserError::Deactivated,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deactivating_an_unregistered_user_is_rejected() {
+        expect_err(vec![], UserCommand::DeactivateUser { reason: None }, UserError::NotRegistered).await;
     }
 
     #[test]
@@ -287,6 +347,7 @@ mod tests {
         }));
         assert_eq!(user.status, UserStatus::Active);
         assert_eq!(user.default_model.as_deref(), Some("offline"));
+        assert_eq!(user.system_prompt.as_deref(), Some("Be brief."));
         assert_eq!(user.full_name, "Ada Lovelace");
         user.apply(UserEvent::UserDeactivated(UserDeactivated { reason: None }));
         assert_eq!(user.status, UserStatus::Deactivated);

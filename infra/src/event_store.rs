@@ -1,5 +1,7 @@
-//! Ordered reads of the event store, shared by the relay, projections (gap filling and
-//! rebuilds) and the audit tooling.
+//! The event store's SQL: every statement on `events` that is not postgres-es's own lives
+//! here. Ordered reads shared by the relay, projections (gap filling and rebuilds) and the
+//! audit tooling; the lookups decisions need (message ids, whether an aggregate exists);
+//! and the integrity checks `colloquy verify` runs.
 //!
 //! Reads in commit order sit behind a fence: only rows written by transactions older than
 //! the oldest one still running (`pg_snapshot_xmin`) are returned, ordered by
@@ -8,7 +10,13 @@
 
 use std::collections::HashMap;
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use colloquy_domain::conversation::MessageLookup;
+use colloquy_domain::decision::PortError;
+use colloquy_domain::Conversation;
+use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,12 +50,12 @@ pub struct StoredEvent {
 
 /// Reading failed.
 #[derive(Debug, thiserror::Error)]
-pub enum EventLogError {
+pub enum EventStoreError {
     /// The database failed.
-    #[error("event store query failed: {0}")]
+    #[error("event store query failed")]
     Database(#[from] sqlx::Error),
     /// A row could not be decoded.
-    #[error("malformed event {aggregate_type}/{aggregate_id}#{sequence}: {reason}")]
+    #[error("malformed event {aggregate_type}/{aggregate_id}#{sequence}: {problem}")]
     Malformed {
         /// Aggregate type.
         aggregate_type: String,
@@ -55,17 +63,25 @@ pub enum EventLogError {
         aggregate_id: String,
         /// Sequence.
         sequence: i64,
-        /// Why.
-        reason: String,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// The decoding error underneath, if any.
+        #[source]
+        source: Option<serde_json::Error>,
     },
 }
 
 impl StoredEvent {
     /// The domain event (`UserEvent`, `ConversationEvent`, ...) this record holds.
     pub fn to_domain<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        serde_json::from_value(self.tagged())
+    }
+
+    /// The payload with its enum tag (`{"<EventType>": data}`), as serde reads the domain enum.
+    pub fn tagged(&self) -> Value {
         let mut tagged = serde_json::Map::with_capacity(1);
         tagged.insert(self.event_type.clone(), self.data.clone());
-        serde_json::from_value(Value::Object(tagged))
+        Value::Object(tagged)
     }
 
     /// A metadata value, if present.
@@ -86,28 +102,30 @@ pub struct LogCursor {
 const COLUMNS: &str = "event_id, position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, recorded_at, tx_id::text::bigint AS tx";
 
-fn decode(row: &sqlx::postgres::PgRow) -> Result<(StoredEvent, LogCursor), EventLogError> {
+fn decode(row: &sqlx::postgres::PgRow) -> Result<(StoredEvent, LogCursor), EventStoreError> {
     let aggregate_type: String = row.try_get("aggregate_type")?;
     let aggregate_id: String = row.try_get("aggregate_id")?;
     let sequence: i64 = row.try_get("sequence")?;
     let event_type: String = row.try_get("event_type")?;
-    let malformed = |reason: String| EventLogError::Malformed {
+    let malformed = |problem: &'static str, source: Option<serde_json::Error>| EventStoreError::Malformed {
         aggregate_type: aggregate_type.clone(),
         aggregate_id: aggregate_id.clone(),
         sequence,
-        reason,
+        problem,
+        source,
     };
     let payload: Value = row.try_get("payload")?;
     let data = match payload {
         Value::Object(mut map) if map.len() == 1 => {
-            map.remove(&event_type).ok_or_else(|| malformed("payload tag differs from event_type".into()))?
+            map.remove(&event_type).ok_or_else(|| malformed("payload tag differs from event_type", None))?
         }
         // A unit variant serialises as a bare string.
         Value::String(tag) if tag == event_type => Value::Object(Default::default()),
-        _ => return Err(malformed("payload is not a tagged event".into())),
+        _ => return Err(malformed("payload is not a tagged event", None)),
     };
     let metadata: Value = row.try_get("metadata")?;
-    let metadata: HashMap<String, String> = serde_json::from_value(metadata).map_err(|e| malformed(e.to_string()))?;
+    let metadata: HashMap<String, String> =
+        serde_json::from_value(metadata).map_err(|e| malformed("metadata is not a string map", Some(e)))?;
     let position: i64 = row.try_get("position")?;
     let tx_id: i64 = row.try_get("tx")?;
     let event = StoredEvent {
@@ -132,7 +150,7 @@ pub async fn read_committed<'e>(
     after: LogCursor,
     aggregate_types: Option<&[String]>,
     limit: i64,
-) -> Result<Vec<(StoredEvent, LogCursor)>, EventLogError> {
+) -> Result<Vec<(StoredEvent, LogCursor)>, EventStoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events
           WHERE (tx_id, position) > ($1::text::xid8, $2)
@@ -152,7 +170,7 @@ pub async fn read_committed<'e>(
 }
 
 /// How many events lie beyond `after` (committed or not), capped at `cap`.
-pub async fn count_after<'e>(db: impl PgExecutor<'e>, after: LogCursor, cap: i64) -> Result<i64, EventLogError> {
+pub async fn count_after<'e>(db: impl PgExecutor<'e>, after: LogCursor, cap: i64) -> Result<i64, EventStoreError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM events WHERE (tx_id, position) > ($1::text::xid8, $2) LIMIT $3) AS t",
     )
@@ -171,7 +189,7 @@ pub async fn read_aggregate<'e>(
     aggregate_id: &str,
     from_exclusive: i64,
     to_inclusive: Option<i64>,
-) -> Result<Vec<StoredEvent>, EventLogError> {
+) -> Result<Vec<StoredEvent>, EventStoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND ($4::bigint IS NULL OR sequence <= $4)
@@ -192,7 +210,7 @@ pub async fn aggregate_version<'e>(
     db: impl PgExecutor<'e>,
     aggregate_type: &str,
     aggregate_id: &str,
-) -> Result<i64, EventLogError> {
+) -> Result<i64, EventStoreError> {
     let v: Option<i64> =
         sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2")
             .bind(aggregate_type)
@@ -202,26 +220,34 @@ pub async fn aggregate_version<'e>(
     Ok(v.unwrap_or(0))
 }
 
+/// The message-id lookup's statement. The aggregate type is spelled into the SQL (not
+/// bound) so the planner can use the partial index `events_message_id`, whose predicate
+/// names it.
+static MESSAGE_EXISTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM events
+                         WHERE aggregate_type = '{}' AND aggregate_id = $1
+                           AND (payload -> event_type ->> 'message_id') = $2)",
+        Conversation::TYPE
+    )
+});
+
 /// Whether any event of the conversation carries `message_id` in its payload (served by
 /// the `events_message_id` index).
 pub async fn message_exists<'e>(
     db: impl PgExecutor<'e>,
     conversation_id: Uuid,
     message_id: Uuid,
-) -> Result<bool, EventLogError> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events
-                         WHERE aggregate_type = 'Conversation' AND aggregate_id = $1
-                           AND (payload -> event_type ->> 'message_id') = $2)",
-    )
-    .bind(conversation_id.to_string())
-    .bind(message_id.to_string())
-    .fetch_one(db)
-    .await?;
+) -> Result<bool, EventStoreError> {
+    let exists: bool = sqlx::query_scalar(MESSAGE_EXISTS.as_str())
+        .bind(conversation_id.to_string())
+        .bind(message_id.to_string())
+        .fetch_one(db)
+        .await?;
     Ok(exists)
 }
 
-/// [`colloquy_domain::conversation::MessageLookup`] over the event store.
+/// [`MessageLookup`] over the event store.
 #[derive(Clone)]
 pub struct EventStoreMessages {
     pool: sqlx::PgPool,
@@ -235,8 +261,56 @@ impl EventStoreMessages {
 }
 
 #[async_trait::async_trait]
-impl colloquy_domain::conversation::MessageLookup for EventStoreMessages {
-    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, String> {
-        message_exists(&self.pool, conversation_id, message_id).await.map_err(|e| e.to_string())
+impl MessageLookup for EventStoreMessages {
+    async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, PortError> {
+        message_exists(&self.pool, conversation_id, message_id).await.map_err(|e| PortError::new("message lookup", e))
     }
+}
+
+/// An aggregate whose stored sequences are not exactly 1..n.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SequenceGap {
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Number of events.
+    pub events: i64,
+    /// Lowest sequence.
+    pub first: i64,
+    /// Highest sequence.
+    pub last: i64,
+}
+
+/// Every aggregate whose sequences have a hole or do not start at 1 (a damaged log).
+pub async fn sequence_gaps<'e>(db: impl PgExecutor<'e>) -> Result<Vec<SequenceGap>, EventStoreError> {
+    Ok(sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, count(*) AS events, min(sequence) AS first, max(sequence) AS last
+           FROM events GROUP BY aggregate_type, aggregate_id
+         HAVING min(sequence) <> 1 OR max(sequence) <> count(*)
+          ORDER BY aggregate_type, aggregate_id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many aggregates of `aggregate_types` have events beyond what the projection
+/// `projection` recorded in `projection_state` (lag, not damage).
+pub async fn aggregates_ahead_of_projection<'e>(
+    db: impl PgExecutor<'e>,
+    projection: &str,
+    aggregate_types: &[&str],
+) -> Result<i64, EventStoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (
+            SELECT e.aggregate_id FROM events e
+              LEFT JOIN projection_state s ON s.projection = $1 AND s.aggregate_id = e.aggregate_id
+             WHERE e.aggregate_type = ANY($2)
+             GROUP BY e.aggregate_id
+            HAVING max(e.sequence) > coalesce(max(s.last_sequence), 0)) AS behind",
+    )
+    .bind(projection)
+    .bind(aggregate_types)
+    .fetch_one(db)
+    .await?)
 }

@@ -4,14 +4,15 @@
 //! * One active relay: a session-level advisory lock held on a dedicated connection.
 //!   Standbys wait for it; the checkpoint is written on that same connection, so a relay
 //!   that lost its lock (its connection died) cannot move the checkpoint.
-//! * Gap-safe: events are read behind the `pg_snapshot_xmin` fence (see `event_log`).
+//! * Gap-safe: events are read behind the `pg_snapshot_xmin` fence (see `event_store`).
 //! * At-least-once: the checkpoint advances only after Kafka acknowledged every record of
 //!   the batch; after any failure the batch is re-sent from the checkpoint.
 
 use std::time::Duration;
 
+use colloquy_domain::event_catalog::cloud_event_type;
 use colloquy_infra::cloudevents::{self, headers};
-use colloquy_infra::event_log::{self, LogCursor, StoredEvent};
+use colloquy_infra::event_store::{self, LogCursor, StoredEvent};
 use colloquy_infra::kafka::{producer_config, Topics};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::settings::{KafkaSettings, RelaySettings};
@@ -47,23 +48,47 @@ pub async fn checkpoint<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result
 /// Events in the store that the relay called `name` has not published yet (capped at 10⁶).
 pub async fn lag(pool: &PgPool, name: &str) -> Result<i64, RelayError> {
     let after = checkpoint(pool, name).await?;
-    Ok(event_log::count_after(pool, after, 1_000_000).await?)
+    Ok(event_store::count_after(pool, after, 1_000_000).await?)
+}
+
+/// Refreshes the relay-lag gauge at every scrape, from Postgres, so every process reports
+/// it truthfully whichever process runs the relay.
+pub struct LagProbe {
+    pool: PgPool,
+    name: String,
+}
+
+impl LagProbe {
+    /// The lag of the relay called `name`.
+    pub fn new(pool: PgPool, name: String) -> Self {
+        Self { pool, name }
+    }
+}
+
+#[async_trait::async_trait]
+impl colloquy_infra::ops::Probe for LagProbe {
+    async fn refresh(&self, metrics: &Metrics) {
+        match lag(&self.pool, &self.name).await {
+            Ok(lag) => metrics.relay_lag_events.set(lag),
+            Err(e) => tracing::warn!(error = ?e, "Could not measure relay lag."),
+        }
+    }
 }
 
 /// Relay failures that end a run (the caller decides whether to restart).
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// Postgres failed.
-    #[error("database: {0}")]
+    #[error("relay database query failed")]
     Database(#[from] sqlx::Error),
     /// Reading events failed.
     #[error(transparent)]
-    EventLog(#[from] event_log::EventLogError),
+    EventLog(#[from] event_store::EventStoreError),
     /// Kafka failed.
-    #[error("kafka: {0}")]
+    #[error("kafka failed")]
     Kafka(#[from] KafkaError),
     /// An event could not be encoded.
-    #[error("encode: {0}")]
+    #[error("an event could not be encoded")]
     Encode(#[from] serde_json::Error),
 }
 
@@ -97,7 +122,7 @@ impl Relay {
             match self.lead(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "Relay failed; starting over from the checkpoint.");
+                    tracing::error!(error = ?e, "Relay failed; starting over from the checkpoint.");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => {}
@@ -118,6 +143,7 @@ impl Relay {
         let key = lock_key(&self.settings.name);
         let mut waiting_logged = false;
         loop {
+            self.metrics.relay_lock_attempts.inc();
             let got: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
             if got {
@@ -133,7 +159,9 @@ impl Relay {
             }
         }
         tracing::info!(name = %self.settings.name, "Relay is active.");
+        self.metrics.relay_active.set(1);
         let result = self.publish_loop(&mut conn, shutdown).await;
+        self.metrics.relay_active.set(0);
         // Give leadership back explicitly; if the connection is broken the server drops it.
         if sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await.is_err() {
             conn.close_on_drop();
@@ -150,11 +178,11 @@ impl Relay {
         let mut last_lag_check = std::time::Instant::now() - Duration::from_secs(60);
         while !shutdown.is_cancelled() {
             if last_lag_check.elapsed() > Duration::from_secs(1) {
-                let lag = event_log::count_after(&self.pool, cursor, 1_000_000).await?;
+                let lag = event_store::count_after(&self.pool, cursor, 1_000_000).await?;
                 self.metrics.relay_lag_events.set(lag);
                 last_lag_check = std::time::Instant::now();
             }
-            let batch = event_log::read_committed(&self.pool, cursor, None, self.settings.batch_size).await?;
+            let batch = event_store::read_committed(&self.pool, cursor, None, self.settings.batch_size).await?;
             let Some((_, last)) = batch.last() else {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(self.settings.idle_poll_ms)) => {}
@@ -197,11 +225,7 @@ impl Relay {
             let topic = self.topics.events(&event.aggregate_type);
             let payload = cloudevents::encode(event)?;
             let id = event.event_id.to_string();
-            let ty = colloquy_domain::event_catalog::cloud_event_type(
-                &event.aggregate_type,
-                &event.event_type,
-                &event.event_version,
-            );
+            let ty = cloud_event_type(&event.aggregate_type, &event.event_type, &event.event_version);
             let seq = event.sequence.to_string();
             let hdrs = OwnedHeaders::new()
                 .insert(Header { key: headers::ID, value: Some(id.as_bytes()) })
@@ -242,10 +266,12 @@ impl Relay {
 mod tests {
     use super::lock_key;
 
+    /// Relays of two releases must elect one leader during a rolling deploy: the key of a
+    /// name is pinned, not just computed alike twice.
     #[test]
-    fn lock_key_is_stable_and_positive() {
-        assert_eq!(lock_key("kafka"), lock_key("kafka"));
+    fn lock_key_is_pinned_and_positive() {
+        assert_eq!(lock_key("kafka"), 7_528_718_521_687_638_145);
         assert_ne!(lock_key("kafka"), lock_key("other"));
-        assert!(lock_key("kafka") >= 0);
+        assert!(["kafka", "other", "", "a much longer relay name"].iter().all(|n| lock_key(n) >= 0));
     }
 }

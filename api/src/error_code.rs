@@ -1,0 +1,206 @@
+//! Every stable error code the API answers, with its HTTP status. Clients branch on these;
+//! the OpenAPI document lists them (`ErrorCode` schema), and the end-to-end tests fail on
+//! any answered code this enum does not declare.
+
+use actix_web::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// A stable, snake_case error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // The request itself.
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The body could not be read.
+    InvalidBody,
+    /// The body is JSON of the wrong shape.
+    InvalidRequest,
+    /// The query string is malformed.
+    InvalidQuery,
+    /// The Idempotency-Key header is malformed.
+    InvalidIdempotencyKey,
+    /// `limit` is out of range.
+    InvalidLimit,
+    /// `cursor` was not issued by this API.
+    InvalidCursor,
+    /// `min_version` is negative.
+    InvalidMinVersion,
+    /// `min_version` on the list needs `conversation_id`.
+    MinVersionNeedsConversationId,
+    /// The body is larger than the limit.
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// No such route, or no such object for this user.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    // Authentication and limits.
+    /// Missing, invalid or expired credentials.
+    Unauthorized,
+    /// Too many requests; see `Retry-After`.
+    RateLimited,
+    // Users.
+    /// The user is already registered.
+    AlreadyRegistered,
+    /// The account is deactivated.
+    UserDeactivated,
+    /// The e-mail address is not valid.
+    InvalidEmail,
+    /// The full name is empty or too long.
+    InvalidFullName,
+    /// The password is too short or too long.
+    InvalidPassword,
+    /// The e-mail address is already registered.
+    EmailTaken,
+    /// A profile update that changes nothing.
+    EmptyUpdate,
+    // Conversations.
+    /// A conversation with this id exists.
+    ConversationExists,
+    /// The conversation was deleted.
+    ConversationDeleted,
+    /// The conversation is archived.
+    ConversationArchived,
+    /// The conversation is already archived.
+    AlreadyArchived,
+    /// The conversation is not archived.
+    NotArchived,
+    /// A message with this id exists in the conversation.
+    DuplicateMessage,
+    /// The title is empty or too long.
+    InvalidTitle,
+    /// The model name is empty or too long.
+    InvalidModel,
+    /// The system prompt is empty or too long.
+    InvalidSystemPrompt,
+    /// The message is empty or too long.
+    InvalidMessage,
+    // Commands in general.
+    /// The resource changed concurrently; retry.
+    ConcurrentModification,
+    /// The Idempotency-Key was used with a different request.
+    IdempotencyKeyReused,
+    /// The first request with this Idempotency-Key is still running.
+    RequestInProgress,
+    // The service.
+    /// A dependency is down, or the read model did not reach `min_version` in time.
+    Unavailable,
+    /// An unexpected failure; the request id identifies it in the logs.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::InvalidJson,
+        Self::InvalidBody,
+        Self::InvalidRequest,
+        Self::InvalidQuery,
+        Self::InvalidIdempotencyKey,
+        Self::InvalidLimit,
+        Self::InvalidCursor,
+        Self::InvalidMinVersion,
+        Self::MinVersionNeedsConversationId,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::AlreadyRegistered,
+        Self::UserDeactivated,
+        Self::InvalidEmail,
+        Self::InvalidFullName,
+        Self::InvalidPassword,
+        Self::EmailTaken,
+        Self::EmptyUpdate,
+        Self::ConversationExists,
+        Self::ConversationDeleted,
+        Self::ConversationArchived,
+        Self::AlreadyArchived,
+        Self::NotArchived,
+        Self::DuplicateMessage,
+        Self::InvalidTitle,
+        Self::InvalidModel,
+        Self::InvalidSystemPrompt,
+        Self::InvalidMessage,
+        Self::ConcurrentModification,
+        Self::IdempotencyKeyReused,
+        Self::RequestInProgress,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The HTTP status it is answered with.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode as C;
+        match self {
+            C::InvalidJson
+            | C::InvalidBody
+            | C::InvalidQuery
+            | C::InvalidIdempotencyKey
+            | C::InvalidLimit
+            | C::InvalidCursor
+            | C::InvalidMinVersion
+            | C::MinVersionNeedsConversationId => StatusCode::BAD_REQUEST,
+            C::Unauthorized => StatusCode::UNAUTHORIZED,
+            C::NotFound => StatusCode::NOT_FOUND,
+            C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            C::AlreadyRegistered
+            | C::UserDeactivated
+            | C::EmailTaken
+            | C::ConversationExists
+            | C::ConversationDeleted
+            | C::ConversationArchived
+            | C::AlreadyArchived
+            | C::NotArchived
+            | C::DuplicateMessage
+            | C::ConcurrentModification
+            | C::RequestInProgress => StatusCode::CONFLICT,
+            C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::InvalidRequest
+            | C::InvalidEmail
+            | C::InvalidFullName
+            | C::InvalidPassword
+            | C::EmptyUpdate
+            | C::InvalidTitle
+            | C::InvalidModel
+            | C::InvalidSystemPrompt
+            | C::InvalidMessage
+            | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_code_once_with_a_snake_case_name() {
+        let mut names: Vec<String> =
+            ErrorCode::ALL.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_string()).collect();
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')), "{names:?}");
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            let back: ErrorCode = serde_json::from_value(serde_json::to_value(code).unwrap()).unwrap();
+            assert_eq!(back, *code);
+        }
+    }
+
+    #[test]
+    fn client_errors_are_4xx_and_service_errors_5xx() {
+        for code in ErrorCode::ALL {
+            let service = matches!(code, ErrorCode::Unavailable | ErrorCode::Internal);
+            assert_eq!(code.status().is_server_error(), service, "{code:?}");
+        }
+    }
+}

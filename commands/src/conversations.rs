@@ -1,0 +1,173 @@
+//! Conversation use cases: start, rename, archive, unarchive, delete, post a message.
+
+use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::caller::Caller;
+use crate::errors::UseCaseError;
+use crate::idempotency::Answer;
+use crate::Commands;
+
+/// Model used when neither the request, nor the user's preferences, nor the configuration
+/// name one.
+pub const DEFAULT_MODEL: &str = "offline";
+
+/// A new conversation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartConversation {
+    /// Client-chosen id (makes retries safe without an Idempotency-Key).
+    pub id: Option<Uuid>,
+    /// The title.
+    pub title: String,
+    /// The type (default: chat).
+    pub kind: Option<ConversationKind>,
+    /// The model (default: the user's default model).
+    pub model: Option<String>,
+    /// The system prompt (default: the user's default system prompt).
+    pub system_prompt: Option<String>,
+}
+
+/// A new message.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostMessage {
+    /// Client-chosen id (optional).
+    pub id: Option<Uuid>,
+    /// The text.
+    pub content: String,
+}
+
+/// A command on a conversation was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConversationAccepted {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// Its version after the command; pass it as `min_version` to queries.
+    pub version: i64,
+}
+
+/// A message was posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageAccepted {
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// The new message.
+    pub message_id: Uuid,
+    /// The conversation's version after the post.
+    pub version: i64,
+}
+
+/// The commands on an existing conversation that carry nothing but the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Hide from the default list; rejects new messages until unarchived.
+    Archive,
+    /// Undo an archive.
+    Unarchive,
+    /// Delete; terminal.
+    Delete,
+}
+
+type Outcome<T> = Result<Answer<T>, UseCaseError<ConversationError>>;
+
+impl Commands {
+    /// Starts a conversation owned by the caller. Model and system prompt default to the
+    /// owner's preferences, read from the User aggregate (the write model, so a preference
+    /// changed a moment ago applies).
+    #[instrument(skip_all, fields(user_id = %caller.user))]
+    pub async fn start_conversation(&self, caller: &Caller, input: StartConversation) -> Outcome<ConversationAccepted> {
+        self.idempotency
+            .once(caller, "start_conversation", &input, || async {
+                let (owner, _) = self
+                    .users
+                    .current_state(&caller.user.to_string())
+                    .await
+                    .map_err(|e| UseCaseError::from_command(e.map_rejection(|_| ConversationError::NotFound)))?;
+                let id = input.id.unwrap_or_else(Uuid::new_v4);
+                let command = ConversationCommand::StartConversation {
+                    conversation_id: id,
+                    owner_id: caller.user,
+                    title: input.title.clone(),
+                    kind: input.kind.unwrap_or_default(),
+                    model: input.model.clone().or(owner.default_model).unwrap_or_else(|| DEFAULT_MODEL.into()),
+                    system_prompt: input.system_prompt.clone().or(owner.system_prompt),
+                };
+                let committed = self.conversations.execute(&id.to_string(), command, &caller.meta).await?;
+                Ok(ConversationAccepted { conversation_id: id, version: committed.version })
+            })
+            .await
+    }
+
+    /// Renames one of the caller's conversations.
+    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id))]
+    pub async fn rename_conversation(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        title: String,
+    ) -> Outcome<ConversationAccepted> {
+        let command = ConversationCommand::RenameConversation { actor_id: caller.user, title };
+        self.conversation_command(caller, "rename_conversation", conversation_id, command).await
+    }
+
+    /// Archives, unarchives or deletes one of the caller's conversations.
+    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id, ?change))]
+    pub async fn change_lifecycle(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        change: Lifecycle,
+    ) -> Outcome<ConversationAccepted> {
+        let actor_id = caller.user;
+        let command = match change {
+            Lifecycle::Archive => ConversationCommand::ArchiveConversation { actor_id },
+            Lifecycle::Unarchive => ConversationCommand::UnarchiveConversation { actor_id },
+            Lifecycle::Delete => ConversationCommand::DeleteConversation { actor_id },
+        };
+        self.conversation_command(caller, "change_lifecycle", conversation_id, command).await
+    }
+
+    /// Posts a message of the caller's to one of their conversations.
+    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id))]
+    pub async fn post_message(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        input: PostMessage,
+    ) -> Outcome<MessageAccepted> {
+        let request = (conversation_id, &input);
+        self.idempotency
+            .once(caller, "post_message", &request, || async {
+                let message_id = input.id.unwrap_or_else(Uuid::new_v4);
+                let command = ConversationCommand::PostUserMessage {
+                    actor_id: caller.user,
+                    message_id,
+                    content: input.content.clone(),
+                };
+                let committed = self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await?;
+                Ok(MessageAccepted { conversation_id, message_id, version: committed.version })
+            })
+            .await
+    }
+
+    async fn conversation_command(
+        &self,
+        caller: &Caller,
+        use_case: &str,
+        conversation_id: Uuid,
+        command: ConversationCommand,
+    ) -> Outcome<ConversationAccepted> {
+        let request = (conversation_id, format!("{command:?}"));
+        self.idempotency
+            .once(caller, use_case, &request, || async {
+                let committed =
+                    self.conversations.execute(&conversation_id.to_string(), command.clone(), &caller.meta).await?;
+                Ok(ConversationAccepted { conversation_id, version: committed.version })
+            })
+            .await
+    }
+}

@@ -1,0 +1,240 @@
+//! The query use cases: one entry point per query the API serves, reading only the read
+//! models (the audit trail excepted, which exists to show the event store). Each is filtered
+//! by the asking user in SQL: another user's object is "not found", never "forbidden". A
+//! query may name a minimum aggregate version and then waits, bounded, for the projection.
+
+use std::time::Duration;
+
+use colloquy_domain::conversation::ConversationEvent;
+use colloquy_domain::Conversation;
+use colloquy_infra::event_store::{self, EventStoreError, StoredEvent};
+use colloquy_infra::metrics::Metrics;
+use colloquy_infra::redis_store::RedisStore;
+use cqrs_es::Aggregate;
+use serde::Serialize;
+use sqlx::PgPool;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::conversations::{self, ConversationSummary, PageCursor};
+use crate::{cache, freshness, messages, users};
+
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE: i64 = 20;
+/// Largest page.
+pub const MAX_PAGE: i64 = 100;
+
+/// What a query could not find (also another user's object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// A user profile.
+    User,
+    /// A conversation.
+    Conversation,
+}
+
+impl Resource {
+    /// Its name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Conversation => "conversation",
+        }
+    }
+}
+
+/// Why a query did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Nothing there for this user.
+    #[error("{} not found", .0.name())]
+    NotFound(Resource),
+    /// The read model has not reached the asked version in time.
+    #[error("the read model has not reached version {min_version} yet; retry shortly")]
+    NotYetVisible {
+        /// The version asked for.
+        min_version: i64,
+    },
+    /// The page size is out of range.
+    #[error("limit must be between 1 and {MAX_PAGE}")]
+    InvalidLimit,
+    /// The cursor was not issued by this API.
+    #[error("the cursor is not one this API issued")]
+    InvalidCursor,
+    /// A negative `min_version`.
+    #[error("min_version must not be negative")]
+    InvalidMinVersion,
+    /// `min_version` on the list without the conversation it refers to.
+    #[error("on the list, min_version refers to the conversation named by conversation_id")]
+    MinVersionNeedsConversation,
+    /// A read model or the event store failed.
+    #[error("the query failed")]
+    Failed(#[source] QueryFailure),
+}
+
+/// An infrastructure failure underneath a query.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryFailure {
+    /// A read model failed.
+    #[error("read model query failed")]
+    ReadModel(#[from] sqlx::Error),
+    /// The event store failed.
+    #[error("event store read failed")]
+    EventStore(#[from] EventStoreError),
+    /// A result could not be serialised.
+    #[error("serialisation failed")]
+    Json(#[from] serde_json::Error),
+}
+
+impl<E: Into<QueryFailure>> From<E> for QueryError {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// A page of conversations.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConversationPage {
+    /// The conversations, newest activity first.
+    pub items: Vec<ConversationSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The conversation list's filters and paging.
+#[derive(Debug, Clone, Default)]
+pub struct ListConversations {
+    /// Archived conversations instead of active ones.
+    pub archived: bool,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// With `conversation_id`: wait until the list reflects this version of it.
+    pub min_version: Option<i64>,
+    /// The conversation `min_version` refers to.
+    pub conversation_id: Option<Uuid>,
+}
+
+/// Every query, over the read models.
+#[derive(Clone)]
+pub struct Queries {
+    pool: PgPool,
+    redis: RedisStore,
+    metrics: Metrics,
+    min_version_wait: Duration,
+}
+
+fn page_size(limit: Option<i64>) -> Result<i64, QueryError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        _ => Err(QueryError::InvalidLimit),
+    }
+}
+
+impl Queries {
+    /// Queries on `pool` (read models), with Redis caches; a `min_version` waits at most
+    /// `min_version_wait`.
+    pub fn new(pool: PgPool, redis: RedisStore, metrics: Metrics, min_version_wait: Duration) -> Self {
+        Self { pool, redis, metrics, min_version_wait }
+    }
+
+    /// Waits for `min_version` of `aggregate_id` in `projections`.
+    async fn await_version(
+        &self,
+        projections: &[&str],
+        aggregate_id: &str,
+        min_version: Option<i64>,
+    ) -> Result<(), QueryError> {
+        let Some(min) = min_version else { return Ok(()) };
+        if min < 0 {
+            return Err(QueryError::InvalidMinVersion);
+        }
+        self.metrics.min_version_waiting.inc();
+        let reached =
+            freshness::wait_for_version(&self.pool, projections, aggregate_id, min, self.min_version_wait).await;
+        self.metrics.min_version_waiting.dec();
+        if reached? {
+            Ok(())
+        } else {
+            Err(QueryError::NotYetVisible { min_version: min })
+        }
+    }
+
+    /// The user's own profile, as JSON (Redis-cached unless a version is asked for).
+    #[instrument(skip_all, fields(%user))]
+    pub async fn profile(&self, user: Uuid, min_version: Option<i64>) -> Result<String, QueryError> {
+        self.await_version(&[users::NAME], &user.to_string(), min_version).await?;
+        cache::get_or_load(&self.redis, user, "profile", min_version.is_some(), || async {
+            let profile = users::find(&self.pool, user).await?.ok_or(QueryError::NotFound(Resource::User))?;
+            Ok(serde_json::to_string(&profile)?)
+        })
+        .await
+    }
+
+    /// A page of the user's conversations, newest activity first, as JSON (the first page
+    /// is Redis-cached).
+    #[instrument(skip_all, fields(%user))]
+    pub async fn conversations(&self, user: Uuid, q: ListConversations) -> Result<String, QueryError> {
+        let limit = page_size(q.limit)?;
+        let after = q.cursor.as_deref().map(|c| PageCursor::decode(c).ok_or(QueryError::InvalidCursor)).transpose()?;
+        match (q.min_version, q.conversation_id) {
+            (Some(_), None) => return Err(QueryError::MinVersionNeedsConversation),
+            (min, Some(id)) => self.await_version(&[conversations::NAME], &id.to_string(), min).await?,
+            (None, None) => {}
+        }
+        let cache_name = format!("conversations:{}:{limit}", if q.archived { "archived" } else { "active" });
+        let bypass = after.is_some() || q.min_version.is_some();
+        cache::get_or_load(&self.redis, user, &cache_name, bypass, || async {
+            let items = conversations::list(&self.pool, user, q.archived, after, limit).await?;
+            let next_cursor =
+                (items.len() as i64 == limit).then(|| items.last().map(|c| PageCursor::of(c).encode())).flatten();
+            Ok(serde_json::to_string(&ConversationPage { items, next_cursor })?)
+        })
+        .await
+    }
+
+    /// One of the user's conversations.
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn conversation(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        min_version: Option<i64>,
+    ) -> Result<ConversationSummary, QueryError> {
+        self.await_version(&[conversations::NAME], &id.to_string(), min_version).await?;
+        conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))
+    }
+
+    /// A page of one of the user's conversations' messages, in order, after sequence `after`.
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn messages(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        after: i64,
+        limit: Option<i64>,
+        min_version: Option<i64>,
+    ) -> Result<Vec<messages::Message>, QueryError> {
+        let limit = page_size(limit)?;
+        self.await_version(&[conversations::NAME, messages::NAME], &id.to_string(), min_version).await?;
+        // Ownership comes from the conversations read model: another user's id is not found.
+        conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))?;
+        Ok(messages::list(&self.pool, user, id, after, limit).await?)
+    }
+
+    /// The audit trail of one of the user's conversations, from the event store (deleted
+    /// conversations included). Ownership is read from the typed `ConversationStarted`.
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn conversation_events(&self, user: Uuid, id: Uuid) -> Result<Vec<StoredEvent>, QueryError> {
+        let events = event_store::read_aggregate(&self.pool, Conversation::TYPE, &id.to_string(), 0, None).await?;
+        let owner = match events.first().map(StoredEvent::to_domain::<ConversationEvent>) {
+            Some(Ok(ConversationEvent::ConversationStarted(started))) => Some(started.owner_id),
+            _ => None,
+        };
+        if owner != Some(user) {
+            return Err(QueryError::NotFound(Resource::Conversation));
+        }
+        Ok(events)
+    }
+}
