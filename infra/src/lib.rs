@@ -12,5 +12,7 @@ pub mod postgres;
 pub mod redis_store;
 pub mod settings;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use settings::Settings;

@@ -2,15 +2,13 @@
 //! name and definition, and holds what the events project to.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use async_trait::async_trait;
 use colloquy_infra::event_store::{self, StoredEvent};
+use colloquy_infra::testing::{eventually, TestDatabase};
 use colloquy_projections::rebuild::rebuild;
 use colloquy_projections::{ApplyError, Projection};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
-use support::{eventually, TestDatabase};
 use uuid::Uuid;
 
 /// A table's shape as the catalog records it, names included.

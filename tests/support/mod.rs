@@ -75,21 +75,7 @@ impl std::ops::Deref for TestApp {
     }
 }
 
-/// Polls `probe` every 20 ms until it yields a value; panics naming `what` after 20 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use colloquy_infra::testing::eventually;
 
 impl TestApp {
     /// Everything: API, relay, projectors.

@@ -1,6 +1,8 @@
-//! Harness for database-level tests: a throwaway, migrated database per test, removed
-//! afterwards (also when the test fails). No Kafka, Redis or HTTP.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Test support for every crate's database-level and end-to-end tests (feature `testing`,
+//! enabled only as a dev-dependency): a throwaway, migrated database per test, removed
+//! afterwards (also when the test fails), and a polling helper. Panics on set-up failures
+//! by design: a test that cannot set up must fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use uuid::Uuid;
 
 /// A database of its own for one test, migrated; dropped when this is dropped.
 pub struct TestDatabase {
+    /// Its URL.
     pub url: String,
+    /// A pool on it.
     pub pool: PgPool,
 }
 
@@ -26,7 +30,7 @@ impl TestDatabase {
         // The guard exists before anything else can fail, so the database never outlives a
         // failed set-up.
         let db = Self { pool: PgPoolOptions::new().max_connections(4).connect_lazy(&url).expect("pool"), url };
-        colloquy_infra::postgres::MIGRATOR.run(&db.pool).await.expect("migrate");
+        crate::postgres::MIGRATOR.run(&db.pool).await.expect("migrate");
         db
     }
 }
