@@ -114,6 +114,14 @@ async fn a_standby_relay_takes_over() {
     consume_until(&app.settings, &topic, |r| !r.is_empty()).await;
 
     let standby = TestApp::attach(app.settings.clone(), Processes { relay: true, ..Default::default() }).await;
+    // The standby tries, is refused and keeps trying (a second attempt proves the first was
+    // refused), while the first relay stays the only active one.
+    support::eventually("the standby to be refused and try again", || async {
+        (standby.deps.metrics.relay_lock_attempts.get() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(standby.deps.metrics.relay_active.get(), 0, "the standby must not publish");
+    assert_eq!(active.deps.metrics.relay_active.get(), 1);
     // Exactly one session holds the relay's advisory lock.
     let holders: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         .fetch_one(app.pool())
@@ -129,5 +137,6 @@ async fn a_standby_relay_takes_over() {
     .await;
     let first_copies = records.iter().filter(|(k, _, _)| k.as_deref() == Some(first.to_string().as_bytes())).count();
     assert_eq!(first_copies, 1, "the standby continued from the checkpoint");
+    assert_eq!(standby.deps.metrics.relay_active.get(), 1, "the standby took over");
     drop(standby);
 }

@@ -220,6 +220,7 @@ where
                     return Ok(Committed { version, events: committed.len() });
                 }
                 Err(AggregateError::AggregateConflict) => {
+                    self.metrics.command_retries.with_label_values(&[A::TYPE]).inc();
                     // Someone appended first: back off with jitter and decide again on fresh state.
                     let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;

@@ -81,7 +81,7 @@ impl Commands {
     #[instrument(skip_all, fields(user_id = %caller.user))]
     pub async fn start_conversation(&self, caller: &Caller, input: StartConversation) -> Outcome<ConversationAccepted> {
         self.idempotency
-            .once(caller, "start_conversation", &input, || async {
+            .once(caller.user, caller.idempotency_key.as_ref(), "start_conversation", &input, || async {
                 let (owner, _) = self
                     .users
                     .current_state(&caller.user.to_string())
@@ -110,8 +110,9 @@ impl Commands {
         conversation_id: Uuid,
         title: String,
     ) -> Outcome<ConversationAccepted> {
-        let command = ConversationCommand::RenameConversation { actor_id: caller.user, title };
-        self.conversation_command(caller, "rename_conversation", conversation_id, command).await
+        let request = (conversation_id, &title);
+        let command = ConversationCommand::RenameConversation { actor_id: caller.user, title: title.clone() };
+        self.conversation_command(caller, "rename_conversation", &request, conversation_id, command).await
     }
 
     /// Archives, unarchives or deletes one of the caller's conversations.
@@ -128,7 +129,8 @@ impl Commands {
             Lifecycle::Unarchive => ConversationCommand::UnarchiveConversation { actor_id },
             Lifecycle::Delete => ConversationCommand::DeleteConversation { actor_id },
         };
-        self.conversation_command(caller, "change_lifecycle", conversation_id, command).await
+        self.conversation_command(caller, "change_lifecycle", &(conversation_id, change), conversation_id, command)
+            .await
     }
 
     /// Posts a message of the caller's to one of their conversations.
@@ -141,7 +143,7 @@ impl Commands {
     ) -> Outcome<MessageAccepted> {
         let request = (conversation_id, &input);
         self.idempotency
-            .once(caller, "post_message", &request, || async {
+            .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
                 let message_id = input.id.unwrap_or_else(Uuid::new_v4);
                 let command = ConversationCommand::PostUserMessage {
                     actor_id: caller.user,
@@ -154,16 +156,18 @@ impl Commands {
             .await
     }
 
+    /// Runs `command` on an existing conversation once per Idempotency-Key; `request` is what
+    /// identifies the request for the key.
     async fn conversation_command(
         &self,
         caller: &Caller,
         use_case: &str,
+        request: &impl Serialize,
         conversation_id: Uuid,
         command: ConversationCommand,
     ) -> Outcome<ConversationAccepted> {
-        let request = (conversation_id, format!("{command:?}"));
         self.idempotency
-            .once(caller, use_case, &request, || async {
+            .once(caller.user, caller.idempotency_key.as_ref(), use_case, request, || async {
                 let committed =
                     self.conversations.execute(&conversation_id.to_string(), command.clone(), &caller.meta).await?;
                 Ok(ConversationAccepted { conversation_id, version: committed.version })

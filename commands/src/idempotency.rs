@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::caller::Caller;
 use crate::errors::{Failure, UseCaseError};
 
 /// Longest accepted key.
@@ -67,11 +66,13 @@ impl Idempotency {
         Self { pool, ttl_hours }
     }
 
-    /// Runs `run` at most once per (caller's user, caller's key). `use_case` and `request`
-    /// identify the request: the same key with another use case or input is refused.
+    /// Runs `run` at most once per (`user`, `key`); without a key, just runs it. `use_case`
+    /// and `request` identify the request: the same key with another use case or input is
+    /// refused.
     pub async fn once<T, R, I, F, Fut>(
         &self,
-        caller: &Caller,
+        user: Uuid,
+        key: Option<&IdempotencyKey>,
         use_case: &str,
         request: &I,
         run: F,
@@ -83,10 +84,9 @@ impl Idempotency {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, UseCaseError<R>>>,
     {
-        let Some(key) = &caller.idempotency_key else {
+        let Some(key) = key else {
             return run().await.map(|value| Answer { value, replayed: false });
         };
-        let user = caller.user;
         let hash = fingerprint(use_case, request).map_err(Failure::from)?;
         if !self.claim(user, key, &hash).await? {
             let (stored_hash, outcome): (String, Option<serde_json::Value>) =

@@ -153,7 +153,7 @@ impl Commands {
         input: UpdateProfile,
     ) -> Result<Answer<UserAccepted>, UseCaseError<UserError>> {
         self.idempotency
-            .once(caller, "update_profile", &input, || async {
+            .once(caller.user, caller.idempotency_key.as_ref(), "update_profile", &input, || async {
                 let command = UserCommand::UpdateProfile {
                     full_name: input.full_name.clone(),
                     default_model: input.default_model.clone(),

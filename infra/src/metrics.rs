@@ -14,6 +14,8 @@ pub struct Metrics {
     pub http_latency: HistogramVec,
     /// Command outcomes by aggregate and outcome (`ok`, `rejected`, `conflict`, `error`).
     pub commands: IntCounterVec,
+    /// Appends that lost an optimistic-concurrency race and were decided again, by aggregate.
+    pub command_retries: IntCounterVec,
     /// Events in the store the relay has not yet published.
     pub relay_lag_events: IntGauge,
     /// 1 while this process's relay holds the relay lock and publishes, 0 while it stands by.
@@ -55,6 +57,10 @@ impl Metrics {
         ));
         let commands =
             must(IntCounterVec::new(Opts::new("commands_total", "Commands handled"), &["aggregate", "outcome"]));
+        let command_retries = must(IntCounterVec::new(
+            Opts::new("command_retries_total", "Appends retried after losing a concurrency race"),
+            &["aggregate"],
+        ));
         let relay_lag_events = must(IntGauge::new("relay_lag_events", "Committed events not yet published to Kafka"));
         let relay_active = must(IntGauge::new("relay_active", "1 while this relay is the active one"));
         let relay_lock_attempts =
@@ -81,6 +87,7 @@ impl Metrics {
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(commands.clone()),
+            Box::new(command_retries.clone()),
             Box::new(relay_lag_events.clone()),
             Box::new(relay_published.clone()),
             Box::new(relay_active.clone()),
@@ -98,6 +105,7 @@ impl Metrics {
             http_requests,
             http_latency,
             commands,
+            command_retries,
             relay_lag_events,
             relay_published,
             relay_active,

@@ -83,7 +83,7 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     /// Reading events failed.
     #[error(transparent)]
-    EventLog(#[from] event_store::EventStoreError),
+    EventStore(#[from] event_store::EventStoreError),
     /// Kafka failed.
     #[error("kafka failed")]
     Kafka(#[from] KafkaError),

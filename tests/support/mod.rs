@@ -65,6 +65,9 @@ pub struct TestApp {
     pub client: ApiClient,
     pub deps: Deps,
     running: Option<Running>,
+    /// The instance that created the database, topics and keys removes them; instances
+    /// attached to them (a second API, a restarted relay) only stop their processes.
+    owner: bool,
 }
 
 impl std::ops::Deref for TestApp {
@@ -75,6 +78,7 @@ impl std::ops::Deref for TestApp {
     }
 }
 
+#[allow(unused_imports)]
 pub use colloquy_infra::testing::eventually;
 
 impl TestApp {
@@ -88,7 +92,9 @@ impl TestApp {
         ensure_broker();
         colloquy_infra::telemetry::init(&settings.log);
         create_database(&settings).await;
-        Self::attach(settings, which).await
+        let mut app = Self::attach(settings, which).await;
+        app.owner = true;
+        app
     }
 
     /// Starts processes on an existing test database (e.g. after `stop_processes`).
@@ -96,7 +102,7 @@ impl TestApp {
         let deps = runtime::connect(&settings, which).await.expect("connect");
         let running = runtime::start(&settings, &deps, which).await.expect("start");
         let client = ApiClient::new(running.port.unwrap_or(0));
-        Self { settings, client, deps, running: Some(running) }
+        Self { settings, client, deps, running: Some(running), owner: false }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -156,7 +162,9 @@ impl ApiClient {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        assert_declared_error_code(status, &body);
+        (status, body, headers)
     }
 
     pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -186,12 +194,27 @@ impl ApiClient {
     }
 }
 
+/// Every error the API answers carries a code `ErrorCode` declares: a test fails the
+/// moment a route answers an undeclared one.
+pub fn assert_declared_error_code(status: u16, body: &Value) {
+    if status < 400 {
+        return;
+    }
+    let code = &body["error"]["code"];
+    let parsed: Result<colloquy_api::errors::ErrorCode, _> = serde_json::from_value(code.clone());
+    assert!(parsed.is_ok(), "{status} answered with an undeclared error code {code}: {body}");
+    assert_eq!(parsed.unwrap().status().as_u16(), status, "{code} answered with another status than declared");
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Clean up on a separate runtime so it also happens when the test panicked.
         let settings = self.settings.clone();
         if let Some(running) = self.running.take() {
             running.abort();
+        }
+        if !self.owner {
+            return;
         }
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
