@@ -25,56 +25,25 @@ fn published_schemas_match_the_rust_types() {
     assert_eq!(present, expected_files, "schemas/ holds exactly one file per event type");
 }
 
+/// Every aggregate's sample events (declared next to its events) carry every field their
+/// published schema requires and no field it does not name; every event type has a sample.
 #[test]
 fn serialized_payloads_have_every_required_field() {
-    use colloquy_domain::conversation::*;
-    use colloquy_domain::user::*;
-    let id = uuid::Uuid::from_u128(1);
-    let samples: Vec<(&str, Value)> = vec![
-        (
-            "UserRegistered",
-            serde_json::to_value(UserRegistered {
-                user_id: id,
-                email: colloquy_domain::values::EmailAddress::parse("a@b.co").unwrap(),
-                full_name: "A".into(),
-                role: Role::Member,
-            })
-            .unwrap(),
-        ),
-        ("ProfileUpdated", serde_json::to_value(ProfileUpdated::default()).unwrap()),
-        ("UserDeactivated", serde_json::to_value(UserDeactivated { reason: None }).unwrap()),
-        (
-            "ConversationStarted",
-            serde_json::to_value(ConversationStarted {
-                conversation_id: id,
-                owner_id: id,
-                title: "t".into(),
-                kind: ConversationKind::Chat,
-                model: "m".into(),
-                system_prompt: None,
-            })
-            .unwrap(),
-        ),
-        ("ConversationRenamed", serde_json::to_value(ConversationRenamed { title: "t".into() }).unwrap()),
-        ("ConversationArchived", serde_json::to_value(ConversationArchived {}).unwrap()),
-        ("ConversationUnarchived", serde_json::to_value(ConversationUnarchived {}).unwrap()),
-        ("ConversationDeleted", serde_json::to_value(ConversationDeleted {}).unwrap()),
-        (
-            "UserMessagePosted",
-            serde_json::to_value(UserMessagePosted { message_id: id, author_id: id, content: "c".into() }).unwrap(),
-        ),
-    ];
-    let catalog: Vec<_> = colloquy_domain::aggregates().iter().flat_map(|a| a.events.iter()).collect();
-    assert_eq!(samples.len(), catalog.len(), "a sample for every event type");
-    for (event_type, payload) in samples {
-        let schema =
-            serde_json::to_value(&catalog.iter().find(|e| e.event_type == event_type).unwrap().schema).unwrap();
-        let properties = schema["properties"].as_object().cloned().unwrap_or_default();
-        for required in schema["required"].as_array().cloned().unwrap_or_default() {
-            assert!(payload.get(required.as_str().unwrap()).is_some(), "{event_type} lacks {required}");
-        }
-        for field in payload.as_object().unwrap().keys() {
-            assert!(properties.contains_key(field), "{event_type}.{field} is not in its schema");
+    for aggregate in colloquy_domain::aggregates() {
+        for spec in &aggregate.events {
+            let samples: Vec<&Value> =
+                aggregate.examples.iter().filter(|(t, _)| t == spec.event_type).map(|(_, v)| v).collect();
+            assert!(!samples.is_empty(), "{}.{} has no sample", aggregate.name, spec.event_type);
+            let schema = serde_json::to_value(&spec.schema).unwrap();
+            let properties = schema["properties"].as_object().cloned().unwrap_or_default();
+            for payload in samples {
+                for required in schema["required"].as_array().cloned().unwrap_or_default() {
+                    assert!(payload.get(required.as_str().unwrap()).is_some(), "{} lacks {required}", spec.event_type);
+                }
+                for field in payload.as_object().unwrap().keys() {
+                    assert!(properties.contains_key(field), "{}.{field} is not in its schema", spec.event_type);
+                }
+            }
         }
     }
 }

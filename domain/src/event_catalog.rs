@@ -30,6 +30,14 @@ pub trait EventCatalog {
     fn event_types() -> Vec<EventTypeSpec>;
 }
 
+/// Sample events of an aggregate, at least one of every event type, written next to the
+/// events themselves. The contract test checks every sample against its published schema,
+/// so a field the schema does not know (or a required one the payload lacks) cannot ship.
+pub trait EventExamples: Sized {
+    /// The samples.
+    fn examples() -> Vec<Self>;
+}
+
 /// The CloudEvents `type` of an event: `colloquy.<aggregate>.<EventType>.v<major>`.
 pub fn cloud_event_type(aggregate: &str, event_type: &str, version: &str) -> String {
     let major = version.split('.').next().unwrap_or("1");

@@ -7,11 +7,11 @@ use cqrs_es::Aggregate;
 use serde_json::Value;
 
 use crate::decision::Decided;
-use crate::event_catalog::{cloud_event_type, EventCatalog, EventTypeSpec};
+use crate::event_catalog::{cloud_event_type, EventCatalog, EventExamples, EventTypeSpec};
 
 /// An aggregate the system runs. Implemented next to the aggregate; listed once in
 /// `aggregates!` (`domain/src/lib.rs`).
-pub trait Registered: Aggregate<Error: Decided, Event: EventCatalog> + Clone + 'static {
+pub trait Registered: Aggregate<Error: Decided, Event: EventCatalog + EventExamples> + Clone + 'static {
     /// Events between snapshots (`None`: replay the whole history on every load; fine for
     /// aggregates with few events).
     const SNAPSHOT_EVERY: Option<usize>;
@@ -29,6 +29,8 @@ pub struct AggregateType {
     pub snapshot_every: Option<usize>,
     /// Its event types.
     pub events: Vec<EventTypeSpec>,
+    /// Sample payloads (`data`), by event type, from the aggregate's [`EventExamples`].
+    pub examples: Vec<(String, Value)>,
     replay: fn(&[Value]) -> Result<Value, serde_json::Error>,
     decode: fn(Value) -> Result<(), serde_json::Error>,
 }
@@ -36,6 +38,14 @@ pub struct AggregateType {
 impl std::fmt::Debug for AggregateType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AggregateType").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// An event as (event type, payload), as the event store keeps it.
+fn untagged<E: serde::Serialize>(event: &E) -> Option<(String, Value)> {
+    match serde_json::to_value(event).ok()? {
+        Value::Object(map) if map.len() == 1 => map.into_iter().next(),
+        _ => None,
     }
 }
 
@@ -58,6 +68,7 @@ impl AggregateType {
             name: A::TYPE,
             snapshot_every: A::SNAPSHOT_EVERY,
             events: A::Event::event_types(),
+            examples: A::Event::examples().iter().filter_map(untagged).collect(),
             replay: replay::<A>,
             decode: decode::<A>,
         }
@@ -116,6 +127,19 @@ mod tests {
             types.sort();
             types.dedup();
             assert_eq!(types.len(), a.events.len(), "{} declares an event type twice", a.name);
+        }
+    }
+
+    #[test]
+    fn every_event_type_has_a_sample_that_reads_back() {
+        for a in crate::aggregates() {
+            for spec in &a.events {
+                let samples: Vec<_> = a.examples.iter().filter(|(t, _)| t == spec.event_type).collect();
+                assert!(!samples.is_empty(), "{}.{} has no sample", a.name, spec.event_type);
+                for (event_type, data) in samples {
+                    assert!(a.decode(serde_json::json!({ event_type: data })).is_ok(), "{event_type}: {data}");
+                }
+            }
         }
     }
 

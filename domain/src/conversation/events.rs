@@ -77,3 +77,24 @@ crate::domain_events! {
         UserMessagePosted(UserMessagePosted) = "1.0",
     }
 }
+
+impl crate::event_catalog::EventExamples for ConversationEvent {
+    fn examples() -> Vec<Self> {
+        let id = Uuid::from_u128(1);
+        vec![
+            Self::ConversationStarted(ConversationStarted {
+                conversation_id: id,
+                owner_id: id,
+                title: "Trip".into(),
+                kind: ConversationKind::Chat,
+                model: "local/smollm2-135m".into(),
+                system_prompt: Some("Be brief.".into()),
+            }),
+            Self::ConversationRenamed(ConversationRenamed { title: "Plans".into() }),
+            Self::ConversationArchived(ConversationArchived {}),
+            Self::ConversationUnarchived(ConversationUnarchived {}),
+            Self::ConversationDeleted(ConversationDeleted {}),
+            Self::UserMessagePosted(UserMessagePosted { message_id: id, author_id: id, content: "Hello".into() }),
+        ]
+    }
+}

@@ -64,6 +64,27 @@ crate::domain_events! {
     }
 }
 
+impl crate::event_catalog::EventExamples for UserEvent {
+    fn examples() -> Vec<Self> {
+        let email = EmailAddress::parse("ada@example.com").unwrap_or_else(|| unreachable!("a valid literal"));
+        vec![
+            Self::UserRegistered(UserRegistered {
+                user_id: Uuid::from_u128(1),
+                email,
+                full_name: "Ada Lovelace".into(),
+                role: Role::Member,
+            }),
+            Self::ProfileUpdated(ProfileUpdated {
+                full_name: Some("Ada".into()),
+                default_model: Some(Some("local/smollm2-135m".into())),
+                system_prompt: Some(None),
+            }),
+            Self::ProfileUpdated(ProfileUpdated::default()),
+            Self::UserDeactivated(UserDeactivated { reason: Some("left".into()) }),
+        ]
+    }
+}
+
 /// Serde for `Option<Option<T>>` telling "absent" from "explicitly null".
 pub(crate) mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
