@@ -67,7 +67,7 @@ impl Projection for ConversationsProjection {
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
         let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
+            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
         // Every change but start and delete is one UPDATE of some columns.
         let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {
             E::ConversationStarted(s) => {

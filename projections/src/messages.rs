@@ -51,7 +51,7 @@ impl Projection for MessagesProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("conversation id {}", e.aggregate_id)))?;
+            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
         match domain_event::<ConversationEvent>(e)? {
             ConversationEvent::UserMessagePosted(m) => {
                 sqlx::query(&format!(

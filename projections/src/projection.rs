@@ -13,11 +13,51 @@ use uuid::Uuid;
 pub enum ApplyError {
     /// The event can never be applied (malformed, unknown type, data the table refuses):
     /// it goes to the dead-letter topic.
-    #[error("poison event: {0}")]
-    Poison(String),
+    #[error("poison event")]
+    Poison(#[source] Poison),
     /// The database failed; retrying may succeed.
-    #[error("database: {0}")]
-    Database(sqlx::Error),
+    #[error("read model database failed")]
+    Database(#[source] sqlx::Error),
+}
+
+/// What makes an event poison, and the error underneath, if any.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Poison {
+    /// What is wrong, for people.
+    pub reason: String,
+    /// The error that showed it.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Poison {
+    /// The reason followed by every cause underneath (what the DLQ's `dlq_error` says).
+    pub fn describe(&self) -> String {
+        let mut text = self.reason.clone();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self.source.as_deref().map(|e| e as _);
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
+    }
+}
+
+impl ApplyError {
+    /// A poison event, for `reason`.
+    pub fn poison(reason: impl Into<String>) -> Self {
+        Self::Poison(Poison { reason: reason.into(), source: None })
+    }
+
+    /// A poison event, for `reason`, shown by `source`.
+    pub fn poison_because(
+        reason: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Poison(Poison { reason: reason.into(), source: Some(source.into()) })
+    }
 }
 
 impl From<sqlx::Error> for ApplyError {
@@ -25,7 +65,7 @@ impl From<sqlx::Error> for ApplyError {
         // Data exceptions (22xxx) and integrity violations (23xxx) will fail again.
         let poison = matches!(&e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")));
         if poison {
-            Self::Poison(e.to_string())
+            Self::poison_because("the read model refuses the data", e)
         } else {
             Self::Database(e)
         }
@@ -36,7 +76,7 @@ impl From<event_store::EventStoreError> for ApplyError {
     fn from(e: event_store::EventStoreError) -> Self {
         match e {
             event_store::EventStoreError::Database(e) => Self::from(e),
-            other => Self::Poison(other.to_string()),
+            other => Self::poison_because("an event read from the store is unreadable", other),
         }
     }
 }
@@ -144,7 +184,7 @@ pub async fn apply_all_in_order(
             .await
             .map_err(|e| fail(index)(e.into()))?;
             if missing.len() as i64 != event.sequence - 1 - seen {
-                return Err(fail(index)(ApplyError::Poison(format!(
+                return Err(fail(index)(ApplyError::poison(format!(
                     "{} #{}: events {}..{} are missing from the event store",
                     event.aggregate_id,
                     event.sequence,
@@ -183,7 +223,7 @@ pub async fn apply_all_in_order(
 
 /// Decodes the domain event of a stored event, or a poison error.
 pub fn domain_event<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Result<E, ApplyError> {
-    event
-        .to_domain()
-        .map_err(|e| ApplyError::Poison(format!("{} is not a valid {}: {e}", event.event_type, event.aggregate_type)))
+    event.to_domain().map_err(|e| {
+        ApplyError::poison_because(format!("{} is not a valid {}", event.event_type, event.aggregate_type), e)
+    })
 }

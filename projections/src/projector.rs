@@ -233,7 +233,8 @@ impl Projector {
                     savepoint.commit().await?;
                     outcomes.push(outcome);
                 }
-                Err(ApplyError::Poison(reason)) => {
+                Err(ApplyError::Poison(bad)) => {
+                    let reason = bad.describe();
                     savepoint.rollback().await?;
                     poison.push((*i, reason));
                 }

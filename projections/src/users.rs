@@ -58,7 +58,7 @@ impl Projection for UsersProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
-        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::Poison(format!("user id {}", e.aggregate_id)))?;
+        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("user id {}", e.aggregate_id)))?;
         match domain_event::<UserEvent>(e)? {
             UserEvent::UserRegistered(r) => {
                 let role =

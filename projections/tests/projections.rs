@@ -549,7 +549,9 @@ async fn a_gap_missing_from_the_event_store_is_poison_and_applies_nothing() {
     let refused =
         apply_in_order(&mut tx, &ConversationsProjection, "conversations", "rm_conversations", &events[1]).await;
     match &refused {
-        Err(ApplyError::Poison(reason)) => assert!(reason.contains("missing from the event store"), "{reason}"),
+        Err(ApplyError::Poison(poison)) => {
+            assert!(poison.describe().contains("missing from the event store"), "{}", poison.describe())
+        }
         other => panic!("expected poison, got {other:?}"),
     }
     // Committed anyway: the refused event left nothing behind.
@@ -586,7 +588,9 @@ async fn a_payload_that_is_not_the_domain_event_is_poison() {
 
     let refused = deliver(&db.pool, &UsersProjection, &events[0]).await;
     match &refused {
-        Err(ApplyError::Poison(reason)) => assert!(reason.contains("is not a valid User"), "{reason}"),
+        Err(ApplyError::Poison(poison)) => {
+            assert!(poison.describe().contains("is not a valid User"), "{}", poison.describe())
+        }
         other => panic!("expected poison, got {other:?}"),
     }
     assert_eq!(count(&db.pool, "rm_users").await, 0);
@@ -612,7 +616,9 @@ async fn a_malformed_event_read_to_fill_a_gap_is_poison() {
 
     let refused = deliver(&db.pool, &ConversationsProjection, &second[0]).await;
     match &refused {
-        Err(ApplyError::Poison(reason)) => assert!(reason.contains("payload tag differs"), "{reason}"),
+        Err(ApplyError::Poison(poison)) => {
+            assert!(poison.describe().contains("payload tag differs"), "{}", poison.describe())
+        }
         other => panic!("expected poison, got {other:?}"),
     }
     assert_eq!(progress(&db.pool, &ConversationsProjection, conversation).await, 0);
