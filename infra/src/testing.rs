@@ -63,3 +63,28 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Appends one event straight into `events`, bypassing the command service: for tests that
+/// need events out of order, with gaps, or that the domain would refuse. `payload` is the
+/// tagged event, `{"<EventType>": {...}}`; its tag becomes the event type.
+pub async fn insert_event<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: Uuid,
+    sequence: i64,
+    payload: serde_json::Value,
+) {
+    let event_type = payload.as_object().and_then(|o| o.keys().next()).cloned().expect("a tagged event");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ($1, $2, $3, $4, '1.0', $5, '{}')",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id.to_string())
+    .bind(sequence)
+    .bind(event_type)
+    .bind(payload)
+    .execute(db)
+    .await
+    .expect("insert event");
+}

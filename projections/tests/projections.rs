@@ -14,7 +14,7 @@ use colloquy_infra::event_store::{self, StoredEvent};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::settings::RedisSettings;
-use colloquy_infra::testing::{eventually, TestDatabase};
+use colloquy_infra::testing::{eventually, insert_event, TestDatabase};
 use colloquy_projections::conversations::{self, ConversationSummary, ConversationsProjection};
 use colloquy_projections::messages::{self, MessagesProjection};
 use colloquy_projections::projection::{apply_all_in_order, apply_in_order, Applied, BatchFailure};
@@ -22,7 +22,7 @@ use colloquy_projections::queries::{ListConversations, Queries, QueryError, Reso
 use colloquy_projections::users::{self, UserProfile, UsersProjection};
 use colloquy_projections::{cache, freshness, ApplyError, Projection};
 use serde_json::{json, Value};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------
@@ -49,22 +49,6 @@ async fn owner(pool: &PgPool) -> Uuid {
     let payload = json!({"UserRegistered": {"user_id": user, "email": email, "full_name": "Ada", "role": "member"}});
     insert_event(pool, "User", user, 1, payload).await;
     user
-}
-
-async fn insert_event<'e>(db: impl PgExecutor<'e>, aggregate_type: &str, id: Uuid, sequence: i64, payload: Value) {
-    let event_type = payload.as_object().and_then(|o| o.keys().next()).cloned().unwrap();
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ($1, $2, $3, $4, '1.0', $5, '{}')",
-    )
-    .bind(aggregate_type)
-    .bind(id.to_string())
-    .bind(sequence)
-    .bind(event_type)
-    .bind(payload)
-    .execute(db)
-    .await
-    .unwrap();
 }
 
 fn started(conversation: Uuid, owner: Uuid, title: &str) -> Value {

@@ -4,10 +4,10 @@
 
 use async_trait::async_trait;
 use colloquy_infra::event_store::{self, StoredEvent};
-use colloquy_infra::testing::{eventually, TestDatabase};
+use colloquy_infra::testing::{eventually, insert_event, TestDatabase};
 use colloquy_projections::rebuild::rebuild;
 use colloquy_projections::{ApplyError, Projection};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -72,22 +72,6 @@ async fn shapes(pool: &PgPool, tables: &[&str]) -> Vec<(String, Shape)> {
         all.push((table.to_string(), shape(pool, table).await));
     }
     all
-}
-
-async fn insert_event(pool: &PgPool, aggregate_type: &str, id: Uuid, sequence: i64, payload: Value) {
-    let event_type = payload.as_object().and_then(|o| o.keys().next()).cloned().unwrap();
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ($1, $2, $3, $4, '1.0', $5, '{}')",
-    )
-    .bind(aggregate_type)
-    .bind(id.to_string())
-    .bind(sequence)
-    .bind(event_type)
-    .bind(payload)
-    .execute(pool)
-    .await
-    .unwrap();
 }
 
 /// Waits until the commit-order reader (what rebuilds read) sees `count` events: the fence
