@@ -6,7 +6,9 @@
 //! so a replay is answered exactly like the original at every edge (HTTP today, any other
 //! later). Conflicts and infrastructure failures are not final: the key is released and the
 //! request may be retried. A request that never reached the use case (malformed input) does
-//! not consume its key.
+//! not consume its key. A first request that never finished (its client went away and the
+//! handler was dropped, or the process died) leaves its key "in progress" only for
+//! [`IN_PROGRESS_LEASE_SECS`]; then the same request may claim it again.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,11 @@ use crate::errors::{Failure, UseCaseError};
 
 /// Longest accepted key.
 pub const KEY_MAX: usize = 200;
+
+/// How long an unfinished first request holds its key before the same request may run
+/// again. Far longer than any request takes (database acquire timeouts and `min_version`
+/// waits are seconds), so a request still running is not run twice.
+pub const IN_PROGRESS_LEASE_SECS: f64 = 120.0;
 
 /// A client's Idempotency-Key: 1 to [`KEY_MAX`] visible ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +95,8 @@ impl Idempotency {
             return run().await.map(|value| Answer { value, replayed: false });
         };
         let hash = fingerprint(use_case, request).map_err(Failure::from)?;
-        if !self.claim(user, key, &hash).await? {
+        let claim = Uuid::new_v4();
+        if !self.claim(user, key, &hash, claim).await? {
             let (stored_hash, outcome): (String, Option<serde_json::Value>) =
                 sqlx::query_as("SELECT request_hash, outcome FROM idempotency_keys WHERE user_id = $1 AND key = $2")
                     .bind(user)
@@ -115,18 +123,24 @@ impl Idempotency {
         match recorded {
             Some(answer) => {
                 let answer = answer.map_err(Failure::from)?;
-                sqlx::query("UPDATE idempotency_keys SET outcome = $3 WHERE user_id = $1 AND key = $2")
-                    .bind(user)
-                    .bind(key.as_str())
-                    .bind(answer)
-                    .execute(&self.pool)
-                    .await?;
+                // Only while the claim is still ours: a successor that took an abandoned claim over
+                // keeps its own answer.
+                sqlx::query(
+                    "UPDATE idempotency_keys SET outcome = $3 WHERE user_id = $1 AND key = $2 AND claim_id = $4",
+                )
+                .bind(user)
+                .bind(key.as_str())
+                .bind(answer)
+                .bind(claim)
+                .execute(&self.pool)
+                .await?;
             }
             None => {
                 // Not final: release the key so the client's retry runs the command again.
-                sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim_id = $3")
                     .bind(user)
                     .bind(key.as_str())
+                    .bind(claim)
                     .execute(&self.pool)
                     .await?;
             }
@@ -134,18 +148,25 @@ impl Idempotency {
         outcome.map(|value| Answer { value, replayed: false })
     }
 
-    /// Inserts the key, or takes over an expired one; false when it is taken.
-    async fn claim(&self, user: Uuid, key: &IdempotencyKey, hash: &str) -> Result<bool, sqlx::Error> {
+    /// Inserts the key as claim `claim`, or takes over an expired key or an abandoned claim
+    /// of the same request; false when it is taken.
+    async fn claim(&self, user: Uuid, key: &IdempotencyKey, hash: &str, claim: Uuid) -> Result<bool, sqlx::Error> {
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, claim_id) VALUES ($1, $2, $3, $5)
              ON CONFLICT (user_id, key) DO UPDATE
-                SET request_hash = EXCLUDED.request_hash, outcome = NULL, created_at = now()
-              WHERE idempotency_keys.created_at < now() - make_interval(hours => $4)",
+                SET request_hash = EXCLUDED.request_hash, outcome = NULL, created_at = now(),
+                    claim_id = EXCLUDED.claim_id
+              WHERE idempotency_keys.created_at < now() - make_interval(hours => $4)
+                 OR (idempotency_keys.outcome IS NULL
+                     AND idempotency_keys.request_hash = EXCLUDED.request_hash
+                     AND idempotency_keys.created_at < now() - make_interval(secs => $6))",
         )
         .bind(user)
         .bind(key.as_str())
         .bind(hash)
         .bind(self.ttl_hours as i32)
+        .bind(claim)
+        .bind(IN_PROGRESS_LEASE_SECS)
         .execute(&self.pool)
         .await?;
         Ok(claimed.rows_affected() == 1)

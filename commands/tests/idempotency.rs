@@ -378,3 +378,68 @@ async fn purge_expired_deletes_exactly_the_expired_keys() {
     assert_eq!(keys(&db.pool).await, expected);
     assert_eq!(idempotency.purge_expired().await.unwrap(), 0);
 }
+
+/// Ages the key's claim by `secs` (as if its first request started that long ago).
+async fn age_claim(pool: &PgPool, user: Uuid, key_text: &str, secs: f64) {
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = created_at - make_interval(secs => $3) WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key_text)
+    .bind(secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A first request that was dropped mid-way (its client went away) leaves its key in
+/// progress; once the lease has run out, the same request runs again, and the abandoned one
+/// can no longer overwrite the answer its successor recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_claim_is_taken_over_by_the_same_request_after_its_lease() {
+    use colloquy_commands::idempotency::IN_PROGRESS_LEASE_SECS;
+    let db = TestDatabase::create().await;
+    let idempotency = Idempotency::new(db.pool.clone(), TTL_HOURS);
+    let user = Uuid::new_v4();
+    let (started, first_started) = oneshot::channel::<()>();
+    let (finish, may_finish) = oneshot::channel::<()>();
+    let abandoned = tokio::spawn({
+        let idempotency = idempotency.clone();
+        async move {
+            idempotency
+                .once::<String, ConversationError, _, _, _>(user, key("k-1").as_ref(), "test", &"input", || async {
+                    started.send(()).unwrap();
+                    let _ = may_finish.await;
+                    Ok("abandoned".to_string())
+                })
+                .await
+        }
+    });
+    first_started.await.unwrap();
+
+    let retry = || async { Ok("retried".to_string()) };
+    // Within the lease the key is still in progress.
+    let early = idempotency
+        .once::<String, ConversationError, _, _, _>(user, key("k-1").as_ref(), "test", &"input", retry)
+        .await;
+    assert!(matches!(early, Err(UseCaseError::RequestInProgress)), "{early:?}");
+    // Past the lease, another request with the same key is still refused...
+    age_claim(&db.pool, user, "k-1", IN_PROGRESS_LEASE_SECS + 1.0).await;
+    let other = idempotency
+        .once::<String, ConversationError, _, _, _>(user, key("k-1").as_ref(), "test", &"other", retry)
+        .await;
+    assert!(matches!(other, Err(UseCaseError::IdempotencyKeyReused)), "{other:?}");
+    // ...and the same request runs again.
+    let retried = idempotency
+        .once::<String, ConversationError, _, _, _>(user, key("k-1").as_ref(), "test", &"input", retry)
+        .await;
+    assert_eq!(retried.unwrap(), Answer { value: "retried".to_string(), replayed: false });
+
+    // The abandoned request finishing late does not replace its successor's answer.
+    finish.send(()).unwrap();
+    assert_eq!(abandoned.await.unwrap().unwrap().value, "abandoned");
+    let replay = idempotency
+        .once::<String, ConversationError, _, _, _>(user, key("k-1").as_ref(), "test", &"input", retry)
+        .await;
+    assert_eq!(replay.unwrap(), Answer { value: "retried".to_string(), replayed: true });
+}
