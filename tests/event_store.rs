@@ -152,13 +152,7 @@ async fn racing_writer(
 ) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = pool.begin().await.unwrap();
     let payload = serde_json::json!({"UserMessagePosted": {"message_id": Uuid::new_v4(), "author_id": owner, "content": "from elsewhere"}});
-    sqlx::query("INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ('Conversation', $1, $2, 'UserMessagePosted', '1.0', $3, '{}')")
-        .bind(conv.to_string())
-        .bind(sequence)
-        .bind(payload)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    colloquy_infra::testing::insert_event(&mut *tx, "Conversation", conv, sequence, payload).await;
     tx
 }
 

@@ -14,12 +14,7 @@ use uuid::Uuid;
 
 async fn insert_started(conn: &mut sqlx::PgConnection, id: Uuid) {
     let payload = json!({"ConversationStarted": {"conversation_id": id, "owner_id": Uuid::new_v4(), "title": "t", "kind": "chat", "model": "offline", "system_prompt": null}});
-    sqlx::query("INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ('Conversation', $1, 1, 'ConversationStarted', '1.0', $2, '{}')")
-        .bind(id.to_string())
-        .bind(payload)
-        .execute(conn)
-        .await
-        .unwrap();
+    colloquy_infra::testing::insert_event(conn, "Conversation", id, 1, payload).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,9 +55,4 @@ impl Commands {
             idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
         }
     }
-
-    /// The Idempotency-Key store (for its periodic purge).
-    pub fn idempotency(&self) -> &idempotency::Idempotency {
-        &self.idempotency
-    }
 }

@@ -12,7 +12,7 @@ use colloquy_commands::users::UpdateProfile;
 use colloquy_commands::{Answer, Caller, CommandSettings, Commands, Failure, IdempotencyKey, UseCaseError};
 use colloquy_domain::conversation::ConversationError;
 use colloquy_infra::metrics::Metrics;
-use colloquy_infra::testing::TestDatabase;
+use colloquy_infra::testing::{insert_event, TestDatabase};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -34,15 +34,7 @@ fn commands(pool: &PgPool) -> Commands {
 async fn register(pool: &PgPool, email: &str) -> Uuid {
     let user = Uuid::new_v4();
     let payload = json!({"UserRegistered": {"user_id": user, "email": email, "full_name": "Ada", "role": "member"}});
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('User', $1, 1, 'UserRegistered', '1.0', $2, '{}')",
-    )
-    .bind(user.to_string())
-    .bind(payload)
-    .execute(pool)
-    .await
-    .unwrap();
+    insert_event(pool, "User", user, 1, payload).await;
     user
 }
 
