@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts (where stopped) what colloquy runs on locally:
 # PostgreSQL and Redis from Debian's packages, and Tansu, a Kafka-compatible broker, from
-# crates.io. Idempotent: run it twice and the second run changes nothing.
+# crates.io (with SQLite storage in the data directory, so its topics survive a restart).
+# Idempotent: run it twice and the second run changes nothing.
 #
 #   scripts/services.sh            # all three
 #   scripts/services.sh kafka      # only the broker
@@ -59,25 +60,48 @@ ensure_redis() {
     fi
 }
 
+# Tansu with its SQLite storage, so a broker restart loses nothing. Installed once, outside
+# any checkout, into a folder named after the version and features (an older in-memory
+# install elsewhere on PATH is left alone and not used).
+TANSU_VERSION=0.6.0
+TANSU_ROOT="${COLLOQUY_TOOLS_DIR:-$HOME/.local/share/colloquy}/tansu-$TANSU_VERSION-libsql"
+TANSU="$TANSU_ROOT/bin/tansu"
+
+# A broker started by an earlier version of this script keeps its topics only in memory:
+# stop it, so the durable one takes its place (what it held is gone either way at its next
+# restart; colloquy re-creates its topics at start-up and the relay re-sends from the event
+# store only what it has not yet published, so run `colloquy verify` after migrating).
+stop_memory_broker() {
+    local pid
+    for pid in $(pgrep -f "tansu broker" || true); do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "memory://"; then
+            log "stopping the in-memory Tansu broker (pid $pid) to restart it with SQLite storage"
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+    done
+    for _ in $(seq 1 100); do port_open "$KAFKA_PORT" || return 0; sleep 0.1; done
+}
+
 ensure_kafka() {
-    if port_open "$KAFKA_PORT"; then return 0; fi
     # One starter at a time (parallel test binaries may all ask).
     exec 9>"$STATE/kafka.lock"
     flock 9
-    if port_open "$KAFKA_PORT"; then return 0; fi
-    local tansu
-    tansu="$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")"
-    if [ ! -x "$tansu" ]; then
-        log "installing the Tansu broker from crates.io (about 10 minutes, once)"
-        cargo install tansu --locked --features dynostore >&2
+    if [ ! -x "$TANSU" ]; then
+        log "installing the Tansu broker $TANSU_VERSION with SQLite storage from crates.io (about 15 minutes, once)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" >&2
     fi
-    log "starting Tansu on 127.0.0.1:$KAFKA_PORT (in-memory storage; log: $STATE/tansu.log)"
-    nohup "$tansu" broker \
+    stop_memory_broker
+    if port_open "$KAFKA_PORT"; then return 0; fi
+    mkdir -p "$STATE/kafka"
+    log "starting Tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage: $STATE/kafka/tansu.db; log: $STATE/tansu.log)"
+    # The SQLite path is relative to the broker's working directory.
+    (cd "$STATE/kafka" && nohup "$TANSU" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine memory://tansu/ \
+        --storage-engine "sqlite://tansu.db" \
         >"$STATE/tansu.log" 2>&1 </dev/null 9>&- &
-    echo $! >"$STATE/tansu.pid"
+     echo $! >"$STATE/tansu.pid")
     wait_port "$KAFKA_PORT" Tansu
 }
 

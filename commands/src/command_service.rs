@@ -18,6 +18,8 @@ use sqlx::PgPool;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::snapshots::SnapshotTolerant;
+
 /// Who issues a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
@@ -114,7 +116,7 @@ impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for StoreError {
 
 /// Handles commands for one aggregate type.
 pub struct CommandService<A: Registered> {
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    store: PersistedEventStore<SnapshotTolerant, A>,
     services: A::Services,
     metrics: Metrics,
     max_attempts: u32,
@@ -145,9 +147,10 @@ where
     A::Command: Clone,
 {
     /// A service for `A` with its registered snapshot policy: snapshots every
-    /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load.
+    /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load. A
+    /// snapshot that no longer deserialises is replayed past and then replaced.
     pub fn new(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
-        let repo = PostgresEventRepository::new(pool);
+        let repo = SnapshotTolerant::new(PostgresEventRepository::new(pool));
         let store = match A::SNAPSHOT_EVERY {
             Some(every) => PersistedEventStore::new_snapshot_store(repo, every),
             None => PersistedEventStore::new_event_store(repo),

@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod credentials;
 pub mod errors;
 pub mod idempotency;
+pub mod snapshots;
 pub mod users;
 
 use std::sync::Arc;
