@@ -6,6 +6,7 @@
 #
 #   scripts/services.sh            # all three
 #   scripts/services.sh kafka      # only the broker
+#   scripts/services.sh tansu-path # print the broker binary's path (installing it if missing)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,14 +84,18 @@ stop_memory_broker() {
     for _ in $(seq 1 100); do port_open "$KAFKA_PORT" || return 0; sleep 0.1; done
 }
 
-ensure_kafka() {
-    # One starter at a time (parallel test binaries may all ask).
-    exec 9>"$STATE/kafka.lock"
-    flock 9
+install_tansu() {
     if [ ! -x "$TANSU" ]; then
         log "installing the Tansu broker $TANSU_VERSION with SQLite storage from crates.io (about 15 minutes, once)"
         cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" >&2
     fi
+}
+
+ensure_kafka() {
+    # One starter at a time (parallel test binaries may all ask).
+    exec 9>"$STATE/kafka.lock"
+    flock 9
+    install_tansu
     stop_memory_broker
     if port_open "$KAFKA_PORT"; then return 0; fi
     mkdir -p "$STATE/kafka"
@@ -110,5 +115,7 @@ case "${1:-all}" in
     postgres) ensure_postgres ;;
     redis) ensure_redis ;;
     kafka) ensure_kafka ;;
-    *) echo "usage: $0 [all|postgres|redis|kafka]" >&2; exit 2 ;;
+    # The broker binary (installed if missing), for tests that run brokers of their own.
+    tansu-path) exec 9>"$STATE/kafka.lock"; flock 9; install_tansu; echo "$TANSU" ;;
+    *) echo "usage: $0 [all|postgres|redis|kafka|tansu-path]" >&2; exit 2 ;;
 esac

@@ -7,8 +7,8 @@
 //! later). Conflicts and infrastructure failures are not final: the key is released and the
 //! request may be retried. A request that never reached the use case (malformed input) does
 //! not consume its key. A first request that never finished (its client went away and the
-//! handler was dropped, or the process died) leaves its key "in progress" only for
-//! [`IN_PROGRESS_LEASE_SECS`]; then the same request may claim it again.
+//! handler was dropped, or the process died) leaves its key "in progress" only for its lease
+//! ([`IN_PROGRESS_LEASE_SECS`] unless configured); then the same request may claim it again.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -21,8 +21,8 @@ use crate::errors::{Failure, UseCaseError};
 /// Longest accepted key.
 pub const KEY_MAX: usize = 200;
 
-/// How long an unfinished first request holds its key before the same request may run
-/// again. Far longer than any request takes (database acquire timeouts and `min_version`
+/// How long an unfinished first request holds its key, by default, before the same request
+/// may run again. Far longer than any request takes (database acquire timeouts and `min_version`
 /// waits are seconds), so a request still running is not run twice.
 pub const IN_PROGRESS_LEASE_SECS: f64 = 120.0;
 
@@ -65,12 +65,19 @@ enum Recorded<T, R> {
 pub struct Idempotency {
     pool: PgPool,
     ttl_hours: u32,
+    lease_secs: f64,
 }
 
 impl Idempotency {
     /// Keys on `pool`, remembered for `ttl_hours`.
     pub fn new(pool: PgPool, ttl_hours: u32) -> Self {
-        Self { pool, ttl_hours }
+        Self { pool, ttl_hours, lease_secs: IN_PROGRESS_LEASE_SECS }
+    }
+
+    /// The same keys with another in-progress lease (see [`IN_PROGRESS_LEASE_SECS`]).
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease_secs = lease.as_secs_f64();
+        self
     }
 
     /// Runs `run` at most once per (`user`, `key`); without a key, just runs it. `use_case`
@@ -166,7 +173,7 @@ impl Idempotency {
         .bind(hash)
         .bind(self.ttl_hours as i32)
         .bind(claim)
-        .bind(IN_PROGRESS_LEASE_SECS)
+        .bind(self.lease_secs)
         .execute(&self.pool)
         .await?;
         Ok(claimed.rows_affected() == 1)

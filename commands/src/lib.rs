@@ -56,4 +56,11 @@ impl Commands {
             idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
         }
     }
+
+    /// How long an unfinished request holds its Idempotency-Key before the same request may
+    /// run again (default [`idempotency::IN_PROGRESS_LEASE_SECS`]).
+    pub fn with_idempotency_lease(mut self, lease: std::time::Duration) -> Self {
+        self.idempotency = self.idempotency.with_lease(lease);
+        self
+    }
 }

@@ -12,9 +12,7 @@
 
 use std::future::Future;
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
@@ -41,11 +39,7 @@ fn readable<A: Aggregate>(snapshot: SerializedSnapshot) -> Result<SerializedSnap
         snapshot = snapshot.current_snapshot,
         "Snapshot no longer matches the aggregate; replaying its events instead."
     );
-    Ok(SerializedSnapshot {
-        aggregate: serde_json::to_value(A::default())?,
-        current_sequence: 0,
-        ..snapshot
-    })
+    Ok(SerializedSnapshot { aggregate: serde_json::to_value(A::default())?, current_sequence: 0, ..snapshot })
 }
 
 impl PersistedEventRepository for SnapshotTolerant {
@@ -64,7 +58,10 @@ impl PersistedEventRepository for SnapshotTolerant {
         self.0.get_last_events::<A>(aggregate_id, last_sequence)
     }
 
-    async fn get_snapshot<A: Aggregate>(&self, aggregate_id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         self.0.get_snapshot::<A>(aggregate_id).await?.map(readable::<A>).transpose()
     }
 

@@ -34,8 +34,11 @@ async fn snapshot_of(pool: &PgPool, id: Uuid) -> (i64, i64, serde_json::Value) {
 #[tokio::test]
 async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_boundary() {
     let db = TestDatabase::create().await;
-    let commands =
-        Commands::new(db.pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 });
+    let commands = Commands::new(
+        db.pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 },
+    );
     let email = format!("s{}@example.com", Uuid::new_v4().simple());
     let input = Register { email, full_name: "Snap".into(), password: "a good password".into() };
     let owner = commands.register("test".into(), input).await.unwrap().user_id;
@@ -71,9 +74,10 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
     let (last_sequence, version, payload) = snapshot_of(&db.pool, id).await;
     assert_eq!((last_sequence, version), (2 * EVERY as i64, 2), "the unreadable row was replaced, not duplicated");
     let restored: Conversation = serde_json::from_value(payload).expect("the new snapshot has the current shape");
-    let replayed = event_store::read_aggregate(&db.pool, Conversation::TYPE, &id.to_string(), 0, Some(2 * EVERY as i64))
-        .await
-        .unwrap();
+    let replayed =
+        event_store::read_aggregate(&db.pool, Conversation::TYPE, &id.to_string(), 0, Some(2 * EVERY as i64))
+            .await
+            .unwrap();
     let mut expected = Conversation::default();
     for event in replayed {
         expected.apply(serde_json::from_value(event.tagged()).unwrap());

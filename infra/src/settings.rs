@@ -145,6 +145,9 @@ pub struct HttpSettings {
     pub ops_port: u16,
     /// Hours an `Idempotency-Key` and its response are remembered.
     pub idempotency_ttl_hours: u32,
+    /// Seconds a request that never finished (its process died) holds its
+    /// `Idempotency-Key` before the same request may run again. Longer than any request.
+    pub idempotency_lease_secs: u64,
 }
 
 impl Default for HttpSettings {
@@ -158,6 +161,7 @@ impl Default for HttpSettings {
             shutdown_timeout_secs: 30,
             ops_port: 9464,
             idempotency_ttl_hours: 24,
+            idempotency_lease_secs: 120,
         }
     }
 }
