@@ -101,7 +101,8 @@ ensure_kafka() {
     mkdir -p "$STATE/kafka"
     log "starting Tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage: $STATE/kafka/tansu.db; log: $STATE/tansu.log)"
     # The SQLite path is relative to the broker's working directory.
-    (cd "$STATE/kafka" && nohup "$TANSU" broker \
+    (cd "$STATE/kafka" || exit 1
+     nohup "$TANSU" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --storage-engine "sqlite://tansu.db" \

@@ -38,7 +38,8 @@ async fn stored(pool: &PgPool, acknowledged: &[Creates]) -> Result<usize, String
             .into_iter()
             .collect();
     let messages: HashMap<String, i64> = sqlx::query_as(
-        "SELECT payload->>'message_id', count(*) FROM events WHERE event_type = 'UserMessagePosted' GROUP BY 1",
+        "SELECT payload -> event_type ->> 'message_id', count(*) FROM events
+         WHERE event_type = 'UserMessagePosted' GROUP BY 1",
     )
     .fetch_all(pool)
     .await

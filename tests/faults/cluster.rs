@@ -197,51 +197,42 @@ impl Drop for Redis {
     }
 }
 
-/// A Tansu broker of the test's own, with SQLite storage (restarts lose nothing).
+/// A broker of the test's own, started by `scripts/services.sh kafka` on its own port and
+/// data folder: the same binary, storage and flags a developer machine gets, so a restart
+/// here loses exactly what it would lose there (nothing, with SQLite storage).
 pub struct Broker {
     pub port: u16,
-    binary: PathBuf,
-    dir: PathBuf,
-    child: Option<Child>,
+    state: PathBuf,
+    pid: Option<u32>,
 }
 
 impl Broker {
-    fn binary() -> PathBuf {
+    fn run_script(&self) -> u32 {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
+        let status = Command::new("bash")
             .arg(root.join("scripts/services.sh"))
-            .arg("tansu-path")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/services.sh tansu-path");
-        assert!(out.status.success(), "scripts/services.sh tansu-path failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    }
-
-    fn start_child(&self) -> Child {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).expect("log");
-        Command::new(&self.binary)
-            .current_dir(&self.dir)
-            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .arg("kafka")
+            .env("COLLOQUY_KAFKA_PORT", self.port.to_string())
+            .env("COLLOQUY_STATE_DIR", &self.state)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu")
+            .status()
+            .expect("scripts/services.sh kafka");
+        assert!(status.success(), "scripts/services.sh kafka failed");
+        let pid = std::fs::read_to_string(self.state.join("tansu.pid")).expect("tansu.pid");
+        pid.trim().parse().expect("a pid")
     }
 
     async fn start(dir: &Path) -> Self {
-        let dir = dir.join("kafka");
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let mut broker = Self { port: free_port(), binary: Self::binary(), dir, child: None };
-        broker.child = Some(broker.start_child());
+        let state = dir.join("broker");
+        std::fs::create_dir_all(&state).expect("broker dir");
+        let mut broker = Self { port: free_port(), state, pid: None };
+        broker.pid = Some(broker.run_script());
         wait_port(broker.port, "the broker").await;
         broker
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("the broker runs")
+        self.pid.expect("the broker runs")
     }
 
     /// SIGSTOP for `pause`, then SIGCONT.
@@ -251,35 +242,42 @@ impl Broker {
         signal(self.pid(), "CONT");
     }
 
-    /// Stops the broker (SIGTERM, then SIGKILL if it lingers) and starts it again on the
-    /// same storage.
-    pub async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            for _ in 0..50 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    async fn wait_gone(pid: u32) {
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.child = Some(self.start_child());
+        signal(pid, "KILL");
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the broker (SIGTERM, SIGKILL if it lingers) and starts it again on the same
+    /// storage, as the services script does.
+    pub async fn restart(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            signal(pid, "TERM");
+            Self::wait_gone(pid).await;
+        }
+        self.pid = Some(self.run_script());
         wait_port(self.port, "the broker").await;
     }
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
-}
 
-impl Broker {
     /// Stops the broker at once (idempotent).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(pid) = self.pid.take() {
+            signal(pid, "CONT");
+            signal(pid, "KILL");
         }
     }
 }

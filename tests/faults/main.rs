@@ -46,6 +46,14 @@ impl Fault {
         Fault::StopRedis,
     ];
 
+    /// The scenarios to run: all, or those whose names contain one of the comma-separated
+    /// words in `COLLOQUY_FAULTS` (e.g. `COLLOQUY_FAULTS=redis,relay`).
+    fn selected() -> Vec<Fault> {
+        let Ok(filter) = std::env::var("COLLOQUY_FAULTS") else { return Self::ALL.to_vec() };
+        let words: Vec<String> = filter.split(',').map(|w| w.trim().to_lowercase()).filter(|w| !w.is_empty()).collect();
+        Self::ALL.into_iter().filter(|f| words.iter().any(|w| f.name().to_lowercase().contains(w.as_str()))).collect()
+    }
+
     fn name(self) -> &'static str {
         match self {
             Fault::None => "no fault",
@@ -135,7 +143,7 @@ async fn the_pipeline_loses_nothing_acknowledged_under_faults() {
         "scenario", "acknowledged", "stored", "published/events", "projected", "seconds"
     );
     let mut failures = Vec::new();
-    for fault in Fault::ALL {
+    for fault in Fault::selected() {
         let t = Instant::now();
         let outcome = tokio::time::timeout(Duration::from_secs(360), scenario(&mut cluster, &client, &users, fault))
             .await
