@@ -42,6 +42,12 @@ pub fn isolated_settings() -> Settings {
     s.rate_limit.burst = 1_000_000;
     s.rate_limit.auth_per_minute = 1_000_000;
     s.auth.hash_concurrency = 8;
+    // A key of the test's own: only `colloquy dev` starts with the published development key.
+    s.auth.keys = vec![colloquy_infra::settings::JwtKey {
+        kid: format!("test-{tag}"),
+        secret: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+    }];
+    s.auth.signing_kid = format!("test-{tag}");
     s.log.filter = "error".into();
     s
 }
