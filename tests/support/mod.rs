@@ -95,7 +95,10 @@ impl TestApp {
 
     /// The given processes with the given settings (database created here).
     pub async fn spawn_with(settings: Settings, which: Processes) -> Self {
-        ensure_broker();
+        // The API alone never talks to Kafka (only its readiness check asks it).
+        if which.relay || which.projectors {
+            ensure_broker();
+        }
         colloquy_infra::telemetry::init(&settings.log);
         create_database(&settings).await;
         let mut app = Self::attach(settings, which).await;
