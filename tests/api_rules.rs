@@ -215,6 +215,8 @@ async fn health_metrics_and_openapi() {
     for p in [
         "/api/v1/auth/register",
         "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/auth/logout",
         "/api/v1/users/me",
         "/api/v1/conversations",
         "/api/v1/conversations/{id}",
