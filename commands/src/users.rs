@@ -206,3 +206,19 @@ pub fn login_throttle_key(email: &str) -> String {
     };
     hex::encode(sha2::Sha256::digest(normalised.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_of_one_address_share_their_login_backoff_key() {
+        let key = login_throttle_key("ada@example.com");
+        assert_eq!(login_throttle_key("  Ada@Example.COM "), key);
+        assert_ne!(login_throttle_key("grace@example.com"), key);
+        assert_eq!(key.len(), 64, "a SHA-256, never the address itself");
+        assert!(!key.contains("ada"));
+        // Input that is no address still gets a key of its own, alike for its variants.
+        assert_eq!(login_throttle_key("Not An Address"), login_throttle_key("not an address"));
+    }
+}
