@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// API, relay and projectors in one process, for local use.
+    /// API, relay and projectors in one process, for local use (the only process that
+    /// accepts the published development JWT key of the defaults).
     Dev,
     /// The HTTP API.
     Serve,
@@ -74,8 +75,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
+    // Only `dev` runs with the published development keys; the other processes refuse
+    // them (and short ones) before connecting to anything, whether or not they sign tokens:
+    // a deployment configured with one is misconfigured as a whole.
+    settings.auth.allow_published_keys = matches!(cli.command, Command::Dev);
+    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project) {
+        settings.auth.check_keys().context("refusing to start")?;
+    }
     let processes = match cli.command {
         Command::Dev => Processes { api: true, relay: true, projectors: true },
         Command::Serve => Processes { api: true, ..Default::default() },

@@ -41,19 +41,27 @@ async fn another_users_conversation_is_404_on_every_route_and_bad_tokens_are_401
     let forged = {
         let mut settings = isolated_settings().auth;
         settings.keys[0].secret = "another-secret-that-is-long-enough-0123456789".into();
-        colloquy_api::tokens::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+        colloquy_api::tokens::Tokens::new(&settings)
+            .unwrap()
+            .issue(uuid::Uuid::new_v4(), uuid::Uuid::new_v4())
+            .unwrap()
+            .0
     };
     let wrong_audience = {
         let mut settings = app.settings.auth.clone();
         settings.audience = "someone-else".into();
-        colloquy_api::tokens::Tokens::new(&settings).unwrap().issue(uuid::Uuid::new_v4()).unwrap().0
+        colloquy_api::tokens::Tokens::new(&settings)
+            .unwrap()
+            .issue(uuid::Uuid::new_v4(), uuid::Uuid::new_v4())
+            .unwrap()
+            .0
     };
     let expired = {
         let key = jsonwebtoken::EncodingKey::from_secret(app.settings.auth.keys[0].secret.as_bytes());
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some(app.settings.auth.keys[0].kid.clone());
         let claims = json!({"sub": uuid::Uuid::new_v4().to_string(), "iss": app.settings.auth.issuer, "aud": app.settings.auth.audience,
-                            "exp": chrono::Utc::now().timestamp() - 3600, "iat": 0, "jti": "x", "typ": "access"});
+                            "exp": chrono::Utc::now().timestamp() - 3600, "iat": 0, "jti": uuid::Uuid::new_v4().to_string(), "sid": uuid::Uuid::new_v4().to_string(), "typ": "access"});
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
     for token in [None, Some("garbage"), Some(forged.as_str()), Some(wrong_audience.as_str()), Some(expired.as_str())] {
@@ -207,6 +215,8 @@ async fn health_metrics_and_openapi() {
     for p in [
         "/api/v1/auth/register",
         "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/auth/logout",
         "/api/v1/users/me",
         "/api/v1/conversations",
         "/api/v1/conversations/{id}",

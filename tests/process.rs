@@ -102,3 +102,77 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
     assert!(registered.to_string().contains("request_id"), "{registered}");
     assert!(!seen.iter().any(|l| l.to_string().contains(PASSWORD)), "no password in any log line");
 }
+
+/// Every process but `dev` refuses the published development keys and short keys, before
+/// connecting to anything, naming the key's kid and never its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_other_than_dev_refuse_known_and_short_keys() {
+    let settings = isolated_settings();
+    // Nothing may be created: the refusal comes first. (Removed anyway, should it not.)
+    struct Cleanup(Option<colloquy_infra::Settings>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(settings) = self.0.take() {
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(cleanup(settings));
+                })
+                .join();
+            }
+        }
+    }
+    let _cleanup = Cleanup(Some(settings.clone()));
+    let compose = colloquy_infra::settings::PUBLISHED_JWT_SECRETS[1];
+    let short = "only-thirty-one-bytes-long-0123";
+    assert_eq!(short.len(), 31);
+    let cases: Vec<(&str, Option<String>, &str, &str)> = vec![
+        ("serve", None, "dev", colloquy_infra::settings::DEV_JWT_SECRET),
+        ("relay", None, "dev", colloquy_infra::settings::DEV_JWT_SECRET),
+        ("project", None, "dev", colloquy_infra::settings::DEV_JWT_SECRET),
+        ("serve", Some(format!(r#"[{{kid="compose-dev",secret="{compose}"}}]"#)), "compose-dev", compose),
+        ("serve", Some(format!(r#"[{{kid="tiny",secret="{short}"}}]"#)), "tiny", short),
+    ];
+    for (process, keys, kid, secret) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_colloquy"));
+        command
+            .arg(process)
+            .env("COLLOQUY_DATABASE__URL", &settings.database.url)
+            .env("COLLOQUY_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+            .env("COLLOQUY_KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
+            .env("COLLOQUY_HTTP__PORT", "0")
+            .env("COLLOQUY_HTTP__OPS_PORT", "0")
+            .env_remove("COLLOQUY_AUTH__KEYS")
+            .env_remove("COLLOQUY_AUTH__SIGNING_KID")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(keys) = &keys {
+            command.env("COLLOQUY_AUTH__KEYS", keys).env("COLLOQUY_AUTH__SIGNING_KID", kid);
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                (child.wait().unwrap(), stderr)
+            }),
+        )
+        .await;
+        let Ok(waited) = waited else {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("`colloquy {process}` started with the key {kid:?}");
+        };
+        let (status, stderr) = waited.unwrap();
+        assert!(!status.success(), "`colloquy {process}` with {kid:?} exited with {status:?}");
+        assert!(stderr.contains(&format!("\"{kid}\"")), "the error names the kid: {stderr}");
+        assert!(!stderr.contains(secret), "the error never shows the secret: {stderr}");
+    }
+    let created: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(settings.database.url.rsplit('/').next().unwrap())
+        .fetch_one(&sqlx::PgPool::connect("postgres://postgres:postgres@127.0.0.1:5432/postgres").await.unwrap())
+        .await
+        .unwrap();
+    assert!(!created, "a refused process created nothing");
+}

@@ -1,6 +1,9 @@
-//! The authenticated caller of a request: the access token is verified, the per-user rate
-//! limit applied, and the request's metadata (request id, correlation id) and
-//! Idempotency-Key gathered into the [`Caller`] every use case takes.
+//! The authenticated caller of a request: the access token is verified (signature, expiry,
+//! issuer, audience, `typ`), the per-user rate limit applied, the session tables asked
+//! whether the token may still be used (registered, active account; session and token not
+//! revoked: one indexed query on the API's pool, behind a Redis cache of refusals only), and
+//! the request's metadata (request id, correlation id) and Idempotency-Key gathered into the
+//! [`Caller`] every use case takes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +15,15 @@ use uuid::Uuid;
 use crate::errors::{ApiError, ErrorCode};
 use crate::requests::{correlation_id, request_id, IDEMPOTENCY_HEADER};
 use crate::state::AppState;
+use crate::tokens::AccessToken;
 
 /// The authenticated user of a request (and the request passed its rate limit).
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The user.
     pub user: Uuid,
+    /// The verified access token.
+    pub token: AccessToken,
     /// The user as the caller of a use case.
     pub caller: Caller,
 }
@@ -44,10 +50,24 @@ impl FromRequest for Authenticated {
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             let token = token.ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
-            let user = state.tokens.verify(&token)?;
-            state.limiter.check_user(user).await?;
+            let token = state.tokens.verify(&token)?;
+            let user = token.user;
+            state.limiter.check_user(user, token.session).await?;
+            match state.commands.access_allowed(user, token.session, token.jti).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = state.limiter.remember_refused(user, token.session, token.remaining_secs()).await {
+                        tracing::warn!(error = ?e, "Could not cache a refused session.");
+                    }
+                    return Err(ApiError::unauthorized("the access token was revoked or its account is not active"));
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "Could not check the access token's session.");
+                    return Err(ApiError::new(ErrorCode::Unavailable, "authentication is temporarily unavailable"));
+                }
+            }
             let caller = Caller::user(user, correlation, &request).with_idempotency_key(key?);
-            Ok(Self { user, caller })
+            Ok(Self { user, token, caller })
         })
     }
 }

@@ -87,6 +87,8 @@ pub enum ErrorCode {
     // The service.
     /// A dependency is down, or the read model did not reach `min_version` in time.
     Unavailable,
+    /// Too much work queued (password hashing); retry after `Retry-After` seconds.
+    Overloaded,
     /// An unexpected failure; the request id identifies it in the logs.
     Internal,
 }
@@ -130,6 +132,7 @@ impl ErrorCode {
         Self::IdempotencyKeyReused,
         Self::RequestInProgress,
         Self::Unavailable,
+        Self::Overloaded,
         Self::Internal,
     ];
 
@@ -172,7 +175,7 @@ impl ErrorCode {
             | C::InvalidMessage
             | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -199,7 +202,7 @@ mod tests {
     #[test]
     fn client_errors_are_4xx_and_service_errors_5xx() {
         for code in ErrorCode::ALL {
-            let service = matches!(code, ErrorCode::Unavailable | ErrorCode::Internal);
+            let service = matches!(code, ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal);
             assert_eq!(code.status().is_server_error(), service, "{code:?}");
         }
     }

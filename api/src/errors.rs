@@ -4,10 +4,12 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use colloquy_commands::sessions::RefreshRejection;
 use colloquy_commands::users::{LoginRejection, RegistrationRejection};
-use colloquy_commands::UseCaseError;
+use colloquy_commands::{Failure, UseCaseError};
 use colloquy_domain::conversation::ConversationError;
 use colloquy_domain::user::UserError;
+use colloquy_infra::passwords::PasswordError;
 use colloquy_projections::queries::QueryError;
 use serde_json::json;
 
@@ -105,6 +107,9 @@ impl ResponseError for ApiError {
             Self::Coded { code: ErrorCode::Unauthorized, .. } => {
                 builder.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
+            Self::Coded { code: ErrorCode::Overloaded, .. } => {
+                builder.insert_header((header::RETRY_AFTER, OVERLOADED_RETRY_AFTER_SECS.to_string()));
+            }
             Self::Coded { replayed: true, .. } => {
                 builder.insert_header((crate::requests::REPLAYED_HEADER, "true"));
             }
@@ -113,6 +118,9 @@ impl ResponseError for ApiError {
         builder.json(json!({"error": {"code": self.code(), "message": message}}))
     }
 }
+
+/// `Retry-After` of an `overloaded` answer: a password hash takes well under a second.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// A rejection of the layers below, with the code it is answered with.
 pub trait Coded: std::error::Error {
@@ -171,6 +179,14 @@ impl Coded for LoginRejection {
     }
 }
 
+impl Coded for RefreshRejection {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid | Self::Reused => ErrorCode::Unauthorized,
+        }
+    }
+}
+
 impl<R: Coded + Send + Sync + 'static> From<UseCaseError<R>> for ApiError {
     fn from(e: UseCaseError<R>) -> Self {
         let code = match &e {
@@ -180,6 +196,9 @@ impl<R: Coded + Send + Sync + 'static> From<UseCaseError<R>> for ApiError {
             UseCaseError::Conflict => ErrorCode::ConcurrentModification,
             UseCaseError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             UseCaseError::RequestInProgress => ErrorCode::RequestInProgress,
+            UseCaseError::Failed(Failure::Passwords(PasswordError::Overloaded)) => {
+                return Self::new(ErrorCode::Overloaded, "too many requests are being processed; retry shortly");
+            }
             UseCaseError::Failed(_) => return Self::internal(e),
         };
         Self::new(code, e.to_string())
@@ -248,6 +267,9 @@ mod tests {
             (rejected(RegistrationRejection::WeakPassword), 422, "invalid_password"),
             (rejected(RegistrationRejection::EmailTaken), 409, "email_taken"),
             (rejected(LoginRejection::InvalidCredentials), 401, "unauthorized"),
+            (rejected(RefreshRejection::Invalid), 401, "unauthorized"),
+            (rejected(RefreshRejection::Reused), 401, "unauthorized"),
+            (UseCaseError::<LoginRejection>::from(PasswordError::Overloaded).into(), 503, "overloaded"),
             (UseCaseError::<C>::Conflict.into(), 409, "concurrent_modification"),
             (UseCaseError::<C>::from(CommandError::<C>::Conflict).into(), 409, "concurrent_modification"),
             (UseCaseError::<C>::IdempotencyKeyReused.into(), 422, "idempotency_key_reused"),
@@ -294,6 +316,14 @@ mod tests {
     fn rate_limited_answers_carry_retry_after() {
         let response = ApiError::RateLimited { retry_after_secs: 7 }.error_response();
         assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
+    }
+
+    #[test]
+    fn overloaded_answers_carry_retry_after() {
+        let error: ApiError = UseCaseError::<RegistrationRejection>::from(PasswordError::Overloaded).into();
+        let response = error.error_response();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, Service};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpMessage, HttpServer};
 use colloquy_commands::{CommandSettings, Commands};
 use colloquy_infra::ops::Scrape;
@@ -38,6 +39,9 @@ pub enum StartError {
     /// The token keys are misconfigured.
     #[error(transparent)]
     Keys(#[from] tokens::TokenConfigError),
+    /// `http.trusted_proxies` has an entry that is no address or network.
+    #[error(transparent)]
+    Proxies(#[from] requests::ProxyConfigError),
 }
 
 /// A bound, not yet awaited, API server.
@@ -49,19 +53,24 @@ pub struct Application {
 impl Application {
     /// Builds the app and binds its port (0 picks a free one). `scrape` serves `/metrics`.
     pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, scrape: Scrape) -> Result<Self, StartError> {
+        // Checked before binding anything: a process with a known key must not start.
+        let tokens = tokens::Tokens::new(&settings.auth)?;
+        let proxies = web::Data::new(requests::TrustedProxies::parse(&settings.http.trusted_proxies)?);
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
         let port = listener.local_addr()?.port();
         let metrics = scrape.metrics.clone();
         let command_settings = CommandSettings {
             hash_concurrency: settings.auth.hash_concurrency,
+            hash_queue: settings.auth.hash_queue,
             idempotency_ttl_hours: settings.http.idempotency_ttl_hours,
+            refresh_token_ttl_secs: settings.auth.refresh_token_ttl_secs,
         };
         let wait = Duration::from_millis(settings.http.min_version_wait_ms);
         let state = web::Data::new(AppState {
             commands: Commands::new(pool.clone(), metrics.clone(), command_settings)
                 .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs)),
             queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
-            tokens: tokens::Tokens::new(&settings.auth)?,
+            tokens,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),
             settings: settings.clone(),
             scrape,
@@ -73,6 +82,7 @@ impl Application {
             let metrics = metrics.clone();
             App::new()
                 .app_data(state.clone())
+                .app_data(proxies.clone())
                 .app_data(body::json_config(json_limit))
                 .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::not_found("resource").into()))
                 .app_data(
@@ -104,7 +114,9 @@ impl Application {
                         Ok(res)
                     }
                 })
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<requests::RootSpan>::new())
+                // Outermost, so that every answer has it: errors, 404s and health included.
+                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
         })
         .listen(listener)?
         .shutdown_timeout(settings.http.shutdown_timeout_secs)

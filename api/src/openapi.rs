@@ -96,7 +96,7 @@ impl Modify for CommonResponses {
     modifiers(&BearerAuth, &CommonResponses),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
     paths(
-        auth::post_register, auth::post_login,
+        auth::post_register, auth::post_login, auth::post_refresh, auth::post_logout,
         users::get_me, users::patch_me, users::delete_me,
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,

@@ -96,6 +96,17 @@ impl Credentials {
         Ok(())
     }
 
+    /// Records that `user_id`'s account is deactivated: from now on no access token of it
+    /// passes [`crate::sessions::Sessions::access_allowed`] and no refresh succeeds.
+    /// Idempotent (the first time is kept).
+    pub async fn mark_deactivated(&self, user_id: Uuid) -> Result<(), CredentialsError> {
+        sqlx::query("UPDATE user_credentials SET deactivated_at = coalesce(deactivated_at, now()) WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The credentials stored for `email`.
     pub async fn find(&self, email: &EmailAddress) -> Result<Option<StoredCredentials>, CredentialsError> {
         let row: Option<(Uuid, String)> =

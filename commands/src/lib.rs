@@ -1,5 +1,5 @@
 //! The application layer of the write side: one entry point per use case (`users.rs`,
-//! `conversations.rs`), called alike by HTTP handlers, workers and the CLI. Each owns its
+//! `sessions.rs`, `conversations.rs`), called alike by HTTP handlers, workers and the CLI. Each owns its
 //! command metadata, idempotency, credential checks and authorisation; underneath, the
 //! command service loads an aggregate, lets it decide and appends its events.
 
@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod errors;
 pub mod idempotency;
 pub mod snapshots;
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct Commands {
     users: CommandService<User>,
     conversations: CommandService<Conversation>,
     credentials: credentials::Credentials,
+    sessions: sessions::Sessions,
     hasher: PasswordHasher,
     idempotency: idempotency::Idempotency,
 }
@@ -40,8 +42,24 @@ pub struct Commands {
 pub struct CommandSettings {
     /// Concurrent password hashes at most.
     pub hash_concurrency: usize,
+    /// Password hashes that may wait for a slot; past that, hashing fails at once with
+    /// `PasswordError::Overloaded`.
+    pub hash_queue: usize,
     /// How long an Idempotency-Key is remembered.
     pub idempotency_ttl_hours: u32,
+    /// How long a refresh token lives, in seconds.
+    pub refresh_token_ttl_secs: u64,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        Self {
+            hash_concurrency: 4,
+            hash_queue: colloquy_infra::passwords::DEFAULT_QUEUE,
+            idempotency_ttl_hours: 24,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
 }
 
 impl Commands {
@@ -52,7 +70,8 @@ impl Commands {
             users: CommandService::new(pool.clone(), (), metrics.clone()),
             conversations: CommandService::new(pool.clone(), ConversationServices::new(messages), metrics),
             credentials: credentials::Credentials::new(pool.clone()),
-            hasher: PasswordHasher::new(settings.hash_concurrency),
+            sessions: sessions::Sessions::new(pool.clone(), settings.refresh_token_ttl_secs),
+            hasher: PasswordHasher::bounded(settings.hash_concurrency, settings.hash_queue),
             idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
         }
     }

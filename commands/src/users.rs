@@ -11,7 +11,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::caller::Caller;
-use crate::command_service::{Actor, CommandMeta};
+use crate::command_service::{Actor, CommandError, CommandMeta};
 use crate::errors::UseCaseError;
 use crate::idempotency::Answer;
 use crate::Commands;
@@ -124,11 +124,11 @@ impl Commands {
     pub async fn login(&self, email: &str, password: String) -> Result<Uuid, UseCaseError<LoginRejection>> {
         let refused = || UseCaseError::rejected(LoginRejection::InvalidCredentials);
         let Some(email) = EmailAddress::parse(email) else {
-            self.hasher.verify_dummy(password).await;
+            self.hasher.verify_dummy(password).await?;
             return Err(refused());
         };
         let Some(stored) = self.credentials.find(&email).await? else {
-            self.hasher.verify_dummy(password).await;
+            self.hasher.verify_dummy(password).await?;
             return Err(refused());
         };
         if !self.hasher.verify(password, stored.password_hash).await? {
@@ -165,12 +165,60 @@ impl Commands {
             .await
     }
 
-    /// Deactivates the caller's account: no more logins.
+    /// Deactivates the caller's account: no more logins, and none of its tokens works
+    /// any more.
+    ///
+    /// The `UserDeactivated` event is the truth; the mark next to the credentials (which
+    /// every authenticated request and every refresh checks) is recorded right after it
+    /// commits. Both cannot be one transaction (the event goes through the event store's own),
+    /// so a crash between the two leaves the event without the mark. The account is then
+    /// still refused at login (login reads the aggregate), a retried deactivation records the
+    /// mark (the aggregate refuses the command as already done, and the mark is written
+    /// anyway), and the next refresh finds the aggregate deactivated and records it too: the
+    /// account's access tokens outlive such a crash by one access-token lifetime at most.
     #[instrument(skip_all, fields(user_id = %caller.user))]
     pub async fn deactivate(&self, caller: &Caller) -> Result<UserAccepted, UseCaseError<UserError>> {
         let command = UserCommand::DeactivateUser { reason: Some("deactivated by the user".into()) };
-        let committed = self.users.execute(&caller.user.to_string(), command, &caller.meta).await?;
-        tracing::info!(user_id = %caller.user, "User deactivated.");
-        Ok(UserAccepted { version: committed.version })
+        match self.users.execute(&caller.user.to_string(), command, &caller.meta).await {
+            Ok(committed) => {
+                self.credentials.mark_deactivated(caller.user).await?;
+                tracing::info!(user_id = %caller.user, "User deactivated.");
+                Ok(UserAccepted { version: committed.version })
+            }
+            Err(CommandError::Rejected(UserError::Deactivated)) => {
+                self.credentials.mark_deactivated(caller.user).await?;
+                Err(UseCaseError::rejected(UserError::Deactivated))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The key the per-account login backoff counts failures under: the normalised address
+/// (as registration stores it; the raw input, trimmed and lower-cased, when it does not
+/// parse), hashed so that no address is written to the rate-limit store. The same for an
+/// address whether or not an account has it.
+pub fn login_throttle_key(email: &str) -> String {
+    use sha2::Digest;
+    let normalised = match EmailAddress::parse(email) {
+        Some(address) => address.as_str().to_string(),
+        None => email.trim().to_lowercase(),
+    };
+    hex::encode(sha2::Sha256::digest(normalised.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_of_one_address_share_their_login_backoff_key() {
+        let key = login_throttle_key("ada@example.com");
+        assert_eq!(login_throttle_key("  Ada@Example.COM "), key);
+        assert_ne!(login_throttle_key("grace@example.com"), key);
+        assert_eq!(key.len(), 64, "a SHA-256, never the address itself");
+        assert!(!key.contains("ada"));
+        // Input that is no address still gets a key of its own, alike for its variants.
+        assert_eq!(login_throttle_key("Not An Address"), login_throttle_key("not an address"));
     }
 }

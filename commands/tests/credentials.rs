@@ -17,7 +17,11 @@ use uuid::Uuid;
 const PASSWORD: &str = "correct horse battery";
 
 fn commands(pool: &PgPool) -> Commands {
-    Commands::new(pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 })
+    Commands::new(
+        pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+    )
 }
 
 fn registration(email: &str, password: &str) -> Register {
@@ -164,7 +168,7 @@ async fn an_invalid_full_name_is_rejected_and_claims_nothing() {
 async fn concurrent_registrations_of_one_address_have_exactly_one_winner() {
     let db = TestDatabase::create().await;
     // As many concurrent hashes as registrations, so all six reach their claim together.
-    let settings = CommandSettings { hash_concurrency: 6, idempotency_ttl_hours: 24 };
+    let settings = CommandSettings { hash_concurrency: 6, idempotency_ttl_hours: 24, ..Default::default() };
     let commands = Commands::new(db.pool.clone(), Metrics::new(), settings);
     let attempts =
         (0..6).map(|_| commands.register("corr".into(), registration("ada@example.com", PASSWORD))).collect::<Vec<_>>();

@@ -24,7 +24,7 @@ fn commands(pool: &PgPool) -> Commands {
     Commands::new(
         pool.clone(),
         Metrics::new(),
-        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: TTL_HOURS },
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: TTL_HOURS, ..Default::default() },
     )
 }
 

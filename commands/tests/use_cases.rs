@@ -15,7 +15,11 @@ use cqrs_es::Aggregate;
 use uuid::Uuid;
 
 fn commands(db: &TestDatabase) -> Commands {
-    Commands::new(db.pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 })
+    Commands::new(
+        db.pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+    )
 }
 
 async fn registered(commands: &Commands) -> Uuid {

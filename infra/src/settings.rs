@@ -20,9 +20,9 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// The HTTP API.
     pub http: HttpSettings,
-    /// Access tokens.
+    /// Access and refresh tokens, password hashing.
     pub auth: AuthSettings,
-    /// Per-user request rate limits.
+    /// Request rate limits and the login backoff.
     pub rate_limit: RateLimitSettings,
     /// The event relay.
     pub relay: RelaySettings,
@@ -148,6 +148,10 @@ pub struct HttpSettings {
     /// Seconds a request that never finished (its process died) holds its
     /// `Idempotency-Key` before the same request may run again. Longer than any request.
     pub idempotency_lease_secs: u64,
+    /// Addresses (`10.0.0.5`) and networks (`10.0.0.0/8`, `fd00::/8`) of the reverse proxies
+    /// and load balancers in front of the API. `X-Forwarded-For` is read only on connections
+    /// from one of them; empty (the default) means it is never read.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpSettings {
@@ -162,6 +166,7 @@ impl Default for HttpSettings {
             ops_port: 9464,
             idempotency_ttl_hours: 24,
             idempotency_lease_secs: 120,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -181,10 +186,18 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
-/// The development signing key of the defaults; processes warn when they run with it.
+/// The development signing key of the defaults. Only `colloquy dev` accepts it.
 pub const DEV_JWT_SECRET: &str = "colloquy-development-key-change-me-0123456789";
 
-/// Access-token settings.
+/// Keys that are public because they were published with the project (the defaults, and
+/// the key `docker-compose.yml` once contained). No process but `colloquy dev` starts with
+/// one of them.
+pub const PUBLISHED_JWT_SECRETS: &[&str] = &[DEV_JWT_SECRET, "compose-development-key-replace-me-0123456789"];
+
+/// The shortest accepted signing key, in bytes (HS256 wants at least its output size).
+pub const JWT_SECRET_MIN_BYTES: usize = 32;
+
+/// Access- and refresh-token settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthSettings {
@@ -192,15 +205,24 @@ pub struct AuthSettings {
     pub issuer: String,
     /// `aud` of issued tokens, required on presented ones.
     pub audience: String,
-    /// Access token lifetime in seconds.
+    /// Access token lifetime in seconds (short: a refresh token gets the next one).
     pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime in seconds; each refresh issues a new one with a fresh lifetime.
+    pub refresh_token_ttl_secs: u64,
     /// Verification keys; tokens are signed with `signing_kid`. Keeping an old key here
     /// while signing with a new one rotates keys without logging anyone out.
     pub keys: Vec<JwtKey>,
     /// The kid of the key new tokens are signed with.
     pub signing_kid: String,
-    /// Longest time a login may wait for a free password-hashing slot, in ms.
+    /// Password hashes running at once, at most (each takes 19 MiB and a core).
     pub hash_concurrency: usize,
+    /// Logins and registrations that may wait for a hashing slot; past this the API answers
+    /// 503 `overloaded` with `Retry-After` instead of queueing without bound.
+    pub hash_queue: usize,
+    /// Accept the published development keys ([`PUBLISHED_JWT_SECRETS`]). Set only by
+    /// `colloquy dev` (and never read from a file or the environment).
+    #[serde(skip)]
+    pub allow_published_keys: bool,
 }
 
 impl Default for AuthSettings {
@@ -208,30 +230,109 @@ impl Default for AuthSettings {
         Self {
             issuer: "colloquy".into(),
             audience: "colloquy-api".into(),
-            access_token_ttl_secs: 3600,
-            // A development key: production deployments set COLLOQUY_AUTH__KEYS.
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            // The development key: only `colloquy dev` starts with it; every other process
+            // needs COLLOQUY_AUTH__KEYS.
             keys: vec![JwtKey { kid: "dev".into(), secret: DEV_JWT_SECRET.into() }],
             signing_kid: "dev".into(),
             hash_concurrency: 4,
+            hash_queue: 64,
+            allow_published_keys: false,
         }
     }
 }
 
-/// Per-user rate limit (GCRA): a sustained rate with a burst allowance.
+/// Why the configured signing keys cannot be used. Names the key's `kid`, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// `auth.keys` is empty.
+    #[error("no JWT key configured: set COLLOQUY_AUTH__KEYS (generate a secret with `openssl rand -hex 32`)")]
+    NoKeys,
+    /// A key is shorter than [`JWT_SECRET_MIN_BYTES`].
+    #[error("JWT key {kid:?} is shorter than {JWT_SECRET_MIN_BYTES} bytes (generate one with `openssl rand -hex 32`)")]
+    TooShort {
+        /// The key's id.
+        kid: String,
+    },
+    /// A key is one of the published development keys.
+    #[error(
+        "JWT key {kid:?} is a published development key; only `colloquy dev` accepts it \
+         (set COLLOQUY_AUTH__KEYS to a secret of your own, e.g. from `openssl rand -hex 32`)"
+    )]
+    Published {
+        /// The key's id.
+        kid: String,
+    },
+    /// No key has the signing kid.
+    #[error("no JWT key has the signing kid {kid:?} (auth.signing_kid)")]
+    NoSigningKey {
+        /// The configured signing kid.
+        kid: String,
+    },
+}
+
+impl AuthSettings {
+    /// Checks the keys: at least one, each at least [`JWT_SECRET_MIN_BYTES`] long and none
+    /// published (unless [`Self::allow_published_keys`]), and one with the signing kid.
+    pub fn check_keys(&self) -> Result<(), KeyError> {
+        if self.keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        for key in &self.keys {
+            if key.secret.len() < JWT_SECRET_MIN_BYTES {
+                return Err(KeyError::TooShort { kid: key.kid.clone() });
+            }
+            if !self.allow_published_keys && PUBLISHED_JWT_SECRETS.contains(&key.secret.as_str()) {
+                return Err(KeyError::Published { kid: key.kid.clone() });
+            }
+        }
+        if !self.keys.iter().any(|k| k.kid == self.signing_kid) {
+            return Err(KeyError::NoSigningKey { kid: self.signing_kid.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Request rate limits (GCRA: a sustained rate with a burst allowance) and the per-account
+/// backoff after failed logins.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RateLimitSettings {
-    /// Requests per minute, sustained.
+    /// Requests per minute per user, sustained.
     pub per_minute: u32,
-    /// Requests allowed at once above the sustained rate.
+    /// Requests per user allowed at once above the sustained rate.
     pub burst: u32,
-    /// Login/registration attempts per minute per client address.
+    /// Login/registration attempts per minute per client address. Generous on purpose:
+    /// many people can share one address (an office, a carrier NAT); the per-account
+    /// backoff below is what slows password guessing.
     pub auth_per_minute: u32,
+    /// Login/registration attempts per client address allowed at once above that rate.
+    pub auth_burst: u32,
+    /// Failed logins an account (a normalised e-mail address, registered or not) may have
+    /// before each further attempt must wait.
+    pub login_failures_free: u32,
+    /// The first wait after `login_failures_free` failures, in seconds; it doubles with each
+    /// further failure.
+    pub login_backoff_base_secs: u64,
+    /// The longest wait, in seconds.
+    pub login_backoff_max_secs: u64,
+    /// Seconds without an attempt after which an account's failures are forgotten.
+    pub login_failure_window_secs: u64,
 }
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        Self { per_minute: 600, burst: 100, auth_per_minute: 30 }
+        Self {
+            per_minute: 600,
+            burst: 100,
+            auth_per_minute: 120,
+            auth_burst: 120,
+            login_failures_free: 5,
+            login_backoff_base_secs: 2,
+            login_backoff_max_secs: 900,
+            login_failure_window_secs: 3600,
+        }
     }
 }
 
@@ -326,6 +427,65 @@ mod tests {
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(s.http.port, 9999);
             assert_eq!(s.kafka.topic_prefix, "t1.");
+            Ok(())
+        });
+    }
+
+    fn auth_with(secret: &str) -> AuthSettings {
+        AuthSettings {
+            keys: vec![JwtKey { kid: "k1".into(), secret: secret.into() }],
+            signing_kid: "k1".into(),
+            ..AuthSettings::default()
+        }
+    }
+
+    #[test]
+    fn published_and_short_keys_are_refused_by_kid_without_the_secret() {
+        for published in PUBLISHED_JWT_SECRETS {
+            let error = auth_with(published).check_keys().unwrap_err();
+            assert_eq!(error, KeyError::Published { kid: "k1".into() });
+            assert!(!error.to_string().contains(published), "{error}");
+        }
+        let short = "x".repeat(JWT_SECRET_MIN_BYTES - 1);
+        let error = auth_with(&short).check_keys().unwrap_err();
+        assert_eq!(error, KeyError::TooShort { kid: "k1".into() });
+        assert!(error.to_string().contains("\"k1\"") && !error.to_string().contains(&short), "{error}");
+        assert_eq!(AuthSettings { keys: vec![], ..auth_with("") }.check_keys(), Err(KeyError::NoKeys));
+        let mut other_kid = auth_with(&"y".repeat(32));
+        other_kid.signing_kid = "k2".into();
+        assert_eq!(other_kid.check_keys(), Err(KeyError::NoSigningKey { kid: "k2".into() }));
+        assert_eq!(auth_with(&"y".repeat(JWT_SECRET_MIN_BYTES)).check_keys(), Ok(()));
+    }
+
+    #[test]
+    fn the_defaults_start_only_where_published_keys_are_allowed() {
+        let mut auth = AuthSettings::default();
+        assert_eq!(auth.check_keys(), Err(KeyError::Published { kid: "dev".into() }));
+        auth.allow_published_keys = true;
+        assert_eq!(auth.check_keys(), Ok(()));
+        // Even then, a short key is refused.
+        auth.keys.push(JwtKey { kid: "short".into(), secret: "0123456789".into() });
+        assert_eq!(auth.check_keys(), Err(KeyError::TooShort { kid: "short".into() }));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn published_keys_cannot_be_allowed_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_AUTH__ALLOW_PUBLISHED_KEYS", "true");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(!s.auth.allow_published_keys);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn trusted_proxies_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_HTTP__TRUSTED_PROXIES", r#"["10.0.0.0/8","::1"]"#);
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.http.trusted_proxies, vec!["10.0.0.0/8".to_string(), "::1".to_string()]);
             Ok(())
         });
     }

@@ -29,7 +29,11 @@ use uuid::Uuid;
 // Writing events.
 
 fn commands(pool: &PgPool) -> Commands {
-    Commands::new(pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 })
+    Commands::new(
+        pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+    )
 }
 
 fn caller(user: Uuid) -> Caller {

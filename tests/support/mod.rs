@@ -42,6 +42,12 @@ pub fn isolated_settings() -> Settings {
     s.rate_limit.burst = 1_000_000;
     s.rate_limit.auth_per_minute = 1_000_000;
     s.auth.hash_concurrency = 8;
+    // A key of the test's own: only `colloquy dev` starts with the published development key.
+    s.auth.keys = vec![colloquy_infra::settings::JwtKey {
+        kid: format!("test-{tag}"),
+        secret: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+    }];
+    s.auth.signing_kid = format!("test-{tag}");
     s.log.filter = "error".into();
     s
 }
@@ -89,7 +95,10 @@ impl TestApp {
 
     /// The given processes with the given settings (database created here).
     pub async fn spawn_with(settings: Settings, which: Processes) -> Self {
-        ensure_broker();
+        // The API alone never talks to Kafka (only its readiness check asks it).
+        if which.relay || which.projectors {
+            ensure_broker();
+        }
         colloquy_infra::telemetry::init(&settings.log);
         create_database(&settings).await;
         let mut app = Self::attach(settings, which).await;

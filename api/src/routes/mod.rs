@@ -30,6 +30,12 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// `Cache-Control: no-store` on every answer of a resource (tokens, profiles): for its
+/// errors and 405s too, so that no shared cache keeps any of it.
+pub fn no_store() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new().add((actix_web::http::header::CACHE_CONTROL, "no-store"))
+}
+
 /// All API routes under `/api/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -64,27 +64,22 @@ pub async fn patch_me(
     Ok(answer(StatusCode::OK, accepted))
 }
 
-/// Deactivates the authenticated user's account: no more logins, and its access tokens
-/// stop working at once.
+/// Deactivates the authenticated user's account: no more logins, and its access and
+/// refresh tokens stop working at once (recorded in PostgreSQL, see `Commands::deactivate`).
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users",
     responses((status = 200, body = UserAccepted)), security(("bearer" = [])))]
 pub async fn delete_me(state: web::Data<AppState>, me: Authenticated) -> Result<HttpResponse, ApiError> {
     let accepted = state.commands.deactivate(&me.caller).await?;
-    // Tokens outlive this call by at most their lifetime; deny them for that long.
-    if let Err(e) = state.limiter.deny_user(me.user, state.settings.auth.access_token_ttl_secs).await {
-        // The account is deactivated regardless (no login succeeds); only tokens already
-        // issued keep working until they expire.
-        tracing::error!(user_id = %me.user, error = ?e, "Could not revoke the user's tokens in Redis.");
-    }
     Ok(HttpResponse::Ok().json(accepted))
 }
 
-/// Registers the routes.
+/// Registers the routes. Profiles are personal: `Cache-Control: no-store`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/users/me", "GET, PATCH, DELETE")
             .route(web::get().to(get_me))
             .route(web::patch().to(patch_me))
-            .route(web::delete().to(delete_me)),
+            .route(web::delete().to(delete_me))
+            .wrap(super::no_store()),
     );
 }
