@@ -58,7 +58,7 @@ impl Application {
         };
         let wait = Duration::from_millis(settings.http.min_version_wait_ms);
         let state = web::Data::new(AppState {
-            commands: Commands::new(pool.clone(), metrics.clone(), command_settings),
+            commands: Commands::new(pool.clone(), metrics.clone(), command_settings).with_quotas(settings.quotas),
             queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
             tokens: tokens::Tokens::new(&settings.auth)?,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),

@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod credentials;
 pub mod errors;
 pub mod idempotency;
+pub mod quotas;
 pub mod users;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use colloquy_domain::{Conversation, User};
 use colloquy_infra::event_store::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::passwords::PasswordHasher;
+use colloquy_infra::settings::QuotaSettings;
 use sqlx::PgPool;
 
 pub use caller::Caller;
@@ -32,6 +34,7 @@ pub struct Commands {
     credentials: credentials::Credentials,
     hasher: PasswordHasher,
     idempotency: idempotency::Idempotency,
+    quotas: quotas::Quotas,
 }
 
 /// What the write side is configured with.
@@ -52,7 +55,19 @@ impl Commands {
             conversations: CommandService::new(pool.clone(), ConversationServices::new(messages), metrics),
             credentials: credentials::Credentials::new(pool.clone()),
             hasher: PasswordHasher::new(settings.hash_concurrency),
-            idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
+            idempotency: idempotency::Idempotency::new(pool.clone(), settings.idempotency_ttl_hours),
+            quotas: quotas::Quotas::new(pool, QuotaSettings::default()),
         }
+    }
+
+    /// The same use cases with these per-user quotas (default: [`QuotaSettings::default`]).
+    pub fn with_quotas(mut self, limits: QuotaSettings) -> Self {
+        self.quotas = quotas::Quotas::new(self.quotas.pool().clone(), limits);
+        self
+    }
+
+    /// The quota counters.
+    pub fn quotas(&self) -> &quotas::Quotas {
+        &self.quotas
     }
 }
