@@ -90,8 +90,11 @@ async fn users_load_from_a_snapshot_equal_to_a_full_replay() {
     let service: CommandService<User> = CommandService::new(app.pool().clone(), (), Metrics::new());
     let id = Uuid::new_v4();
     let meta = CommandMeta { actor: Actor::User(id), correlation_id: "test".into(), causation_id: None };
-    let register =
-        UserCommand::RegisterUser { user_id: id, email: format!("u{}@example.com", id.simple()), full_name: "Ada".into() };
+    let register = UserCommand::RegisterUser {
+        user_id: id,
+        email: format!("u{}@example.com", id.simple()),
+        full_name: "Ada".into(),
+    };
     service.execute(&id.to_string(), register, &meta).await.unwrap();
     let updates = 2 * USER_SNAPSHOT_EVERY + 3;
     for i in 0..updates {
@@ -109,7 +112,11 @@ async fn users_load_from_a_snapshot_equal_to_a_full_replay() {
             .fetch_one(app.pool())
             .await
             .expect("a User snapshot");
-    assert_eq!(last_sequence, 2 * USER_SNAPSHOT_EVERY as i64, "one snapshot, at the last multiple of {USER_SNAPSHOT_EVERY}");
+    assert_eq!(
+        last_sequence,
+        2 * USER_SNAPSHOT_EVERY as i64,
+        "one snapshot, at the last multiple of {USER_SNAPSHOT_EVERY}"
+    );
     let (loaded, version) = service.current_state(&id.to_string()).await.unwrap();
     assert_eq!(version, updates as i64 + 1);
     assert_eq!(loaded.full_name, format!("Ada {}", updates - 1));

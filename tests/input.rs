@@ -85,8 +85,10 @@ async fn a_full_width_variant_of_a_registered_address_is_taken() {
         app.post_json("/auth/register", None, json!({"email": email, "full_name": "Ada", "password": PASSWORD})).await;
     assert_eq!(s, 201, "{body}");
     // Full-width letters and digits (U+FF01..U+FF5E are ASCII + 0xFEE0), and upper case.
-    let full_width: String =
-        email.chars().map(|c| if c.is_ascii_graphic() { char::from_u32(c as u32 + 0xFEE0).unwrap() } else { c }).collect();
+    let full_width: String = email
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { char::from_u32(c as u32 + 0xFEE0).unwrap() } else { c })
+        .collect();
     for variant in [full_width.clone(), email.to_uppercase(), full_width.to_uppercase()] {
         let (s, body) = app
             .post_json("/auth/register", None, json!({"email": variant, "full_name": "Eve", "password": PASSWORD}))

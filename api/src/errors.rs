@@ -215,8 +215,8 @@ impl From<QueryError> for ApiError {
 mod tests {
     use actix_web::body::to_bytes;
     use colloquy_commands::command_service::StoreError;
-    use colloquy_commands::{CommandError, Failure};
     use colloquy_commands::quotas::QuotaExceeded;
+    use colloquy_commands::{CommandError, Failure};
     use colloquy_domain::values::TextField;
     use colloquy_projections::queries::Resource;
 

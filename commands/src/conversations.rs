@@ -10,8 +10,8 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::caller::Caller;
-use crate::errors::UseCaseError;
 use crate::command_service::{CommandError, Committed};
+use crate::errors::UseCaseError;
 use crate::idempotency::Answer;
 use crate::quotas::{Charge, Quota};
 use crate::Commands;
@@ -140,7 +140,8 @@ impl Commands {
             Lifecycle::Delete => ConversationCommand::DeleteConversation { actor_id },
         };
         let request = (conversation_id, change);
-        let outcome = self.conversation_command(caller, "change_lifecycle", &request, conversation_id, command, &[]).await;
+        let outcome =
+            self.conversation_command(caller, "change_lifecycle", &request, conversation_id, command, &[]).await;
         if let (Lifecycle::Delete, Ok(Answer { replayed: false, .. })) = (change, &outcome) {
             // A deleted conversation frees its place (its text stays stored: events are kept).
             if let Err(e) = self.quotas.give_back(caller.user, Quota::Conversations, 1).await {
@@ -162,7 +163,8 @@ impl Commands {
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
                 let message_id = input.id.unwrap_or_else(Uuid::new_v4);
-                let charges = [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
+                let charges =
+                    [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
                 let command = ConversationCommand::PostUserMessage {
                     actor_id: caller.user,
                     message_id,

@@ -126,7 +126,10 @@ async fn a_refused_command_gives_its_reservation_back() {
 
     // So the day's two messages are still both available, and the third is refused.
     for text in ["one", "two"] {
-        commands.post_message(&caller(user), conversation, PostMessage { id: None, content: text.into() }).await.unwrap();
+        commands
+            .post_message(&caller(user), conversation, PostMessage { id: None, content: text.into() })
+            .await
+            .unwrap();
     }
     let third = commands.post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into() }).await;
     assert_eq!(exceeded(&third), Some(QuotaExceeded { quota: Quota::MessagesPerDay, limit: 2 }), "{third:?}");

@@ -198,7 +198,8 @@ mod tests {
     #[test]
     fn full_width_and_compatibility_forms_normalise_to_the_plain_address() {
         let plain = EmailAddress::parse("ada@example.com");
-        for variant in ["ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ", "ＡＤＡ＠ＥＸＡＭＰＬＥ．ＣＯＭ", "\u{3000}Ada@Example.com"] {
+        for variant in ["ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ", "ＡＤＡ＠ＥＸＡＭＰＬＥ．ＣＯＭ", "\u{3000}Ada@Example.com"]
+        {
             assert_eq!(EmailAddress::parse(variant), plain, "{variant}");
         }
     }

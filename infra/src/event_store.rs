@@ -241,7 +241,8 @@ pub async fn conversation_owner<'e>(
     db: impl PgExecutor<'e>,
     conversation_id: Uuid,
 ) -> Result<Option<Uuid>, EventStoreError> {
-    let Some(row) = sqlx::query(CONVERSATION_START.as_str()).bind(conversation_id.to_string()).fetch_optional(db).await?
+    let Some(row) =
+        sqlx::query(CONVERSATION_START.as_str()).bind(conversation_id.to_string()).fetch_optional(db).await?
     else {
         return Ok(None);
     };
