@@ -10,7 +10,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use colloquy::runtime::Processes;
+use colloquy_infra::event_store;
 use colloquy_infra::testing::insert_event;
+use colloquy_projections::conversations::ConversationsProjection;
+use colloquy_projections::messages::MessagesProjection;
+use colloquy_projections::projection::apply_all_in_order;
+use colloquy_projections::Projection;
 use serde_json::json;
 use support::{eventually, isolated_settings, TestApp};
 use uuid::Uuid;
@@ -23,12 +28,25 @@ const WAIT_MS: u64 = 60_000;
 /// timeout tells a request that looked at ownership first from one that waited.
 const WELL_BEFORE_THE_WAIT: Duration = Duration::from_secs(20);
 
+/// The API alone: nothing reaches the read models until [`project_now`] applies it, so each
+/// test decides what the read model has (and needs no broker).
 fn api_only() -> Processes {
     Processes { api: true, relay: false, projectors: false }
 }
 
-fn everything() -> Processes {
-    Processes { api: true, relay: true, projectors: true }
+/// Applies the conversation's stored events to its read models with the projector's own
+/// exactly-once routine, as the projector would on receiving them.
+async fn project_now(app: &TestApp, conversation: Uuid) {
+    let events =
+        event_store::read_aggregate(app.pool(), "Conversation", &conversation.to_string(), 0, None).await.unwrap();
+    let projections: [&dyn Projection; 2] = [&ConversationsProjection, &MessagesProjection];
+    for projection in projections {
+        let mut tx = app.pool().begin().await.unwrap();
+        apply_all_in_order(&mut tx, projection, projection.name(), projection.table(), &events)
+            .await
+            .unwrap_or_else(|f| panic!("{}: {}", projection.name(), f.error));
+        tx.commit().await.unwrap();
+    }
 }
 
 fn patient_settings() -> colloquy_infra::Settings {
@@ -61,10 +79,11 @@ async fn waiting_gauge(app: &TestApp) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stranger_gets_the_same_immediate_404_for_a_projected_conversation_and_a_random_id() {
-    let app = TestApp::spawn_with(patient_settings(), everything()).await;
+    let app = TestApp::spawn_with(patient_settings(), api_only()).await;
     let (_, owner) = app.user().await;
     let (_, stranger) = app.user().await;
     let (conv, version) = app.conversation(&owner, "Private").await;
+    project_now(&app, conv).await;
     let (s, _) = app.get(&format!("/conversations/{conv}?min_version={version}"), &owner).await;
     assert_eq!(s, 200, "the read model has the conversation");
 
@@ -78,9 +97,7 @@ async fn a_stranger_gets_the_same_immediate_404_for_a_projected_conversation_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_owner_still_waits_for_a_conversation_not_projected_yet_and_a_stranger_does_not() {
-    // Only the API: nothing projects until the relay and projectors are started below.
-    let settings = patient_settings();
-    let app = TestApp::spawn_with(settings.clone(), api_only()).await;
+    let app = TestApp::spawn_with(patient_settings(), api_only()).await;
     let (_, owner) = app.user().await;
     let (_, stranger) = app.user().await;
     let (conv, version) = app.conversation(&owner, "Fresh").await;
@@ -100,8 +117,8 @@ async fn the_owner_still_waits_for_a_conversation_not_projected_yet_and_a_strang
         }
     });
     eventually("the owner's request to wait", || async { (waiting_gauge(&app).await == Some(1)).then_some(()) }).await;
-    // ...and answers once the pipeline projects the conversation.
-    let _pipeline = TestApp::attach(settings, Processes { api: false, relay: true, projectors: true }).await;
+    // ...and answers once the conversation is projected.
+    project_now(&app, conv).await;
     let (status, body) = tokio::time::timeout(WELL_BEFORE_THE_WAIT, waiting).await.expect("projected in time").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["conversation_id"], conv.to_string());
