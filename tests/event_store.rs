@@ -83,6 +83,52 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_load_from_a_snapshot_equal_to_a_full_replay() {
+    use colloquy_domain::user::{UserCommand, SNAPSHOT_EVERY as USER_SNAPSHOT_EVERY};
+    use colloquy_domain::User;
+    let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
+    let service: CommandService<User> = CommandService::new(app.pool().clone(), (), Metrics::new());
+    let id = Uuid::new_v4();
+    let meta = CommandMeta { actor: Actor::User(id), correlation_id: "test".into(), causation_id: None };
+    let register = UserCommand::RegisterUser {
+        user_id: id,
+        email: format!("u{}@example.com", id.simple()),
+        full_name: "Ada".into(),
+    };
+    service.execute(&id.to_string(), register, &meta).await.unwrap();
+    let updates = 2 * USER_SNAPSHOT_EVERY + 3;
+    for i in 0..updates {
+        let update = UserCommand::UpdateProfile {
+            full_name: Some(format!("Ada {i}")),
+            default_model: (i % 2 == 0).then(|| Some(format!("model-{i}"))),
+            system_prompt: (i % 3 == 0).then(|| Some(format!("prompt {i}"))),
+        };
+        let committed = service.execute(&id.to_string(), update, &meta).await.unwrap();
+        assert_eq!(committed.version, i as i64 + 2);
+    }
+    let (last_sequence,): (i64,) =
+        sqlx::query_as("SELECT last_sequence FROM snapshots WHERE aggregate_type = 'User' AND aggregate_id = $1")
+            .bind(id.to_string())
+            .fetch_one(app.pool())
+            .await
+            .expect("a User snapshot");
+    assert_eq!(
+        last_sequence,
+        2 * USER_SNAPSHOT_EVERY as i64,
+        "one snapshot, at the last multiple of {USER_SNAPSHOT_EVERY}"
+    );
+    let (loaded, version) = service.current_state(&id.to_string()).await.unwrap();
+    assert_eq!(version, updates as i64 + 1);
+    assert_eq!(loaded.full_name, format!("Ada {}", updates - 1));
+    let replayed = colloquy::audit::state_at(app.pool(), "User", &id.to_string(), None).await.unwrap();
+    assert_eq!(serde_json::to_value(&loaded).unwrap(), replayed, "snapshot + tail equals a full replay");
+    // Commands keep deciding on the loaded state: a deactivated user (after the snapshot) is refused.
+    service.execute(&id.to_string(), UserCommand::DeactivateUser { reason: None }, &meta).await.unwrap();
+    let refused = service.execute(&id.to_string(), UserCommand::DeactivateUser { reason: None }, &meta).await;
+    assert!(matches!(refused, Err(colloquy_commands::CommandError::Rejected(_))), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stored_events_cannot_be_changed_or_removed() {
     let app = TestApp::spawn().await;
     let (_, token) = app.user().await;

@@ -77,6 +77,20 @@ pub enum ErrorCode {
     InvalidSystemPrompt,
     /// The message is empty or too long.
     InvalidMessage,
+    // Text.
+    /// Text holds a control character (NUL, ESC, ...) where it may not: message text allows
+    /// only line breaks and tabs; names, titles, models and prompts likewise.
+    ControlCharacter,
+    /// A title, name, model name or system prompt holds a bidirectional-override/isolate or
+    /// zero-width character.
+    InvisibleCharacter,
+    // Quotas.
+    /// The user has as many conversations as allowed; delete one first.
+    ConversationQuotaExceeded,
+    /// The user posted as many messages today (UTC) as allowed.
+    MessageQuotaExceeded,
+    /// The user stores as much text as allowed.
+    StorageQuotaExceeded,
     // Commands in general.
     /// The resource changed concurrently; retry.
     ConcurrentModification,
@@ -128,6 +142,11 @@ impl ErrorCode {
         Self::InvalidModel,
         Self::InvalidSystemPrompt,
         Self::InvalidMessage,
+        Self::ControlCharacter,
+        Self::InvisibleCharacter,
+        Self::ConversationQuotaExceeded,
+        Self::MessageQuotaExceeded,
+        Self::StorageQuotaExceeded,
         Self::ConcurrentModification,
         Self::IdempotencyKeyReused,
         Self::RequestInProgress,
@@ -173,8 +192,12 @@ impl ErrorCode {
             | C::InvalidModel
             | C::InvalidSystemPrompt
             | C::InvalidMessage
+            | C::ControlCharacter
+            | C::InvisibleCharacter
             | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            C::RateLimited | C::ConversationQuotaExceeded | C::MessageQuotaExceeded | C::StorageQuotaExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -5,6 +5,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use colloquy_commands::sessions::RefreshRejection;
+use colloquy_commands::quotas::Quota;
 use colloquy_commands::users::{LoginRejection, RegistrationRejection};
 use colloquy_commands::{Failure, UseCaseError};
 use colloquy_domain::conversation::ConversationError;
@@ -139,6 +140,8 @@ impl Coded for UserError {
             Self::InvalidModel { .. } => ErrorCode::InvalidModel,
             Self::InvalidSystemPrompt { .. } => ErrorCode::InvalidSystemPrompt,
             Self::EmptyUpdate => ErrorCode::EmptyUpdate,
+            Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
+            Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
         }
     }
 }
@@ -157,6 +160,8 @@ impl Coded for ConversationError {
             Self::InvalidModel { .. } => ErrorCode::InvalidModel,
             Self::InvalidSystemPrompt { .. } => ErrorCode::InvalidSystemPrompt,
             Self::InvalidMessage { .. } => ErrorCode::InvalidMessage,
+            Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
+            Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
         }
     }
 }
@@ -199,6 +204,11 @@ impl<R: Coded + Send + Sync + 'static> From<UseCaseError<R>> for ApiError {
             UseCaseError::Failed(Failure::Passwords(PasswordError::Overloaded)) => {
                 return Self::new(ErrorCode::Overloaded, "too many requests are being processed; retry shortly");
             }
+            UseCaseError::QuotaExceeded(q) => match q.quota {
+                Quota::Conversations => ErrorCode::ConversationQuotaExceeded,
+                Quota::MessagesPerDay => ErrorCode::MessageQuotaExceeded,
+                Quota::StoredBytes => ErrorCode::StorageQuotaExceeded,
+            },
             UseCaseError::Failed(_) => return Self::internal(e),
         };
         Self::new(code, e.to_string())
@@ -210,7 +220,7 @@ impl From<QueryError> for ApiError {
         let code = match &e {
             QueryError::NotFound(_) => ErrorCode::NotFound,
             QueryError::NotYetVisible { .. } => ErrorCode::Unavailable,
-            QueryError::InvalidLimit => ErrorCode::InvalidLimit,
+            QueryError::InvalidLimit | QueryError::InvalidEventsLimit => ErrorCode::InvalidLimit,
             QueryError::InvalidCursor => ErrorCode::InvalidCursor,
             QueryError::InvalidMinVersion => ErrorCode::InvalidMinVersion,
             QueryError::MinVersionNeedsConversation => ErrorCode::MinVersionNeedsConversationId,
@@ -224,7 +234,9 @@ impl From<QueryError> for ApiError {
 mod tests {
     use actix_web::body::to_bytes;
     use colloquy_commands::command_service::StoreError;
+    use colloquy_commands::quotas::QuotaExceeded;
     use colloquy_commands::{CommandError, Failure};
+    use colloquy_domain::values::TextField;
     use colloquy_projections::queries::Resource;
 
     use super::*;
@@ -236,6 +248,10 @@ mod tests {
 
     fn rejected<R: Coded + Send + Sync + 'static>(r: R) -> ApiError {
         UseCaseError::<R>::rejected(r).into()
+    }
+
+    fn quota(quota: Quota) -> ApiError {
+        UseCaseError::<ConversationError>::QuotaExceeded(QuotaExceeded { quota, limit: 3 }).into()
     }
 
     /// Every rejection and failure the layers below can give, with the status and code it
@@ -263,6 +279,13 @@ mod tests {
             (rejected(C::InvalidSystemPrompt { max: 9 }), 422, "invalid_system_prompt"),
             (rejected(C::InvalidMessage { max: 9 }), 422, "invalid_message"),
             (rejected(C::DuplicateMessage), 409, "duplicate_message"),
+            (rejected(C::ControlCharacter { field: TextField::Message }), 422, "control_character"),
+            (rejected(C::InvisibleCharacter { field: TextField::Title }), 422, "invisible_character"),
+            (rejected(U::ControlCharacter { field: TextField::FullName }), 422, "control_character"),
+            (rejected(U::InvisibleCharacter { field: TextField::FullName }), 422, "invisible_character"),
+            (quota(Quota::Conversations), 429, "conversation_quota_exceeded"),
+            (quota(Quota::MessagesPerDay), 429, "message_quota_exceeded"),
+            (quota(Quota::StoredBytes), 429, "storage_quota_exceeded"),
             (rejected(RegistrationRejection::Invalid(U::InvalidEmail)), 422, "invalid_email"),
             (rejected(RegistrationRejection::WeakPassword), 422, "invalid_password"),
             (rejected(RegistrationRejection::EmailTaken), 409, "email_taken"),
@@ -278,6 +301,7 @@ mod tests {
             (QueryError::NotFound(Resource::User).into(), 404, "not_found"),
             (QueryError::NotYetVisible { min_version: 3 }.into(), 503, "unavailable"),
             (QueryError::InvalidLimit.into(), 400, "invalid_limit"),
+            (QueryError::InvalidEventsLimit.into(), 400, "invalid_limit"),
             (QueryError::InvalidCursor.into(), 400, "invalid_cursor"),
             (QueryError::InvalidMinVersion.into(), 400, "invalid_min_version"),
             (QueryError::MinVersionNeedsConversation.into(), 400, "min_version_needs_conversation_id"),

@@ -68,7 +68,8 @@ impl Application {
         let wait = Duration::from_millis(settings.http.min_version_wait_ms);
         let state = web::Data::new(AppState {
             commands: Commands::new(pool.clone(), metrics.clone(), command_settings)
-                .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs)),
+                .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs))
+                .with_quotas(settings.quotas),
             queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
             tokens,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),

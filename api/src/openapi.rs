@@ -35,7 +35,7 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
 fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool, changes: bool) {
     let mut common = vec![
         ("400", "malformed request (JSON, query or header)"),
-        ("429", "rate limited; see Retry-After"),
+        ("429", "rate limited (see Retry-After), or a per-user quota exceeded"),
         ("500", "unexpected failure; the x-request-id header identifies it"),
         ("503", "a dependency is unavailable, or the read model did not reach min_version in time"),
     ];

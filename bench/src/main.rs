@@ -140,6 +140,9 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     // One user sends everything, far above the production per-user limit.
     settings.rate_limit.per_minute = 10_000_000;
     settings.rate_limit.burst = 10_000_000;
+    settings.quotas.messages_per_day = u64::MAX;
+    settings.quotas.stored_bytes = u64::MAX;
+    settings.quotas.conversations = u64::MAX;
     settings.log.filter = "warn".into();
     // A local, throwaway instance like `colloquy dev`: the development key is fine.
     settings.auth.allow_published_keys = true;

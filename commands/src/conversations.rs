@@ -1,4 +1,8 @@
 //! Conversation use cases: start, rename, archive, unarchive, delete, post a message.
+//!
+//! Each reserves what its command will store against the caller's quotas (see
+//! [`crate::quotas`]) before running it, and gives the reservation back when the command is
+//! refused or fails.
 
 use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind};
 use serde::{Deserialize, Serialize};
@@ -6,8 +10,10 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::caller::Caller;
+use crate::command_service::{CommandError, Committed};
 use crate::errors::UseCaseError;
 use crate::idempotency::Answer;
+use crate::quotas::{Charge, Quota};
 use crate::Commands;
 
 /// Model used when neither the request, nor the user's preferences, nor the configuration
@@ -88,15 +94,18 @@ impl Commands {
                     .await
                     .map_err(|e| UseCaseError::from_command(e.map_rejection(|_| ConversationError::NotFound)))?;
                 let id = input.id.unwrap_or_else(Uuid::new_v4);
+                let system_prompt = input.system_prompt.clone().or(owner.system_prompt);
+                let bytes = input.title.trim().len() + system_prompt.as_deref().map_or(0, |p| p.trim().len());
+                let charges = [Charge::new(Quota::Conversations, 1), Charge::new(Quota::StoredBytes, bytes)];
                 let command = ConversationCommand::StartConversation {
                     conversation_id: id,
                     owner_id: caller.user,
                     title: input.title.clone(),
                     kind: input.kind.unwrap_or_default(),
                     model: input.model.clone().or(owner.default_model).unwrap_or_else(|| DEFAULT_MODEL.into()),
-                    system_prompt: input.system_prompt.clone().or(owner.system_prompt),
+                    system_prompt,
                 };
-                let committed = self.conversations.execute(&id.to_string(), command, &caller.meta).await?;
+                let committed = self.execute_charged(caller, id, command, &charges).await?;
                 Ok(ConversationAccepted { conversation_id: id, version: committed.version })
             })
             .await
@@ -111,8 +120,9 @@ impl Commands {
         title: String,
     ) -> Outcome<ConversationAccepted> {
         let request = (conversation_id, &title);
+        let charges = [Charge::new(Quota::StoredBytes, title.trim().len())];
         let command = ConversationCommand::RenameConversation { actor_id: caller.user, title: title.clone() };
-        self.conversation_command(caller, "rename_conversation", &request, conversation_id, command).await
+        self.conversation_command(caller, "rename_conversation", &request, conversation_id, command, &charges).await
     }
 
     /// Archives, unarchives or deletes one of the caller's conversations.
@@ -129,8 +139,16 @@ impl Commands {
             Lifecycle::Unarchive => ConversationCommand::UnarchiveConversation { actor_id },
             Lifecycle::Delete => ConversationCommand::DeleteConversation { actor_id },
         };
-        self.conversation_command(caller, "change_lifecycle", &(conversation_id, change), conversation_id, command)
-            .await
+        let request = (conversation_id, change);
+        let outcome =
+            self.conversation_command(caller, "change_lifecycle", &request, conversation_id, command, &[]).await;
+        if let (Lifecycle::Delete, Ok(Answer { replayed: false, .. })) = (change, &outcome) {
+            // A deleted conversation frees its place (its text stays stored: events are kept).
+            if let Err(e) = self.quotas.give_back(caller.user, Quota::Conversations, 1).await {
+                tracing::warn!(error = ?e, "Could not give back a deleted conversation's quota place.");
+            }
+        }
+        outcome
     }
 
     /// Posts a message of the caller's to one of their conversations.
@@ -145,12 +163,14 @@ impl Commands {
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
                 let message_id = input.id.unwrap_or_else(Uuid::new_v4);
+                let charges =
+                    [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
                 let command = ConversationCommand::PostUserMessage {
                     actor_id: caller.user,
                     message_id,
                     content: input.content.clone(),
                 };
-                let committed = self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await?;
+                let committed = self.execute_charged(caller, conversation_id, command, &charges).await?;
                 Ok(MessageAccepted { conversation_id, message_id, version: committed.version })
             })
             .await
@@ -165,13 +185,37 @@ impl Commands {
         request: &impl Serialize,
         conversation_id: Uuid,
         command: ConversationCommand,
+        charges: &[Charge],
     ) -> Outcome<ConversationAccepted> {
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), use_case, request, || async {
-                let committed =
-                    self.conversations.execute(&conversation_id.to_string(), command.clone(), &caller.meta).await?;
+                let committed = self.execute_charged(caller, conversation_id, command.clone(), charges).await?;
                 Ok(ConversationAccepted { conversation_id, version: committed.version })
             })
             .await
+    }
+
+    /// Reserves `charges` against the caller's quotas, runs `command`, and keeps the
+    /// reservation only if the command committed events.
+    async fn execute_charged(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        command: ConversationCommand,
+        charges: &[Charge],
+    ) -> Result<Committed, UseCaseError<ConversationError>> {
+        let reservation = self.quotas.reserve(caller.user, charges).await?;
+        let outcome: Result<Committed, CommandError<ConversationError>> =
+            self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await;
+        match outcome {
+            Ok(committed) if committed.events > 0 => reservation.keep(),
+            _ => {
+                // The command's own answer matters more than a counter left too high.
+                if let Err(e) = reservation.release().await {
+                    tracing::warn!(error = ?e, "Could not give back a quota reservation.");
+                }
+            }
+        }
+        Ok(outcome?)
     }
 }

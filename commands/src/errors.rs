@@ -30,6 +30,10 @@ pub enum UseCaseError<R: std::error::Error> {
     /// The first request with this Idempotency-Key is still running.
     #[error("a request with this Idempotency-Key is still being processed")]
     RequestInProgress,
+    /// The request would take the user past a quota. Not final (not recorded for an
+    /// Idempotency-Key): the same request may succeed once usage drops or the day turns.
+    #[error(transparent)]
+    QuotaExceeded(crate::quotas::QuotaExceeded),
     /// The infrastructure failed.
     #[error("the request could not be completed")]
     Failed(#[from] Failure),
@@ -99,6 +103,15 @@ impl<R: std::error::Error> From<PasswordError> for UseCaseError<R> {
 impl<R: std::error::Error> From<crate::credentials::CredentialsError> for UseCaseError<R> {
     fn from(e: crate::credentials::CredentialsError) -> Self {
         Self::Failed(e.into())
+    }
+}
+
+impl<R: std::error::Error> From<crate::quotas::ReserveError> for UseCaseError<R> {
+    fn from(e: crate::quotas::ReserveError) -> Self {
+        match e {
+            crate::quotas::ReserveError::Exceeded(q) => Self::QuotaExceeded(q),
+            crate::quotas::ReserveError::Database(e) => Self::Failed(e.into()),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod idempotency;
 pub mod snapshots;
 pub mod sessions;
+pub mod quotas;
 pub mod users;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use colloquy_domain::{Conversation, User};
 use colloquy_infra::event_store::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::passwords::PasswordHasher;
+use colloquy_infra::settings::QuotaSettings;
 use sqlx::PgPool;
 
 pub use caller::Caller;
@@ -35,6 +37,7 @@ pub struct Commands {
     sessions: sessions::Sessions,
     hasher: PasswordHasher,
     idempotency: idempotency::Idempotency,
+    quotas: quotas::Quotas,
 }
 
 /// What the write side is configured with.
@@ -72,7 +75,8 @@ impl Commands {
             credentials: credentials::Credentials::new(pool.clone()),
             sessions: sessions::Sessions::new(pool.clone(), settings.refresh_token_ttl_secs),
             hasher: PasswordHasher::bounded(settings.hash_concurrency, settings.hash_queue),
-            idempotency: idempotency::Idempotency::new(pool, settings.idempotency_ttl_hours),
+            idempotency: idempotency::Idempotency::new(pool.clone(), settings.idempotency_ttl_hours),
+            quotas: quotas::Quotas::new(pool, QuotaSettings::default()),
         }
     }
 
@@ -81,5 +85,16 @@ impl Commands {
     pub fn with_idempotency_lease(mut self, lease: std::time::Duration) -> Self {
         self.idempotency = self.idempotency.with_lease(lease);
         self
+    }
+
+    /// The same use cases with these per-user quotas (default: [`QuotaSettings::default`]).
+    pub fn with_quotas(mut self, limits: QuotaSettings) -> Self {
+        self.quotas = quotas::Quotas::new(self.quotas.pool().clone(), limits);
+        self
+    }
+
+    /// The quota counters.
+    pub fn quotas(&self) -> &quotas::Quotas {
+        &self.quotas
     }
 }

@@ -37,7 +37,7 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
     let commands = Commands::new(
         db.pool.clone(),
         Metrics::new(),
-        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 },
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
     );
     let email = format!("s{}@example.com", Uuid::new_v4().simple());
     let input = Register { email, full_name: "Snap".into(), password: "a good password".into() };

@@ -5,7 +5,7 @@ mod commands;
 mod errors;
 mod events;
 
-pub use aggregate::{User, UserStatus};
+pub use aggregate::{User, UserStatus, SNAPSHOT_EVERY};
 pub use commands::UserCommand;
 pub use errors::UserError;
 pub use events::{ProfileUpdated, Role, UserDeactivated, UserEvent, UserRegistered};

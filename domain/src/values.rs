@@ -1,11 +1,15 @@
-//! Value types shared by several aggregates, validated on construction.
+//! Value types shared by several aggregates, validated on construction, and the character
+//! rules free text is held to.
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// Longest accepted e-mail address (RFC 5321 path limit).
 pub const EMAIL_MAX_LEN: usize = 254;
 
-/// A syntactically valid, normalised (trimmed, lower-cased) e-mail address.
+/// A syntactically valid, normalised e-mail address: trimmed, in Unicode NFKC, lower-cased.
+/// Uniqueness is decided on this form, so `ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ` (full-width) and
+/// `Ada@Example.com` are the same address as `ada@example.com`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
@@ -16,11 +20,14 @@ impl EmailAddress {
     /// Deliberately lenient (one `@`, a non-empty local part, a dotted domain, no
     /// whitespace): the only real proof of an address is a message that reaches it.
     pub fn parse(raw: &str) -> Option<Self> {
-        let email = raw.trim().to_lowercase();
+        // Compatibility composition first (full-width letters, ligatures, ...), then case:
+        // lower-casing can itself produce text that NFKC would change, so normalise again.
+        let email: String = raw.trim().nfkc().collect::<String>().to_lowercase().nfkc().collect();
+        let email = email.trim().to_string();
         if email.is_empty() || email.len() > EMAIL_MAX_LEN {
             return None;
         }
-        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c)) {
             return None;
         }
         let (local, domain) = email.split_once('@')?;
@@ -53,24 +60,124 @@ pub const SYSTEM_PROMPT_MAX: usize = 20_000;
 /// Longest accepted title, in characters.
 pub const TITLE_MAX: usize = 200;
 
-/// A model name (`gpt-4o`, `local/smollm2-135m`): trimmed, 1 to [`MODEL_NAME_MAX`] characters.
-pub fn model_name(raw: &str) -> Option<String> {
-    bounded_text(raw, MODEL_NAME_MAX)
+/// Why a piece of free text was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    /// Empty (after trimming, where the field is trimmed) or longer than its limit.
+    Length,
+    /// A control character (NUL, ESC, DEL, C1, ...) other than the line breaks and tab the
+    /// field allows.
+    ControlCharacter,
+    /// A bidirectional override or isolate (U+202A–U+202E, U+2066–U+2069) or a zero-width
+    /// character (U+200B–U+200D, U+2060, U+FEFF): invisible, they make text read otherwise
+    /// than it is stored ("Trojan Source" tricks, look-alike names).
+    InvisibleCharacter,
 }
 
-/// A system prompt: trimmed, 1 to [`SYSTEM_PROMPT_MAX`] characters.
-pub fn system_prompt(raw: &str) -> Option<String> {
-    bounded_text(raw, SYSTEM_PROMPT_MAX)
+/// Which free-text field a character rule refused, for messages and error payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextField {
+    /// A conversation title.
+    Title,
+    /// Message text.
+    Message,
+    /// A model name.
+    Model,
+    /// A system prompt.
+    SystemPrompt,
+    /// A person's full name.
+    FullName,
 }
 
-/// A title: trimmed, 1 to [`TITLE_MAX`] characters.
-pub fn title(raw: &str) -> Option<String> {
-    bounded_text(raw, TITLE_MAX)
+impl std::fmt::Display for TextField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Title => "title",
+            Self::Message => "message",
+            Self::Model => "model name",
+            Self::SystemPrompt => "system prompt",
+            Self::FullName => "full name",
+        })
+    }
 }
 
-/// Trims `raw` and checks it holds between 1 and `max` characters.
+/// Whether `c` is a bidirectional override/isolate or a zero-width character.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// The characters a one-line name (title, full name, model name) may not hold: control
+/// characters but tab and line feed (which older titles already use), and invisible ones.
+fn check_name_chars(text: &str) -> Result<(), TextError> {
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            return Err(TextError::ControlCharacter);
+        }
+        if is_invisible(c) {
+            return Err(TextError::InvisibleCharacter);
+        }
+    }
+    Ok(())
+}
+
+/// Checks the characters of message text: no control character but `\n`, `\r` and `\t`.
+/// Bidirectional and zero-width characters are allowed in messages: right-to-left
+/// languages need the isolates and emoji sequences the zero-width joiner.
+pub fn check_message_chars(text: &str) -> Result<(), TextError> {
+    match text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        true => Err(TextError::ControlCharacter),
+        false => Ok(()),
+    }
+}
+
+/// A model name (`gpt-4o`, `local/smollm2-135m`): trimmed, 1 to [`MODEL_NAME_MAX`] characters,
+/// no control or invisible characters.
+pub fn model_name(raw: &str) -> Result<String, TextError> {
+    name_text(raw, MODEL_NAME_MAX)
+}
+
+/// A system prompt: trimmed, 1 to [`SYSTEM_PROMPT_MAX`] characters; line breaks and tabs
+/// allowed, other control characters and invisible characters not (a prompt is
+/// instructions: what a person reviewing it sees must be what the model gets).
+pub fn system_prompt(raw: &str) -> Result<String, TextError> {
+    let text = raw.trim();
+    for c in text.chars() {
+        if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+            return Err(TextError::ControlCharacter);
+        }
+        if is_invisible(c) {
+            return Err(TextError::InvisibleCharacter);
+        }
+    }
+    within(text, SYSTEM_PROMPT_MAX)
+}
+
+/// A title: trimmed, 1 to [`TITLE_MAX`] characters, no control or invisible characters.
+pub fn title(raw: &str) -> Result<String, TextError> {
+    name_text(raw, TITLE_MAX)
+}
+
+/// A name shown to people (title, full name, model): trimmed, 1 to `max` characters, no
+/// control characters (tab and line feed aside) and no invisible characters.
+pub fn name_text(raw: &str, max: usize) -> Result<String, TextError> {
+    let text = raw.trim();
+    check_name_chars(text)?;
+    within(text, max)
+}
+
+fn within(text: &str, max: usize) -> Result<String, TextError> {
+    let len = text.chars().count();
+    match len > 0 && len <= max {
+        true => Ok(text.to_string()),
+        false => Err(TextError::Length),
+    }
+}
+
+/// Trims `raw` and checks it holds between 1 and `max` characters and no control character
+/// but line feed and tab.
 ///
-/// Returns the trimmed text, or `None` when it is empty or too long.
+/// Returns the trimmed text, or `None` when it is empty, too long or holds such a character.
 pub fn bounded_text(raw: &str, max: usize) -> Option<String> {
     let text = raw.trim();
     let len = text.chars().count();
@@ -86,6 +193,48 @@ mod tests {
     fn email_is_normalised() {
         let email = EmailAddress::parse("  Ada@Example.COM ").map(|e| e.to_string());
         assert_eq!(email.as_deref(), Some("ada@example.com"));
+    }
+
+    #[test]
+    fn full_width_and_compatibility_forms_normalise_to_the_plain_address() {
+        let plain = EmailAddress::parse("ada@example.com");
+        for variant in ["ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ", "ＡＤＡ＠ＥＸＡＭＰＬＥ．ＣＯＭ", "\u{3000}Ada@Example.com"]
+        {
+            assert_eq!(EmailAddress::parse(variant), plain, "{variant}");
+        }
+    }
+
+    #[test]
+    fn emails_with_invisible_characters_are_rejected() {
+        for bad in ["ada\u{200B}@example.com", "ada@exa\u{202E}mple.com", "\u{FEFF}ada@example.com"] {
+            assert!(EmailAddress::parse(bad).is_none(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn names_refuse_control_and_invisible_characters() {
+        assert_eq!(title("Trip\u{0}"), Err(TextError::ControlCharacter));
+        assert_eq!(title("\u{1b}[31mred"), Err(TextError::ControlCharacter));
+        for c in ['\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{200B}', '\u{200D}', '\u{2060}', '\u{FEFF}'] {
+            assert_eq!(title(&format!("a{c}b")), Err(TextError::InvisibleCharacter), "{c:?}");
+            assert_eq!(model_name(&format!("gpt{c}")), Err(TextError::InvisibleCharacter), "{c:?}");
+            assert_eq!(system_prompt(&format!("Be {c}brief")), Err(TextError::InvisibleCharacter), "{c:?}");
+        }
+        assert_eq!(title(" Trip "), Ok("Trip".into()));
+        assert_eq!(title(""), Err(TextError::Length));
+        assert_eq!(system_prompt("Be brief.\r\n\tAlways."), Ok("Be brief.\r\n\tAlways.".into()));
+        // Right-to-left text without overrides is fine.
+        assert_eq!(title("שלום"), Ok("שלום".into()));
+    }
+
+    #[test]
+    fn message_text_refuses_control_characters_but_line_breaks_and_tabs() {
+        assert_eq!(check_message_chars("a\u{0}b"), Err(TextError::ControlCharacter));
+        assert_eq!(check_message_chars("\u{7f}"), Err(TextError::ControlCharacter));
+        assert_eq!(check_message_chars("\u{85}"), Err(TextError::ControlCharacter));
+        assert_eq!(check_message_chars("line\r\nnext\ttab"), Ok(()));
+        // A family emoji is joined by U+200D; an isolate wraps right-to-left words.
+        assert_eq!(check_message_chars("👩\u{200D}👧 \u{2067}שלום\u{2069}"), Ok(()));
     }
 
     #[test]
@@ -105,6 +254,27 @@ mod tests {
             prop_assert!(parsed.is_some());
             let again = parsed.as_ref().and_then(|e| EmailAddress::parse(e.as_str()));
             prop_assert_eq!(parsed, again);
+        }
+
+        /// NFKC and lower-casing are applied until stable: parsing what parsing produced
+        /// changes nothing, whatever the input.
+        #[test]
+        fn email_normalisation_is_idempotent(raw in "\\PC{1,40}") {
+            if let Some(e) = EmailAddress::parse(&raw) {
+                prop_assert_eq!(EmailAddress::parse(e.as_str()), Some(e.clone()));
+                prop_assert!(!e.as_str().chars().any(|c| c.is_control() || is_invisible(c)));
+            }
+        }
+
+        /// Whatever a name holds, an accepted one holds no control or invisible character.
+        #[test]
+        fn accepted_names_hold_no_control_or_invisible_character(s in "(\\PC|[\\x00-\\x1f\\x{202a}-\\x{202e}\\x{200b}-\\x{200d}\\x{2066}-\\x{2069}\\x{feff}]){0,40}") {
+            if let Ok(t) = title(&s) {
+                prop_assert!(!t.chars().any(|c| is_invisible(c) || (c.is_control() && c != '\n' && c != '\t')));
+            }
+            if let Ok(()) = check_message_chars(&s) {
+                prop_assert!(!s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')));
+            }
         }
 
         #[test]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use colloquy_domain::conversation::MessageLookup;
+use colloquy_domain::conversation::{ConversationEvent, MessageLookup};
 use colloquy_domain::decision::PortError;
 use colloquy_domain::Conversation;
 use cqrs_es::Aggregate;
@@ -203,6 +203,67 @@ pub async fn read_aggregate<'e>(
         .fetch_all(db)
         .await?;
     rows.iter().map(|r| decode(r).map(|(e, _)| e)).collect()
+}
+
+/// Up to `limit` events of one aggregate with `sequence > after`, in order: one page of an
+/// aggregate's history, however long it is.
+pub async fn read_aggregate_page<'e>(
+    db: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+          ORDER BY sequence
+          LIMIT $4"
+    );
+    let rows = sqlx::query(&sql).bind(aggregate_type).bind(aggregate_id).bind(after).bind(limit).fetch_all(db).await?;
+    rows.iter().map(|r| decode(r).map(|(e, _)| e)).collect()
+}
+
+/// The conversation-owner lookup's statement: the first event of a conversation, by primary
+/// key. The aggregate type is spelled into the SQL, as for [`message_exists`].
+static CONVERSATION_START: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence = 1",
+        Conversation::TYPE
+    )
+});
+
+/// Who started the conversation `conversation_id`, read from its first event (one
+/// primary-key lookup); `None` when it has no events. Ownership never changes, so this
+/// holds for deleted conversations too, and as soon as the start is committed (before
+/// any read model has it).
+pub async fn conversation_owner<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+) -> Result<Option<Uuid>, EventStoreError> {
+    let Some(row) =
+        sqlx::query(CONVERSATION_START.as_str()).bind(conversation_id.to_string()).fetch_optional(db).await?
+    else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match event.to_domain::<ConversationEvent>() {
+        Ok(ConversationEvent::ConversationStarted(started)) => Ok(Some(started.owner_id)),
+        Ok(_) => Err(EventStoreError::Malformed {
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence,
+            problem: "a conversation's first event is not ConversationStarted",
+            source: None,
+        }),
+        Err(e) => Err(EventStoreError::Malformed {
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence,
+            problem: "unreadable ConversationStarted",
+            source: Some(e),
+        }),
+    }
 }
 
 /// The aggregate's current version (0 when it has no events).

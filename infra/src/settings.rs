@@ -24,6 +24,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Request rate limits and the login backoff.
     pub rate_limit: RateLimitSettings,
+    /// Per-user quotas on what is stored.
+    pub quotas: QuotaSettings,
     /// The event relay.
     pub relay: RelaySettings,
     /// Logging.
@@ -336,6 +338,26 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// Per-user quotas, enforced on the write side before a command runs (answered 429 with
+/// a code naming the quota). Each is a hard limit; raise it to lift it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuotaSettings {
+    /// Conversations a user may have (deleting one frees its place).
+    pub conversations: u64,
+    /// Messages a user may post per UTC day.
+    pub messages_per_day: u64,
+    /// Bytes (UTF-8) of text a user may store: titles, system prompts and messages (files
+    /// will count here too). The event store keeps history, so deleting frees nothing.
+    pub stored_bytes: u64,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self { conversations: 10_000, messages_per_day: 10_000, stored_bytes: 1 << 30 }
+    }
+}
+
 /// Relay settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -486,6 +508,18 @@ mod tests {
             jail.set_env("COLLOQUY_HTTP__TRUSTED_PROXIES", r#"["10.0.0.0/8","::1"]"#);
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(s.http.trusted_proxies, vec!["10.0.0.0/8".to_string(), "::1".to_string()]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn quotas_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_QUOTAS__CONVERSATIONS", "3");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.quotas.conversations, 3);
+            assert_eq!(s.quotas.messages_per_day, QuotaSettings::default().messages_per_day);
             Ok(())
         });
     }

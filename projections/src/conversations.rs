@@ -133,13 +133,24 @@ impl PageCursor {
         format!("{}_{}", self.last_activity_at.timestamp_micros(), self.conversation_id.simple())
     }
 
-    /// Reads a cursor [`encode`](Self::encode) made; `None` for anything else.
+    /// Reads a cursor [`encode`](Self::encode) made; `None` for anything else, including a
+    /// time outside years 1..=9999 (Postgres's `timestamptz` ends earlier than chrono's
+    /// range; no row's activity lies out there, so such a cursor was forged).
     pub fn decode(raw: &str) -> Option<Self> {
         let (micros, id) = raw.split_once('_')?;
-        let last_activity_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        let micros: i64 = micros.parse().ok()?;
+        if !(CURSOR_MIN_MICROS..=CURSOR_MAX_MICROS).contains(&micros) {
+            return None;
+        }
+        let last_activity_at = DateTime::from_timestamp_micros(micros)?;
         Some(Self { last_activity_at, conversation_id: id.parse().ok()? })
     }
 }
+
+/// 0001-01-01T00:00:00Z in microseconds since the epoch.
+const CURSOR_MIN_MICROS: i64 = -62_135_596_800_000_000;
+/// 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+const CURSOR_MAX_MICROS: i64 = 253_402_300_799_999_999;
 
 /// One page of `owner`'s conversations, newest activity first.
 pub async fn list(
@@ -172,4 +183,34 @@ pub async fn find(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<Convers
         .bind(owner)
         .fetch_optional(pool)
         .await
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let c = PageCursor { last_activity_at: Utc::now(), conversation_id: Uuid::new_v4() };
+        let micros = PageCursor::decode(&c.encode()).map(|d| d.last_activity_at.timestamp_micros());
+        assert_eq!(micros, Some(c.last_activity_at.timestamp_micros()));
+    }
+
+    #[test]
+    fn the_bounds_are_the_first_and_last_instant_of_years_1_and_9999() {
+        let id = Uuid::nil().simple();
+        let first = PageCursor::decode(&format!("{CURSOR_MIN_MICROS}_{id}")).map(|c| c.last_activity_at.to_rfc3339());
+        assert_eq!(first.as_deref(), Some("0001-01-01T00:00:00+00:00"));
+        let last = PageCursor::decode(&format!("{CURSOR_MAX_MICROS}_{id}")).map(|c| c.last_activity_at.to_rfc3339());
+        assert_eq!(last.as_deref(), Some("9999-12-31T23:59:59.999999+00:00"));
+    }
+
+    #[test]
+    fn forged_cursors_out_of_range_are_refused() {
+        let id = Uuid::nil().simple();
+        for micros in [CURSOR_MIN_MICROS - 1, CURSOR_MAX_MICROS + 1, i64::MAX, i64::MIN, -8_000_000_000_000_000_000] {
+            assert_eq!(PageCursor::decode(&format!("{micros}_{id}")), None, "{micros}");
+        }
+        assert_eq!(PageCursor::decode("99999999999999999999_x"), None);
+    }
 }

@@ -2,10 +2,14 @@
 //! models (the audit trail excepted, which exists to show the event store). Each is filtered
 //! by the asking user in SQL: another user's object is "not found", never "forbidden". A
 //! query may name a minimum aggregate version and then waits, bounded, for the projection.
+//!
+//! Ownership comes first: a query on a conversation checks that it is the caller's before it
+//! waits for a version, loads history or does anything else costlier than the answer "not
+//! found", so a stranger gets the same immediate 404 whether the id exists or not and
+//! whatever version they ask for.
 
 use std::time::Duration;
 
-use colloquy_domain::conversation::ConversationEvent;
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store::{self, EventStoreError, StoredEvent};
 use colloquy_infra::metrics::Metrics;
@@ -23,6 +27,10 @@ use crate::{cache, freshness, messages, users};
 pub const DEFAULT_PAGE: i64 = 20;
 /// Largest page.
 pub const MAX_PAGE: i64 = 100;
+/// Audit-trail page size when none is asked for.
+pub const DEFAULT_EVENTS_PAGE: i64 = 100;
+/// Largest audit-trail page.
+pub const MAX_EVENTS_PAGE: i64 = 1000;
 
 /// What a query could not find (also another user's object).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +66,10 @@ pub enum QueryError {
     /// The page size is out of range.
     #[error("limit must be between 1 and {MAX_PAGE}")]
     InvalidLimit,
-    /// The cursor was not issued by this API.
+    /// The audit trail's page size is out of range.
+    #[error("limit must be between 1 and {MAX_EVENTS_PAGE}")]
+    InvalidEventsLimit,
+    /// The cursor was not issued by this API (or `after` is negative).
     #[error("the cursor is not one this API issued")]
     InvalidCursor,
     /// A negative `min_version`.
@@ -101,6 +112,15 @@ pub struct ConversationPage {
     pub next_cursor: Option<String>,
 }
 
+/// A page of a conversation's audit trail.
+#[derive(Debug)]
+pub struct EventPage {
+    /// The events, in sequence order.
+    pub items: Vec<StoredEvent>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
+}
+
 /// The conversation list's filters and paging.
 #[derive(Debug, Clone, Default)]
 pub struct ListConversations {
@@ -125,6 +145,14 @@ pub struct Queries {
     min_version_wait: Duration,
 }
 
+/// A negative `min_version` is refused before anything else is looked at.
+fn check_min_version(min_version: Option<i64>) -> Result<(), QueryError> {
+    match min_version {
+        Some(v) if v < 0 => Err(QueryError::InvalidMinVersion),
+        _ => Ok(()),
+    }
+}
+
 fn page_size(limit: Option<i64>) -> Result<i64, QueryError> {
     match limit.unwrap_or(DEFAULT_PAGE) {
         n @ 1..=MAX_PAGE => Ok(n),
@@ -137,6 +165,20 @@ impl Queries {
     /// `min_version_wait`.
     pub fn new(pool: PgPool, redis: RedisStore, metrics: Metrics, min_version_wait: Duration) -> Self {
         Self { pool, redis, metrics, min_version_wait }
+    }
+
+    /// Whether `id` is `user`'s conversation: the read model answers first; a conversation
+    /// it does not have (not projected yet, or deleted) is looked up by the first event in
+    /// the event store (one primary-key read), so read-your-writes keeps working for the
+    /// owner of a conversation started a moment ago.
+    async fn ensure_owner(&self, user: Uuid, id: Uuid) -> Result<(), QueryError> {
+        // A stranger's id, existing or not, takes the same two reads.
+        if conversations::find(&self.pool, user, id).await?.is_some()
+            || event_store::conversation_owner(&self.pool, id).await? == Some(user)
+        {
+            return Ok(());
+        }
+        Err(QueryError::NotFound(Resource::Conversation))
     }
 
     /// Waits for `min_version` of `aggregate_id` in `projections`.
@@ -180,7 +222,13 @@ impl Queries {
         let after = q.cursor.as_deref().map(|c| PageCursor::decode(c).ok_or(QueryError::InvalidCursor)).transpose()?;
         match (q.min_version, q.conversation_id) {
             (Some(_), None) => return Err(QueryError::MinVersionNeedsConversation),
-            (min, Some(id)) => self.await_version(&[conversations::NAME], &id.to_string(), min).await?,
+            (min, Some(id)) => {
+                if min.is_some() {
+                    check_min_version(min)?;
+                    self.ensure_owner(user, id).await?;
+                }
+                self.await_version(&[conversations::NAME], &id.to_string(), min).await?
+            }
             (None, None) => {}
         }
         let cache_name = format!("conversations:{}:{limit}", if q.archived { "archived" } else { "active" });
@@ -202,6 +250,10 @@ impl Queries {
         id: Uuid,
         min_version: Option<i64>,
     ) -> Result<ConversationSummary, QueryError> {
+        if min_version.is_some() {
+            check_min_version(min_version)?;
+            self.ensure_owner(user, id).await?;
+        }
         self.await_version(&[conversations::NAME], &id.to_string(), min_version).await?;
         conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))
     }
@@ -217,24 +269,44 @@ impl Queries {
         min_version: Option<i64>,
     ) -> Result<Vec<messages::Message>, QueryError> {
         let limit = page_size(limit)?;
+        if min_version.is_some() {
+            check_min_version(min_version)?;
+            self.ensure_owner(user, id).await?;
+        }
         self.await_version(&[conversations::NAME, messages::NAME], &id.to_string(), min_version).await?;
-        // Ownership comes from the conversations read model: another user's id is not found.
+        // A deleted conversation is still the owner's, but no longer listed: not found.
         conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))?;
         Ok(messages::list(&self.pool, user, id, after, limit).await?)
     }
 
-    /// The audit trail of one of the user's conversations, from the event store (deleted
-    /// conversations included). Ownership is read from the typed `ConversationStarted`.
+    /// A page of the audit trail of one of the user's conversations, from the event store
+    /// (deleted conversations included): up to `limit` events after sequence `after`.
+    /// Ownership is read from the typed `ConversationStarted` before any page is read, and
+    /// a page is all that is ever held in memory.
     #[instrument(skip_all, fields(%user, %id))]
-    pub async fn conversation_events(&self, user: Uuid, id: Uuid) -> Result<Vec<StoredEvent>, QueryError> {
-        let events = event_store::read_aggregate(&self.pool, Conversation::TYPE, &id.to_string(), 0, None).await?;
-        let owner = match events.first().map(StoredEvent::to_domain::<ConversationEvent>) {
-            Some(Ok(ConversationEvent::ConversationStarted(started))) => Some(started.owner_id),
-            _ => None,
+    pub async fn conversation_events(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        after: i64,
+        limit: Option<i64>,
+    ) -> Result<EventPage, QueryError> {
+        let limit = match limit.unwrap_or(DEFAULT_EVENTS_PAGE) {
+            n @ 1..=MAX_EVENTS_PAGE => n,
+            _ => return Err(QueryError::InvalidEventsLimit),
         };
-        if owner != Some(user) {
+        if after < 0 {
+            return Err(QueryError::InvalidCursor);
+        }
+        if event_store::conversation_owner(&self.pool, id).await? != Some(user) {
             return Err(QueryError::NotFound(Resource::Conversation));
         }
-        Ok(events)
+        // One more than the page tells whether another page follows.
+        let mut items =
+            event_store::read_aggregate_page(&self.pool, Conversation::TYPE, &id.to_string(), after, limit + 1).await?;
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next_after = more.then(|| items.last().map(|e| e.sequence)).flatten();
+        Ok(EventPage { items, next_after })
     }
 }

@@ -18,7 +18,9 @@ use colloquy_infra::testing::{eventually, insert_event, TestDatabase};
 use colloquy_projections::conversations::{self, ConversationSummary, ConversationsProjection};
 use colloquy_projections::messages::{self, MessagesProjection};
 use colloquy_projections::projection::{apply_all_in_order, apply_in_order, Applied, BatchFailure};
-use colloquy_projections::queries::{ListConversations, Queries, QueryError, Resource};
+use colloquy_projections::queries::{
+    ListConversations, Queries, QueryError, Resource, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE,
+};
 use colloquy_projections::users::{self, UserProfile, UsersProjection};
 use colloquy_projections::{cache, freshness, ApplyError, Projection};
 use serde_json::{json, Value};
@@ -941,7 +943,7 @@ async fn the_audit_trail_is_the_owners_alone_and_outlives_a_delete() {
     change(&commands, ada, conversation, Lifecycle::Delete).await;
     let queries = queries(&db.pool, &redis, Duration::from_millis(200));
 
-    let trail = queries.conversation_events(ada, conversation).await.unwrap();
+    let trail = queries.conversation_events(ada, conversation, 0, None).await.unwrap().items;
     let seen: Vec<(i64, &str)> = trail.iter().map(|e| (e.sequence, e.event_type.as_str())).collect();
     assert_eq!(
         seen,
@@ -950,7 +952,106 @@ async fn the_audit_trail_is_the_owners_alone_and_outlives_a_delete() {
     assert_eq!(trail[1].data["content"], "hello");
     assert_eq!(trail[0].meta("actor"), Some(format!("user:{ada}").as_str()));
     for (who, id) in [(grace, conversation), (ada, Uuid::new_v4())] {
-        let refused = queries.conversation_events(who, id).await;
+        let refused = queries.conversation_events(who, id, 0, None).await;
         assert!(matches!(refused, Err(QueryError::NotFound(Resource::Conversation))), "{refused:?}");
+    }
+}
+
+/// Races a query against a bound far below its `min_version` wait: a query that waited
+/// for the version instead of checking ownership first cannot answer in time.
+async fn at_once<T: std::fmt::Debug>(query: impl std::future::Future<Output = Result<T, QueryError>>) -> QueryError {
+    let answer = tokio::time::timeout(Duration::from_secs(20), query).await.expect("the query waited for min_version");
+    answer.expect_err("a stranger is answered not found")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_min_version_is_not_found_at_once_whether_the_id_exists_or_not() {
+    let db = TestDatabase::create().await;
+    let redis = TestRedis::connect().await;
+    let commands = commands(&db.pool);
+    let (ada, grace) = (owner(&db.pool).await, owner(&db.pool).await);
+    let projected = start(&commands, ada, "Projected").await;
+    project_conversation(&db.pool, projected).await;
+    // Started, but not projected yet: only the event store knows it.
+    let fresh = start(&commands, ada, "Fresh").await;
+    let queries = queries(&db.pool, &redis, Duration::from_secs(60));
+    let not_found = |e: &QueryError| matches!(e, QueryError::NotFound(Resource::Conversation));
+    for id in [projected, fresh, Uuid::new_v4()] {
+        let e = at_once(queries.conversation(grace, id, Some(999))).await;
+        assert!(not_found(&e), "{id}: {e:?}");
+        let e = at_once(queries.messages(grace, id, 0, None, Some(999))).await;
+        assert!(not_found(&e), "{id}: {e:?}");
+        let list = ListConversations { conversation_id: Some(id), min_version: Some(999), ..Default::default() };
+        let e = at_once(queries.conversations(grace, list)).await;
+        assert!(not_found(&e), "{id}: {e:?}");
+        let e = at_once(queries.conversation_events(grace, id, 0, None)).await;
+        assert!(not_found(&e), "{id}: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_message_query_waits_for_a_conversation_not_projected_yet() {
+    let db = TestDatabase::create().await;
+    let redis = TestRedis::connect().await;
+    let commands = commands(&db.pool);
+    let user = owner(&db.pool).await;
+    let conversation = start(&commands, user, "Plans").await;
+    let version = post(&commands, user, conversation, "hello").await.version;
+    let metrics = Metrics::new();
+    let queries = Queries::new(db.pool.clone(), redis.store.clone(), metrics.clone(), Duration::from_secs(60));
+    let waiting = tokio::spawn(async move { queries.messages(user, conversation, 0, None, Some(version)).await });
+    eventually("the query to wait", || async { (metrics.min_version_waiting.get() == 1).then_some(()) }).await;
+    project_conversation(&db.pool, conversation).await;
+    let messages = waiting.await.unwrap().unwrap();
+    assert_eq!(messages.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_paged_by_sequence_with_a_bounded_page() {
+    let db = TestDatabase::create().await;
+    let redis = TestRedis::connect().await;
+    let user = owner(&db.pool).await;
+    let conversation = Uuid::new_v4();
+    let mut tx = db.pool.begin().await.unwrap();
+    insert_event(&mut *tx, "Conversation", conversation, 1, started(conversation, user, "Long")).await;
+    for sequence in 2..=1_205 {
+        insert_event(&mut *tx, "Conversation", conversation, sequence, posted(Uuid::new_v4(), user, "m")).await;
+    }
+    tx.commit().await.unwrap();
+    let queries = queries(&db.pool, &redis, Duration::from_millis(200));
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = queries.conversation_events(user, conversation, after, Some(MAX_EVENTS_PAGE)).await.unwrap();
+        assert!(page.items.len() as i64 <= MAX_EVENTS_PAGE);
+        seen.extend(page.items.iter().map(|e| e.sequence));
+        match page.next_after {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=1_205).collect::<Vec<i64>>());
+    let default = queries.conversation_events(user, conversation, 0, None).await.unwrap();
+    assert_eq!((default.items.len() as i64, default.next_after), (DEFAULT_EVENTS_PAGE, Some(DEFAULT_EVENTS_PAGE)));
+    let last = queries.conversation_events(user, conversation, 1_204, Some(5)).await.unwrap();
+    assert_eq!((last.items.len(), last.next_after), (1, None));
+    for limit in [0, -1, MAX_EVENTS_PAGE + 1] {
+        let refused = queries.conversation_events(user, conversation, 0, Some(limit)).await;
+        assert!(matches!(refused, Err(QueryError::InvalidEventsLimit)), "{limit}: {refused:?}");
+    }
+    let refused = queries.conversation_events(user, conversation, -1, None).await;
+    assert!(matches!(refused, Err(QueryError::InvalidCursor)), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_outside_the_timestamp_range_is_an_invalid_cursor() {
+    let db = TestDatabase::create().await;
+    let redis = TestRedis::connect().await;
+    let queries = queries(&db.pool, &redis, Duration::from_millis(200));
+    let id = Uuid::new_v4().simple();
+    for micros in ["-8000000000000000000", "-62135596800000001", "253402300800000000"] {
+        let list = ListConversations { cursor: Some(format!("{micros}_{id}")), ..Default::default() };
+        let outcome = queries.conversations(Uuid::new_v4(), list).await;
+        assert!(matches!(outcome, Err(QueryError::InvalidCursor)), "{micros}: {outcome:?}");
     }
 }

@@ -352,6 +352,7 @@ impl Cluster {
             ("COLLOQUY_RATE_LIMIT__PER_MINUTE", "1000000".into()),
             ("COLLOQUY_RATE_LIMIT__BURST", "100000".into()),
             ("COLLOQUY_RATE_LIMIT__AUTH_PER_MINUTE", "100000".into()),
+            ("COLLOQUY_RATE_LIMIT__AUTH_BURST", "100000".into()),
             ("COLLOQUY_HTTP__WORKERS", "2".into()),
             ("COLLOQUY_HTTP__IDEMPOTENCY_LEASE_SECS", "3".into()),
             ("COLLOQUY_HTTP__SHUTDOWN_TIMEOUT_SECS", "2".into()),

@@ -275,24 +275,38 @@ impl<'a> AuditEvent<'a> {
     }
 }
 
-/// The audit trail.
+/// A page of the audit trail.
 #[derive(Serialize, ToSchema)]
 pub struct AuditTrail<'a> {
-    /// Every event, in order.
+    /// The events of this page, in sequence order.
     pub items: Vec<AuditEvent<'a>>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
 }
 
-/// The conversation's audit trail, straight from the event store (deleted ones included).
-#[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations",
+/// Audit-trail paging.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// Only events after this sequence (the previous page's `next_after`; default 0).
+    #[serde(default)]
+    pub after: i64,
+    /// Page size (1..=1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// The conversation's audit trail, straight from the event store (deleted ones included),
+/// one page at a time.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "conversations", params(EventsQuery),
     responses((status = 200, body = AuditTrail)), security(("bearer" = [])))]
 pub async fn get_events(
     state: web::Data<AppState>,
     me: Authenticated,
     id: web::Path<Uuid>,
+    q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let events = state.queries.conversation_events(me.user, *id).await?;
-    let items = events.iter().map(AuditEvent::of).collect();
-    Ok(HttpResponse::Ok().json(AuditTrail { items }))
+    let page = state.queries.conversation_events(me.user, *id, q.after, q.limit).await?;
+    let items = page.items.iter().map(AuditEvent::of).collect();
+    Ok(HttpResponse::Ok().json(AuditTrail { items, next_after: page.next_after }))
 }
 
 /// Registers the routes.

@@ -1,3 +1,5 @@
+use crate::values::TextField;
+
 /// Business rejections of Conversation commands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConversationError {
@@ -42,6 +44,20 @@ pub enum ConversationError {
     InvalidMessage {
         /// The limit.
         max: usize,
+    },
+    /// A control character (NUL, ESC, ...) in text that may not hold it: message text
+    /// allows only line breaks and tabs.
+    #[error("the {field} contains a control character")]
+    ControlCharacter {
+        /// Where.
+        field: TextField,
+    },
+    /// A bidirectional override/isolate or zero-width character in a title, model name or
+    /// system prompt.
+    #[error("the {field} contains a bidirectional-override or zero-width character")]
+    InvisibleCharacter {
+        /// Where.
+        field: TextField,
     },
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]

@@ -6,7 +6,12 @@ use uuid::Uuid;
 use super::{ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX};
 use crate::decision::Refusal;
 use crate::registry::Registered;
-use crate::values::{self, bounded_text, EmailAddress, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX};
+use crate::values::{self, bounded_text, EmailAddress, TextError, TextField, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX};
+
+/// Events between User snapshots. Users have few events, but profile updates have no bound
+/// and every command a user's conversations start reads the User: snapshots keep that load
+/// flat.
+pub const SNAPSHOT_EVERY: usize = 20;
 
 /// Whether the account can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -20,8 +25,10 @@ pub enum UserStatus {
     Deactivated,
 }
 
-/// A registered person. Holds only what its decisions need.
+/// A registered person. Holds only what its decisions need. Stored in snapshots: a field
+/// added later must default (`#[serde(default)]`), or old snapshots stop loading.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct User {
     /// The id, once registered.
     pub id: Option<Uuid>,
@@ -49,21 +56,31 @@ impl User {
     }
 }
 
+/// The rejection for a refused piece of text: `length` when it is empty or too long.
+fn text_error(field: TextField, length: UserError) -> impl FnOnce(TextError) -> UserError {
+    move |e| match e {
+        TextError::Length => length,
+        TextError::ControlCharacter => UserError::ControlCharacter { field },
+        TextError::InvisibleCharacter => UserError::InvisibleCharacter { field },
+    }
+}
+
 fn full_name(raw: &str) -> Result<String, UserError> {
-    bounded_text(raw, FULL_NAME_MAX).ok_or(UserError::InvalidFullName { max: FULL_NAME_MAX })
+    values::name_text(raw, FULL_NAME_MAX)
+        .map_err(text_error(TextField::FullName, UserError::InvalidFullName { max: FULL_NAME_MAX }))
 }
 
-fn optional(
-    raw: Option<String>,
-    parse: fn(&str) -> Option<String>,
-    err: UserError,
-) -> Result<Option<String>, UserError> {
-    raw.map(|r| parse(&r).ok_or(err)).transpose()
+fn model(raw: &str) -> Result<String, UserError> {
+    values::model_name(raw).map_err(text_error(TextField::Model, UserError::InvalidModel { max: MODEL_NAME_MAX }))
 }
 
-/// Users have few events: always replayed, never snapshotted.
+fn system_prompt(raw: &str) -> Result<String, UserError> {
+    values::system_prompt(raw)
+        .map_err(text_error(TextField::SystemPrompt, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX }))
+}
+
 impl Registered for User {
-    const SNAPSHOT_EVERY: Option<usize> = None;
+    const SNAPSHOT_EVERY: Option<usize> = Some(SNAPSHOT_EVERY);
 }
 
 impl Aggregate for User {
@@ -95,14 +112,8 @@ impl Aggregate for User {
                 }
                 let event = ProfileUpdated {
                     full_name: name.map(|n| full_name(&n)).transpose()?,
-                    default_model: default_model
-                        .map(|m| optional(m, values::model_name, UserError::InvalidModel { max: MODEL_NAME_MAX }))
-                        .transpose()?,
-                    system_prompt: system_prompt
-                        .map(|p| {
-                            optional(p, values::system_prompt, UserError::InvalidSystemPrompt { max: SYSTEM_PROMPT_MAX })
-                        })
-                        .transpose()?,
+                    default_model: default_model.map(|m| m.as_deref().map(model).transpose()).transpose()?,
+                    system_prompt: system_prompt.map(|p| p.as_deref().map(self::system_prompt).transpose()).transpose()?,
                 };
                 sink.write(UserEvent::ProfileUpdated(event), self).await;
             }
@@ -221,7 +232,61 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn a_name_with_a_right_to_left_override_is_rejected_at_registration() {
+        expect_err(
+            vec![],
+            register("ada@example.com", "Ada \u{202E}ecalevol"),
+            UserError::InvisibleCharacter { field: TextField::FullName },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_name_with_a_nul_is_rejected_at_registration() {
+        expect_err(
+            vec![],
+            register("ada@example.com", "Ada\u{0}"),
+            UserError::ControlCharacter { field: TextField::FullName },
+        )
+        .await;
+    }
+
+    // A full-width address is the same address: the event holds the normalised form.
+    #[tokio::test]
+    async fn registering_normalises_a_full_width_email() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when_async(register("ＡＤＡ＠ｅｘａｍｐｌｅ．ｃｏｍ", "Ada Lovelace"))
+            .await
+            .then_expect_events(vec![registered()]);
+    }
+
     // Updating the profile.
+
+    #[tokio::test]
+    async fn a_default_model_with_a_zero_width_character_is_rejected() {
+        expect_err(
+            vec![registered()],
+            update_model(Some(Some("off\u{FEFF}line".into()))),
+            UserError::InvisibleCharacter { field: TextField::Model },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_system_prompt_with_a_bidi_override_is_rejected() {
+        expect_err(
+            vec![registered()],
+            UserCommand::UpdateProfile {
+                full_name: None,
+                default_model: None,
+                system_prompt: Some(Some("Be brief\u{202D}.".into())),
+            },
+            UserError::InvisibleCharacter { field: TextField::SystemPrompt },
+        )
+        .await;
+    }
 
     #[tokio::test]
     async fn an_update_emits_only_the_named_fields() {

@@ -1,3 +1,5 @@
+use crate::values::TextField;
+
 /// Business rejections of User commands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum UserError {
@@ -30,6 +32,19 @@ pub enum UserError {
     InvalidSystemPrompt {
         /// The limit.
         max: usize,
+    },
+    /// A control character in a name, model name or system prompt.
+    #[error("the {field} contains a control character")]
+    ControlCharacter {
+        /// Where.
+        field: TextField,
+    },
+    /// A bidirectional override/isolate or zero-width character in a name, model name or
+    /// system prompt.
+    #[error("the {field} contains a bidirectional-override or zero-width character")]
+    InvisibleCharacter {
+        /// Where.
+        field: TextField,
     },
     /// An update that names no field.
     #[error("the update changes nothing")]
