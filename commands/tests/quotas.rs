@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 fn commands(pool: &PgPool, limits: QuotaSettings) -> Commands {
-    Commands::new(pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24 })
+    Commands::new(pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() })
         .with_quotas(limits)
 }
 
