@@ -6,6 +6,7 @@
 #
 #   scripts/services.sh            # all three
 #   scripts/services.sh kafka      # only the broker
+#   scripts/services.sh stop-kafka # stop the broker this data directory started
 #   scripts/services.sh tansu-path # print the broker binary's path (installing it if missing)
 set -euo pipefail
 
@@ -62,10 +63,13 @@ ensure_redis() {
 }
 
 # Tansu with its SQLite storage, so a broker restart loses nothing. Installed once, outside
-# any checkout, into a folder named after the version and features (an older in-memory
-# install elsewhere on PATH is left alone and not used).
+# any checkout, into a folder named after the version and build (an older install elsewhere
+# on PATH is left alone and not used). Built with panic=abort: Tansu 0.6's SQLite engine
+# panics inside its storage task on some requests for topics that were just deleted
+# ("more or less than one row"), which leaves the process up but unable to serve anything;
+# aborting instead lets the supervisor below restart it at once, losing nothing.
 TANSU_VERSION=0.6.0
-TANSU_ROOT="${COLLOQUY_TOOLS_DIR:-$HOME/.local/share/colloquy}/tansu-$TANSU_VERSION-libsql"
+TANSU_ROOT="${COLLOQUY_TOOLS_DIR:-$HOME/.local/share/colloquy}/tansu-$TANSU_VERSION-libsql-abort"
 TANSU="$TANSU_ROOT/bin/tansu"
 
 # A broker started by an earlier version of this script keeps its topics only in memory:
@@ -87,7 +91,8 @@ stop_memory_broker() {
 install_tansu() {
     if [ ! -x "$TANSU" ]; then
         log "installing the Tansu broker $TANSU_VERSION with SQLite storage from crates.io (about 15 minutes, once)"
-        cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" >&2
+        CARGO_PROFILE_RELEASE_PANIC=abort \
+            cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" >&2
     fi
 }
 
@@ -100,15 +105,29 @@ ensure_kafka() {
     if port_open "$KAFKA_PORT"; then return 0; fi
     mkdir -p "$STATE/kafka"
     log "starting Tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage: $STATE/kafka/tansu.db; log: $STATE/tansu.log)"
-    # The SQLite path is relative to the broker's working directory.
+    # A supervisor restarts the broker whenever it exits (see above); tansu.pid holds the
+    # broker's own pid, tansu-supervisor.pid the supervisor's. The SQLite path is relative to
+    # the broker's working directory.
     (cd "$STATE/kafka" || exit 1
-     nohup "$TANSU" broker \
-        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "sqlite://tansu.db" \
-        >"$STATE/tansu.log" 2>&1 </dev/null 9>&- &
-     echo $! >"$STATE/tansu.pid")
+     nohup bash -c '
+        while :; do
+            "$0" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1" \
+                --storage-engine "sqlite://tansu.db" &
+            echo $! >"$2/tansu.pid"
+            wait $!
+            echo "[services] the broker exited ($?); restarting it" >&2
+            sleep 0.5
+        done' "$TANSU" "$KAFKA_PORT" "$STATE" >"$STATE/tansu.log" 2>&1 </dev/null 9>&- &
+     echo $! >"$STATE/tansu-supervisor.pid")
     wait_port "$KAFKA_PORT" Tansu
+}
+
+# Stops the broker this data directory started (supervisor first, so it stays stopped).
+stop_kafka() {
+    local f
+    for f in tansu-supervisor.pid tansu.pid; do
+        if [ -f "$STATE/$f" ]; then kill "$(cat "$STATE/$f")" 2>/dev/null || true; rm -f "$STATE/$f"; fi
+    done
 }
 
 case "${1:-all}" in
@@ -116,7 +135,8 @@ case "${1:-all}" in
     postgres) ensure_postgres ;;
     redis) ensure_redis ;;
     kafka) ensure_kafka ;;
+    stop-kafka) stop_kafka ;;
     # The broker binary (installed if missing), for tests that run brokers of their own.
     tansu-path) exec 9>"$STATE/kafka.lock"; flock 9; install_tansu; echo "$TANSU" ;;
-    *) echo "usage: $0 [all|postgres|redis|kafka|tansu-path]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|postgres|redis|kafka|stop-kafka|tansu-path]" >&2; exit 2 ;;
 esac

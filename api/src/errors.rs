@@ -4,8 +4,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use colloquy_commands::sessions::RefreshRejection;
 use colloquy_commands::quotas::Quota;
+use colloquy_commands::sessions::RefreshRejection;
 use colloquy_commands::users::{LoginRejection, RegistrationRejection};
 use colloquy_commands::{Failure, UseCaseError};
 use colloquy_domain::conversation::ConversationError;

@@ -5,13 +5,15 @@
 //! refused or fails.
 
 use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind};
+use colloquy_domain::values;
+use colloquy_infra::event_store;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::caller::Caller;
 use crate::command_service::{CommandError, Committed};
-use crate::errors::UseCaseError;
+use crate::errors::{Failure, UseCaseError};
 use crate::idempotency::Answer;
 use crate::quotas::{Charge, Quota};
 use crate::Commands;
@@ -105,8 +107,30 @@ impl Commands {
                     model: input.model.clone().or(owner.default_model).unwrap_or_else(|| DEFAULT_MODEL.into()),
                     system_prompt,
                 };
-                let committed = self.execute_charged(caller, id, command, &charges).await?;
-                Ok(ConversationAccepted { conversation_id: id, version: committed.version })
+                let kind = input.kind.unwrap_or_default();
+                match self.execute_charged(caller, id, command, &charges).await {
+                    Ok(committed) => Ok(ConversationAccepted { conversation_id: id, version: committed.version }),
+                    Err(UseCaseError::Rejected { rejection: ConversationError::AlreadyStarted, replayed })
+                        if caller.idempotency_key.is_some() =>
+                    {
+                        // A retry under its Idempotency-Key of a start that committed while
+                        // its answer was lost (the connection dropped during the commit, the
+                        // key's record with it) is answered like the first attempt; any other
+                        // start of this id is refused.
+                        let started = event_store::conversation_started(&self.pool, id).await.map_err(Failure::from)?;
+                        let same = started.is_some_and(|s| {
+                            s.owner_id == caller.user
+                                && s.kind == kind
+                                && values::title(&input.title).ok() == Some(s.title)
+                        });
+                        if same {
+                            Ok(ConversationAccepted { conversation_id: id, version: 1 })
+                        } else {
+                            Err(UseCaseError::Rejected { rejection: ConversationError::AlreadyStarted, replayed })
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .await
     }
@@ -170,8 +194,30 @@ impl Commands {
                     message_id,
                     content: input.content.clone(),
                 };
-                let committed = self.execute_charged(caller, conversation_id, command, &charges).await?;
-                Ok(MessageAccepted { conversation_id, message_id, version: committed.version })
+                match self.execute_charged(caller, conversation_id, command, &charges).await {
+                    Ok(committed) => Ok(MessageAccepted { conversation_id, message_id, version: committed.version }),
+                    Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })
+                        if caller.idempotency_key.is_some() =>
+                    {
+                        // A retry under its Idempotency-Key of a post that committed while its
+                        // answer was lost is answered like the first attempt (with the version
+                        // it was stored at); a different message under this id is refused.
+                        let stored = event_store::posted_message(&self.pool, conversation_id, message_id)
+                            .await
+                            .map_err(Failure::from)?;
+                        match stored {
+                            Some((version, posted))
+                                if posted.author_id == caller.user && posted.content == input.content =>
+                            {
+                                Ok(MessageAccepted { conversation_id, message_id, version })
+                            }
+                            _ => {
+                                Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })
+                            }
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .await
     }

@@ -9,9 +9,9 @@ pub mod conversations;
 pub mod credentials;
 pub mod errors;
 pub mod idempotency;
-pub mod snapshots;
-pub mod sessions;
 pub mod quotas;
+pub mod sessions;
+pub mod snapshots;
 pub mod users;
 
 use std::sync::Arc;
@@ -38,6 +38,7 @@ pub struct Commands {
     hasher: PasswordHasher,
     idempotency: idempotency::Idempotency,
     quotas: quotas::Quotas,
+    pool: PgPool,
 }
 
 /// What the write side is configured with.
@@ -76,7 +77,8 @@ impl Commands {
             sessions: sessions::Sessions::new(pool.clone(), settings.refresh_token_ttl_secs),
             hasher: PasswordHasher::bounded(settings.hash_concurrency, settings.hash_queue),
             idempotency: idempotency::Idempotency::new(pool.clone(), settings.idempotency_ttl_hours),
-            quotas: quotas::Quotas::new(pool, QuotaSettings::default()),
+            quotas: quotas::Quotas::new(pool.clone(), QuotaSettings::default()),
+            pool,
         }
     }
 

@@ -435,3 +435,58 @@ async fn an_abandoned_claim_is_taken_over_by_the_same_request_after_its_lease() 
         .await;
     assert_eq!(replay.unwrap(), Answer { value: "retried".to_string(), replayed: true });
 }
+
+/// The key's record of a request that committed is lost when the commit's answer is (the
+/// connection dropped during COMMIT: the use case saw a failure and released the key).
+async fn forget_key(pool: &PgPool, user: Uuid, key: &str) {
+    let forgotten = sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+        .bind(user)
+        .bind(key)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(forgotten.rows_affected(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_post_whose_answer_was_lost_is_answered_like_the_first_attempt() {
+    let db = TestDatabase::create().await;
+    let commands = commands(&db.pool);
+    let user = register(&db.pool, "lost@example.com").await;
+    let conversation = start_conversation(&commands, user).await;
+    let id = Uuid::new_v4();
+    let post = |content: &str| PostMessage { id: Some(id), content: content.into() };
+    let first = commands.post_message(&with_key(user, "p-1"), conversation, post("hello")).await.unwrap();
+    forget_key(&db.pool, user, "p-1").await;
+
+    let retried = commands.post_message(&with_key(user, "p-1"), conversation, post("hello")).await.unwrap();
+    assert_eq!(retried.value, first.value, "the same message id and version");
+    assert_eq!(events_of(&db.pool, "UserMessagePosted").await, 1, "posted once");
+    // Another text under that id is another message: refused, with or without a key.
+    let other = commands.post_message(&with_key(user, "p-2"), conversation, post("goodbye")).await;
+    assert!(matches!(other, Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, .. })));
+    // Without a key a repeat stays detectable, as before.
+    let repeat = commands.post_message(&without_key(user), conversation, post("hello")).await;
+    assert!(matches!(repeat, Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_start_whose_answer_was_lost_is_answered_like_the_first_attempt() {
+    let db = TestDatabase::create().await;
+    let commands = commands(&db.pool);
+    let user = register(&db.pool, "lost-start@example.com").await;
+    let stranger = register(&db.pool, "stranger@example.com").await;
+    let id = Uuid::new_v4();
+    let start_as = |title: &str| StartConversation { id: Some(id), title: title.into(), ..Default::default() };
+    let first = commands.start_conversation(&with_key(user, "s-1"), start_as("Plans")).await.unwrap();
+    commands.rename_conversation(&without_key(user), id, "Renamed since".into()).await.unwrap();
+    forget_key(&db.pool, user, "s-1").await;
+
+    let retried = commands.start_conversation(&with_key(user, "s-1"), start_as("Plans")).await.unwrap();
+    assert_eq!(retried.value, first.value, "version 1, the start's own");
+    assert_eq!(events_of(&db.pool, "ConversationStarted").await, 1);
+    for (caller, title) in [(with_key(user, "s-2"), "Other"), (with_key(stranger, "s-1"), "Plans")] {
+        let refused = commands.start_conversation(&caller, start_as(title)).await;
+        assert!(matches!(refused, Err(UseCaseError::Rejected { rejection: ConversationError::AlreadyStarted, .. })));
+    }
+}

@@ -15,8 +15,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 fn commands(pool: &PgPool, limits: QuotaSettings) -> Commands {
-    Commands::new(pool.clone(), Metrics::new(), CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() })
-        .with_quotas(limits)
+    Commands::new(
+        pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+    )
+    .with_quotas(limits)
 }
 
 fn limits(conversations: u64, messages_per_day: u64, stored_bytes: u64) -> QuotaSettings {

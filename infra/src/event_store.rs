@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use colloquy_domain::conversation::{ConversationEvent, MessageLookup};
+use colloquy_domain::conversation::{ConversationEvent, ConversationStarted, MessageLookup, UserMessagePosted};
 use colloquy_domain::decision::PortError;
 use colloquy_domain::Conversation;
 use cqrs_es::Aggregate;
@@ -233,36 +233,69 @@ static CONVERSATION_START: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Who started the conversation `conversation_id`, read from its first event (one
-/// primary-key lookup); `None` when it has no events. Ownership never changes, so this
-/// holds for deleted conversations too, and as soon as the start is committed (before
-/// any read model has it).
-pub async fn conversation_owner<'e>(
+/// How the conversation `conversation_id` was started, read from its first event (one
+/// primary-key lookup); `None` when it has no events.
+pub async fn conversation_started<'e>(
     db: impl PgExecutor<'e>,
     conversation_id: Uuid,
-) -> Result<Option<Uuid>, EventStoreError> {
+) -> Result<Option<ConversationStarted>, EventStoreError> {
     let Some(row) =
         sqlx::query(CONVERSATION_START.as_str()).bind(conversation_id.to_string()).fetch_optional(db).await?
     else {
         return Ok(None);
     };
     let (event, _) = decode(&row)?;
-    match event.to_domain::<ConversationEvent>() {
-        Ok(ConversationEvent::ConversationStarted(started)) => Ok(Some(started.owner_id)),
-        Ok(_) => Err(EventStoreError::Malformed {
-            aggregate_type: event.aggregate_type,
-            aggregate_id: event.aggregate_id,
-            sequence: event.sequence,
-            problem: "a conversation's first event is not ConversationStarted",
-            source: None,
-        }),
-        Err(e) => Err(EventStoreError::Malformed {
-            aggregate_type: event.aggregate_type,
-            aggregate_id: event.aggregate_id,
-            sequence: event.sequence,
-            problem: "unreadable ConversationStarted",
-            source: Some(e),
-        }),
+    match domain_event(&event)? {
+        ConversationEvent::ConversationStarted(started) => Ok(Some(started)),
+        _ => Err(malformed(event, "a conversation's first event is not ConversationStarted", None)),
+    }
+}
+
+/// Who started the conversation `conversation_id` (see [`conversation_started`]).
+/// Ownership never changes, so this holds for deleted conversations too, and as soon as the
+/// start is committed (before any read model has it).
+pub async fn conversation_owner<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+) -> Result<Option<Uuid>, EventStoreError> {
+    Ok(conversation_started(db, conversation_id).await?.map(|started| started.owner_id))
+}
+
+/// The event that posted `message_id` in the conversation, with its sequence (served by
+/// the `events_message_id` index): what a use case compares a repeated post with.
+pub async fn posted_message<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<Option<(i64, UserMessagePosted)>, EventStoreError> {
+    let Some(row) = sqlx::query(MESSAGE_EVENT.as_str())
+        .bind(conversation_id.to_string())
+        .bind(message_id.to_string())
+        .fetch_optional(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match domain_event(&event)? {
+        ConversationEvent::UserMessagePosted(posted) => Ok(Some((event.sequence, posted))),
+        _ => Ok(None),
+    }
+}
+
+fn domain_event(event: &StoredEvent) -> Result<ConversationEvent, EventStoreError> {
+    event
+        .to_domain::<ConversationEvent>()
+        .map_err(|e| malformed(event.clone(), "unreadable conversation event", Some(e)))
+}
+
+fn malformed(event: StoredEvent, problem: &'static str, source: Option<serde_json::Error>) -> EventStoreError {
+    EventStoreError::Malformed {
+        aggregate_type: event.aggregate_type,
+        aggregate_id: event.aggregate_id,
+        sequence: event.sequence,
+        problem,
+        source,
     }
 }
 
@@ -284,6 +317,15 @@ pub async fn aggregate_version<'e>(
 /// The message-id lookup's statement. The aggregate type is spelled into the SQL (not
 /// bound) so the planner can use the partial index `events_message_id`, whose predicate
 /// names it.
+static MESSAGE_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND (payload -> event_type ->> 'message_id') = $2
+          ORDER BY sequence LIMIT 1",
+        Conversation::TYPE
+    )
+});
+
 static MESSAGE_EXISTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT EXISTS (SELECT 1 FROM events
