@@ -99,8 +99,9 @@ impl Running {
 pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut created = Vec::new();
     if which.relay || which.projectors {
-        let created = kafka::ensure_topics(&settings.kafka).await?;
+        created = kafka::ensure_topics(&settings.kafka).await?;
         if !created.is_empty() {
             tracing::info!(?created, "Topics created.");
         }
@@ -111,6 +112,15 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         tasks.spawn(async move { relay.run(token).await });
     }
     if which.projectors {
+        // Every group first lets the members of a killed predecessor expire (all at once),
+        // unless its topics were created just now (then it never had members).
+        let topics = kafka::Topics::new(&settings.kafka);
+        let groups: Vec<String> = colloquy_projections::all()
+            .iter()
+            .filter(|p| !p.aggregate_types().iter().all(|t| created.contains(&topics.events(t))))
+            .map(|p| topics.group(&format!("projection.{}", p.name())))
+            .collect();
+        futures::future::join_all(groups.iter().map(|g| kafka::before_joining(&settings.kafka, g))).await;
         for projection in colloquy_projections::all() {
             spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
         }

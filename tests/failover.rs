@@ -33,6 +33,9 @@ fn projector(settings: &Settings, log: &std::path::Path) -> Child {
         .unwrap()
 }
 
+/// How long a supervisor waits before it restarts a process that died.
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Kills its processes when the test ends, also when it fails.
 struct Children(Vec<Child>);
 
@@ -95,16 +98,18 @@ async fn a_killed_projectors_replacement_consumes_within_the_session_timeout() {
     // Joining a fresh group takes a few rebalance rounds on Tansu: a generous bound here.
     until_projected(&app, conversation, 1, Duration::from_secs(60), &log).await;
 
-    // kill -9: no LeaveGroup, no final commit. The replacement starts at once.
+    // kill -9: no LeaveGroup, no final commit. The replacement starts after a supervisor's
+    // short back-off; on Tansu that puts the dead leader's expiry in the middle of the
+    // newcomer's join, the moment that left the group without assignments (issue 6, item 8).
     children.0[0].kill().unwrap();
     children.0[0].wait().unwrap();
+    tokio::time::sleep(RESTART_BACKOFF).await;
     children.0.push(projector(&settings, &log));
     app.message(&token, conversation, "after the crash").await;
 
-    // The coordinator hands the dead member's partitions over once it has been silent for
-    // the session timeout; joining and syncing takes a few more seconds (Tansu pauses a
-    // follower's join for 3 s). Bound: twice the session timeout plus 10 s — far below
-    // the minutes a stuck group takes.
+    // The replacement waits one session timeout for the dead member to expire, then joins
+    // and syncs (Tansu pauses a follower's join for 3 s). Bound: twice the session timeout
+    // plus 10 s, from the restart — where a stuck group never gets there at all.
     let session = Duration::from_millis(u64::from(settings.kafka.session_timeout_ms));
     until_projected(&app, conversation, 2, session * 2 + Duration::from_secs(10), &log).await;
     drop(children);

@@ -108,6 +108,49 @@ pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
     cfg
 }
 
+/// Waits, before a consumer joins `group`, until a member that died without leaving it has
+/// had its session expire. Call it before subscribing a consumer of any group (projectors,
+/// workers), unless the group's topics were only just created (then it cannot have had
+/// members).
+///
+/// Why: a process killed without leaving its group (`kill -9`) stays a member until the
+/// coordinator notices its silence. Apache Kafka then rebalances correctly whenever it
+/// notices. Tansu 0.6 does not when the dead member was the group's leader and a newcomer
+/// is mid-join: the newcomer joins as a follower of the dead leader, and if the leader's
+/// session expires while the newcomer's `SyncGroup` (with no assignments, as a follower's
+/// is) is being handled, Tansu evicts the leader there and accepts that empty assignment as
+/// the group's. The group is then stable and nobody owns a partition until its membership
+/// changes again: a replacement projector that applies nothing for as long as it runs.
+/// Joining only after the dead member's session expired makes the newcomer's first
+/// `JoinGroup` evict it, so the newcomer becomes the leader and assigns every partition.
+///
+/// A group the broker describes without members (left cleanly, or never joined) is joined
+/// at once. Tansu's SQLite storage cannot describe groups (the request fails): then the
+/// consumer waits one session timeout, to be safe.
+pub async fn before_joining(settings: &KafkaSettings, group: &str) {
+    let (config, name) = (client_config(settings), group.to_string());
+    let listed = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = config.create()?;
+        let groups = consumer.fetch_group_list(Some(&name), Duration::from_secs(5))?;
+        Ok::<bool, KafkaError>(groups.groups().iter().any(|g| !g.members().is_empty()))
+    })
+    .await;
+    let reason = match listed {
+        Ok(Ok(false)) => return,
+        Ok(Ok(true)) => "the group lists members".to_string(),
+        Ok(Err(e)) => format!("the group could not be described: {e}"),
+        Err(e) => format!("the group could not be described: {e}"),
+    };
+    let wait = Duration::from_millis(u64::from(settings.session_timeout_ms)) + HANDOVER_MARGIN;
+    tracing::info!(%group, %reason, wait_ms = wait.as_millis() as u64, "Waiting a session timeout before joining, so a killed member cannot be the group's leader.");
+    tokio::time::sleep(wait).await;
+}
+
+/// Added to the session timeout before joining a group with members: the coordinator
+/// measures silence from the member's last heartbeat, which came before it died.
+const HANDOVER_MARGIN: Duration = Duration::from_millis(500);
+
 /// Creates the project's topics where missing; existing ones are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
