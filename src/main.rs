@@ -90,11 +90,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay => Processes { relay: true, ..Default::default() },
         Command::Project => Processes { projectors: true, ..Default::default() },
         Command::Migrate => {
-            if postgres::create_database_if_missing(&settings.database).await? {
+            if postgres::prepare(&settings.database).await? {
                 tracing::info!("Database created.");
             }
-            let pool = postgres::connect(&settings.database).await?;
-            postgres::migrate(&pool).await?;
             tracing::info!("Migrations applied.");
             return Ok(());
         }

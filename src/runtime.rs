@@ -5,7 +5,7 @@ use std::sync::Arc;
 use colloquy_api::Application;
 use colloquy_commands::idempotency::Idempotency;
 use colloquy_infra::metrics::Metrics;
-use colloquy_infra::ops::{self, Scrape};
+use colloquy_infra::ops::{self, Readiness, Scrape};
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::{kafka, postgres, Settings};
 use colloquy_projections::projector::Projector;
@@ -27,13 +27,11 @@ pub struct Deps {
 
 /// Connects Postgres (migrating if configured), and Redis when `which` needs it.
 pub async fn connect(settings: &Settings, which: Processes) -> anyhow::Result<Deps> {
-    if settings.database.migrate_on_start && postgres::create_database_if_missing(&settings.database).await? {
+    // Creation and migration are safe for any number of processes starting at once.
+    if settings.database.migrate_on_start && postgres::prepare(&settings.database).await? {
         tracing::info!("Database created.");
     }
     let pool = postgres::connect(&settings.database).await?;
-    if settings.database.migrate_on_start {
-        postgres::migrate(&pool).await?;
-    }
     let redis = match which.api || which.projectors {
         true => Some(RedisStore::connect(&settings.redis).await?),
         false => None,
@@ -101,8 +99,9 @@ impl Running {
 pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut created = Vec::new();
     if which.relay || which.projectors {
-        let created = kafka::ensure_topics(&settings.kafka).await?;
+        created = kafka::ensure_topics(&settings.kafka).await?;
         if !created.is_empty() {
             tracing::info!(?created, "Topics created.");
         }
@@ -113,6 +112,15 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         tasks.spawn(async move { relay.run(token).await });
     }
     if which.projectors {
+        // Every group first lets the members of a killed predecessor expire (all at once),
+        // unless its topics were created just now (then it never had members).
+        let topics = kafka::Topics::new(&settings.kafka);
+        let groups: Vec<String> = colloquy_projections::all()
+            .iter()
+            .filter(|p| !p.aggregate_types().iter().all(|t| created.contains(&topics.events(t))))
+            .map(|p| topics.group(&format!("projection.{}", p.name())))
+            .collect();
+        futures::future::join_all(groups.iter().map(|g| kafka::before_joining(&settings.kafka, g))).await;
         for projection in colloquy_projections::all() {
             spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
         }
@@ -122,16 +130,24 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     // Every process reports relay lag at scrape time, whichever process runs the relay.
     let scrape = Scrape::new(deps.metrics.clone())
         .with_probe(Arc::new(LagProbe::new(deps.pool.clone(), settings.relay.name.clone())));
-    if !which.api && settings.http.ops_port != 0 {
-        match ops::ops_server(&settings.http.host, settings.http.ops_port, scrape.clone()) {
-            Ok((ops_port, server)) => {
-                tracing::info!(port = ops_port, "Metrics and health listening.");
+    let ops_port = ops_port(settings, which);
+    if !which.api && ops_port != 0 {
+        // These processes use Postgres and Kafka; the projectors' caches use Redis too.
+        let mut readiness = Readiness::default()
+            .with("postgres", Arc::new(ops::PostgresCheck(deps.pool.clone())))
+            .with("kafka", Arc::new(kafka::KafkaHealth::new(&settings.kafka, ops::CHECK_TIMEOUT)?));
+        if let Some(redis) = &deps.redis {
+            readiness = readiness.with("redis", Arc::new(ops::RedisCheck(redis.clone())));
+        }
+        match ops::ops_server(&settings.http.host, ops_port, scrape.clone(), readiness) {
+            Ok((bound, server)) => {
+                tracing::info!(port = bound, "Metrics and health listening.");
                 http = Some(server.handle());
                 tasks.spawn(async move {
                     let _ = server.await;
                 });
             }
-            Err(e) => tracing::warn!(port = settings.http.ops_port, error = %e, "No metrics listener (port taken?)."),
+            Err(e) => tracing::warn!(port = ops_port, error = %e, "No metrics listener (port taken?)."),
         }
     }
     if let (true, Some(redis)) = (which.api, &deps.redis) {
@@ -161,6 +177,16 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     Ok(Running { port, shutdown, http, tasks })
 }
 
+/// The `/metrics` and `/health` port of a process without the API: `http.ops_port` when
+/// set, else its role's own default, so a relay and a projector on one host both listen.
+pub fn ops_port(settings: &Settings, which: Processes) -> u16 {
+    let role_default = match which.projectors {
+        true => settings.http.project_ops_port,
+        false => settings.http.relay_ops_port,
+    };
+    settings.http.ops_port.unwrap_or(role_default)
+}
+
 fn spawn_projector(
     tasks: &mut JoinSet<()>,
     settings: &Settings,
@@ -172,4 +198,20 @@ fn spawn_projector(
         Projector::new(projection, &settings.kafka, deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
     tasks.spawn(async move { projector.run(token).await });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_and_projector_get_ports_of_their_own() {
+        let settings = Settings::default();
+        let relay = ops_port(&settings, Processes { relay: true, ..Default::default() });
+        let project = ops_port(&settings, Processes { projectors: true, ..Default::default() });
+        assert_eq!((relay, project), (9464, 9465));
+        let mut one = Settings::default();
+        one.http.ops_port = Some(0);
+        assert_eq!(ops_port(&one, Processes { projectors: true, ..Default::default() }), 0);
+    }
 }

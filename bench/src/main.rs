@@ -136,7 +136,7 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     settings.kafka.topic_prefix = format!("bench{tag}.");
     settings.redis.key_prefix = format!("colloquy-bench-{tag}:");
     settings.http.port = 0;
-    settings.http.ops_port = 0;
+    settings.http.ops_port = Some(0);
     // One user sends everything, far above the production per-user limit.
     settings.rate_limit.per_minute = 10_000_000;
     settings.rate_limit.burst = 10_000_000;

@@ -57,18 +57,42 @@ impl std::fmt::Debug for DatabaseSettings {
     }
 }
 
-/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
+/// A URL fit for logs and error messages: the password of `scheme://user:secret@host/db`
+/// becomes `***` (`scheme://user:***@host/db`), and so does the value of a `password`
+/// query parameter. Anything that is not a URL is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:***{}", &authority[at..]),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if is_secret_name(key) => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
         }
-        _ => url.to_string(),
-    }
+        None => tail.to_string(),
+    };
+    format!("{}{authority}{tail}", &url[..scheme_end])
+}
+
+fn is_secret_name(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token"].iter().any(|s| key.contains(s))
 }
 
 impl Default for DatabaseSettings {
@@ -83,23 +107,44 @@ impl Default for DatabaseSettings {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisSettings {
-    /// Connection URL.
+    /// Connection URL: `redis://host:6379/0`, or `rediss://` for TLS (the server's
+    /// certificate is checked against the system's trusted roots). May carry credentials
+    /// (`redis://user:password@host`): never logged.
     pub url: String,
     /// Prefix of every key, so deployments (and tests) can share a server.
     pub key_prefix: String,
+    /// `AUTH` user name (Redis 6 ACLs), when not in the URL.
+    pub username: Option<String>,
+    /// `AUTH` password, when not in the URL (so the URL can be logged and the password come
+    /// from a secret store); overrides a password in the URL. Never logged.
+    pub password: Option<String>,
 }
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What a secret prints as.
+pub const REDACTED: &str = "<redacted>";
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: "colloquy:".into() }
+        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: "colloquy:".into(), username: None, password: None }
     }
 }
 
 /// Kafka settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
@@ -112,6 +157,48 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Milliseconds a produced message may wait for delivery before it counts as failed.
     pub message_timeout_ms: u64,
+    /// Consumers' `session.timeout.ms`: how long the group coordinator waits for a silent
+    /// member (a killed process) before it gives the member's partitions to another. The
+    /// bound on a failover. 6000 is the smallest value Apache Kafka accepts by default
+    /// (`group.min.session.timeout.ms`). See docs/operations.md.
+    pub session_timeout_ms: u32,
+    /// Consumers' `heartbeat.interval.ms` (at most a third of the session timeout).
+    pub heartbeat_interval_ms: u32,
+    /// Consumers' `max.poll.interval.ms`, also sent as the rebalance timeout: the longest a
+    /// consumer may take between two polls before it is considered stuck and leaves the group.
+    pub max_poll_interval_ms: u32,
+    /// `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`. TLS needs the
+    /// `kafka-tls` build feature (librdkafka with OpenSSL).
+    pub security_protocol: String,
+    /// `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`) with a `sasl_*` protocol.
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    pub sasl_username: Option<String>,
+    /// `sasl.password`. Never logged.
+    pub sasl_password: Option<String>,
+    /// `ssl.ca.location`: a PEM file of the CA that signed the brokers' certificates (the
+    /// system's trusted roots when unset).
+    pub ssl_ca_location: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("max_poll_interval_ms", &self.max_poll_interval_ms)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| REDACTED))
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .finish()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -122,6 +209,14 @@ impl Default for KafkaSettings {
             partitions: 3,
             replication_factor: 1,
             message_timeout_ms: 30_000,
+            session_timeout_ms: 6_000,
+            heartbeat_interval_ms: 1_500,
+            max_poll_interval_ms: 300_000,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
         }
     }
 }
@@ -142,9 +237,14 @@ pub struct HttpSettings {
     pub min_version_wait_ms: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
-    /// Port of the `/metrics` and `/health` listener of processes without the API
-    /// (`relay`, `project`); 0 disables it.
-    pub ops_port: u16,
+    /// Port of the `/metrics` and `/health` listener of this process when it runs without
+    /// the API, overriding its role's default below; 0 disables the listener.
+    pub ops_port: Option<u16>,
+    /// Default ops port of `colloquy relay` (9464).
+    pub relay_ops_port: u16,
+    /// Default ops port of `colloquy project` (9465), distinct from the relay's so both run
+    /// on one host and both are scraped.
+    pub project_ops_port: u16,
     /// Hours an `Idempotency-Key` and its response are remembered.
     pub idempotency_ttl_hours: u32,
     /// Seconds a request that never finished (its process died) holds its
@@ -165,7 +265,9 @@ impl Default for HttpSettings {
             json_limit_bytes: 256 * 1024,
             min_version_wait_ms: 5_000,
             shutdown_timeout_secs: 30,
-            ops_port: 9464,
+            ops_port: None,
+            relay_ops_port: 9464,
+            project_ops_port: 9465,
             idempotency_ttl_hours: 24,
             idempotency_lease_secs: 120,
             trusted_proxies: Vec::new(),
@@ -402,10 +504,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// Errors reading settings.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
+/// Errors reading settings. Its message names the key and what was wrong, never the value
+/// given (which may be a secret: a mistyped key list, a password).
+#[derive(thiserror::Error)]
+#[error("invalid configuration: {}", describe(.0))]
 pub struct SettingsError(#[from] Box<figment::Error>);
+
+impl std::fmt::Debug for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SettingsError({})", describe(&self.0))
+    }
+}
+
+/// Every error figment collected, without the offending values.
+fn describe(error: &figment::Error) -> String {
+    use figment::error::{Actual, Kind};
+    let actual = |a: &Actual| match a {
+        // Values that could be a secret are named by their type only.
+        Actual::Str(_) | Actual::Bytes(_) | Actual::Char(_) | Actual::Other(_) => "a string".to_string(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_string(),
+        Actual::Float(_) => "a float".to_string(),
+        other => other.to_string(),
+    };
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let what = match &e.kind {
+                Kind::InvalidType(a, expected) => format!("invalid type: found {}, expected {expected}", actual(a)),
+                Kind::InvalidValue(a, expected) => format!("invalid value: found {}, expected {expected}", actual(a)),
+                Kind::UnknownVariant(_, expected) => format!("unknown variant, expected one of {expected:?}"),
+                Kind::Unsupported(a) => format!("unsupported {}", actual(a)),
+                Kind::UnsupportedKey(a, need) => format!("unsupported key {}, need {need}", actual(a)),
+                Kind::Message(_) => "invalid value".to_string(),
+                other => other.to_string(),
+            };
+            match e.path.is_empty() {
+                true => what,
+                false => format!("{what} for key `{}`", e.path.join(".")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 impl Settings {
     /// Defaults, then `file` if given (or `colloquy.toml` if it exists), then the environment.
@@ -430,6 +571,89 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(printed.contains("postgres://app:***@db:5432/colloquy"), "{printed}");
         assert!(!printed.contains("s3cret"));
+    }
+
+    #[test]
+    fn urls_are_printed_without_passwords() {
+        for (url, printed) in [
+            ("postgres://app:s3cret@db:5432/colloquy", "postgres://app:***@db:5432/colloquy"),
+            ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+            ("rediss://default:s3cret@cache:6380", "rediss://default:***@cache:6380"),
+            ("postgres://app:p@ss@db/colloquy", "postgres://app:***@db/colloquy"),
+            (
+                "postgres://db/colloquy?user=app&password=s3cret&sslmode=require",
+                "postgres://db/colloquy?user=app&password=***&sslmode=require",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("postgres://app@db/colloquy", "postgres://app@db/colloquy"),
+        ] {
+            assert_eq!(redact_url(url), printed);
+        }
+    }
+
+    #[test]
+    fn redis_and_kafka_secrets_are_not_printed() {
+        let redis = RedisSettings {
+            url: "rediss://app:url-s3cret@cache:6380".into(),
+            password: Some("separate-s3cret".into()),
+            ..Default::default()
+        };
+        let kafka = KafkaSettings {
+            security_protocol: "sasl_ssl".into(),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some("colloquy".into()),
+            sasl_password: Some("sasl-s3cret".into()),
+            ..Default::default()
+        };
+        let settings = Settings { redis, kafka, ..Default::default() };
+        let printed = format!("{settings:?} {settings:#?}");
+        for secret in ["url-s3cret", "separate-s3cret", "sasl-s3cret", DEV_JWT_SECRET] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        assert!(printed.contains("rediss://app:***@cache:6380"), "{printed}");
+        assert!(printed.contains("SCRAM-SHA-512") && printed.contains("colloquy"), "{printed}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_misconfigured_value_is_not_repeated_in_the_error() {
+        figment::Jail::expect_with(|jail| {
+            // A key list given as a bare secret, and a secret pasted into a number field.
+            jail.set_env("COLLOQUY_AUTH__KEYS", "my-jwt-s3cret-0123456789abcdef0123456789");
+            let e = Settings::load(None).expect_err("a string is not a key list");
+            let printed = format!("{e} {e:?}");
+            assert!(!printed.contains("my-jwt-s3cret"), "{printed}");
+            assert!(printed.contains("auth.keys"), "the key is named: {printed}");
+            jail.clear_env();
+            jail.set_env("COLLOQUY_KAFKA__PARTITIONS", "hunter2");
+            let e = Settings::load(None).expect_err("not a number");
+            let printed = format!("{e} {e:?}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("kafka.partitions"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn security_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl");
+            jail.set_env("COLLOQUY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-256");
+            jail.set_env("COLLOQUY_KAFKA__SASL_USERNAME", "colloquy");
+            jail.set_env("COLLOQUY_KAFKA__SASL_PASSWORD", "pw");
+            jail.set_env("COLLOQUY_KAFKA__SSL_CA_LOCATION", "/etc/ssl/kafka-ca.pem");
+            jail.set_env("COLLOQUY_REDIS__PASSWORD", "redis-pw");
+            jail.set_env("COLLOQUY_HTTP__PROJECT_OPS_PORT", "9500");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.security_protocol, "sasl_ssl");
+            assert_eq!(s.kafka.sasl_mechanism.as_deref(), Some("SCRAM-SHA-256"));
+            assert_eq!(s.kafka.sasl_password.as_deref(), Some("pw"));
+            assert_eq!(s.kafka.ssl_ca_location.as_deref(), Some("/etc/ssl/kafka-ca.pem"));
+            assert_eq!(s.redis.password.as_deref(), Some("redis-pw"));
+            assert_eq!((s.http.ops_port, s.http.project_ops_port), (None, 9500));
+            Ok(())
+        });
     }
 
     #[test]

@@ -663,6 +663,7 @@ impl TestRedis {
         let settings = RedisSettings {
             url: "redis://127.0.0.1:6379".into(),
             key_prefix: format!("colloquy_test_{}:", Uuid::new_v4().simple()),
+            ..Default::default()
         };
         Self { store: RedisStore::connect(&settings).await.expect("redis"), url: settings.url }
     }

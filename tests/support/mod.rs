@@ -36,7 +36,7 @@ pub fn isolated_settings() -> Settings {
     s.kafka.partitions = 2;
     s.http.port = 0;
     s.http.workers = 2;
-    s.http.ops_port = 0;
+    s.http.ops_port = Some(0);
     s.http.min_version_wait_ms = 15_000;
     s.rate_limit.per_minute = 1_000_000;
     s.rate_limit.burst = 1_000_000;

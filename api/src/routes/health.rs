@@ -1,10 +1,9 @@
 //! `GET /health` (liveness), `GET /health/ready` (dependencies), `GET /metrics`.
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use actix_web::{web, HttpResponse};
-use colloquy_infra::ops;
-use serde_json::json;
+use colloquy_infra::ops::{self, PostgresCheck, Readiness, RedisCheck};
 
 use crate::state::AppState;
 
@@ -14,23 +13,20 @@ pub async fn get_health() -> HttpResponse {
     ops::health_response()
 }
 
-/// Postgres, Redis and Kafka all answer.
+/// Postgres and Redis, which every request path uses, answer. Kafka is not checked: no
+/// request of the API uses it (the relay and the projectors check it on their own ops
+/// listeners), so a broker outage must not take the API out of its load balancer. The
+/// answer is reused for a second, so a flood of probes costs one check a second.
 #[utoipa::path(get, path = "/health/ready", tag = "operations", responses((status = 200), (status = 503)))]
-pub async fn get_ready(state: web::Data<AppState>) -> HttpResponse {
-    let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
-    let postgres = matches!(postgres, Ok(Ok(_)));
-    let redis = matches!(tokio::time::timeout(Duration::from_secs(2), state.redis.ping()).await, Ok(Ok(())));
-    let kafka = colloquy_infra::kafka::check(&state.settings.kafka, Duration::from_secs(2)).await.is_ok();
-    let status = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let body = json!({
-        "status": status(postgres && redis && kafka),
-        "checks": {"postgres": status(postgres), "redis": status(redis), "kafka": status(kafka)},
-    });
-    if postgres && redis && kafka {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+pub async fn get_ready(state: web::Data<AppState>, readiness: web::Data<OnceLock<Readiness>>) -> HttpResponse {
+    readiness
+        .get_or_init(|| {
+            Readiness::default()
+                .with("postgres", Arc::new(PostgresCheck(state.pool.clone())))
+                .with("redis", Arc::new(RedisCheck(state.redis.clone())))
+        })
+        .response()
+        .await
 }
 
 /// Prometheus metrics (relay lag among them, measured at scrape time).
@@ -41,7 +37,8 @@ pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/health", "GET").route(web::get().to(get_health)))
+    cfg.app_data(web::Data::new(OnceLock::<Readiness>::new()))
+        .service(super::resource("/health", "GET").route(web::get().to(get_health)))
         .service(super::resource("/health/ready", "GET").route(web::get().to(get_ready)))
         .service(super::resource("/metrics", "GET").route(web::get().to(get_metrics)));
 }
