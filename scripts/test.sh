@@ -11,6 +11,8 @@ bash scripts/services.sh all
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# The topics the end-to-end tests left on the broker (they are not deleted while others run).
+cargo test --locked --test sweep -- --ignored
 # The fault-injection suite restarts the PostgreSQL, Redis and broker it runs on (its own,
 # on free ports), so it runs alone, after everything else.
 cargo test --locked --test faults -- --ignored --nocapture

@@ -74,13 +74,18 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
     }
 
-    /// Stops everything now, without waiting (for use where nothing can be awaited, such
-    /// as `Drop`): the API stops without finishing requests, workers are cancelled.
-    pub fn abort(mut self) {
+    /// Signals every process to stop (the API without finishing requests; workers finish
+    /// their batch, commit and close their clients) without waiting; then [`Running::wait`]
+    /// from anywhere, on any runtime.
+    pub fn begin_stop(&mut self) {
         if let Some(http) = self.http.take() {
             tokio::spawn(async move { http.stop(false).await });
         }
         self.shutdown.cancel();
+    }
+
+    /// Cancels every process's task at once.
+    pub fn abort_tasks(&mut self) {
         self.tasks.abort_all();
     }
 

@@ -198,86 +198,76 @@ impl Drop for Redis {
 }
 
 /// A broker of the test's own, started by `scripts/services.sh kafka` on its own port and
-/// data folder: the same binary, storage and flags a developer machine gets, so a restart
-/// here loses exactly what it would lose there (nothing, with SQLite storage).
+/// data folder: the same binary, storage, flags and supervisor a developer machine gets, so
+/// a restart here loses exactly what it would lose there (nothing, with SQLite storage).
 pub struct Broker {
     pub port: u16,
     state: PathBuf,
-    pid: Option<u32>,
 }
 
 impl Broker {
-    fn run_script(&self) -> u32 {
+    fn script(&self, action: &str) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let status = Command::new("bash")
             .arg(root.join("scripts/services.sh"))
-            .arg("kafka")
+            .arg(action)
             .env("COLLOQUY_KAFKA_PORT", self.port.to_string())
             .env("COLLOQUY_STATE_DIR", &self.state)
             .stdout(Stdio::null())
             .status()
-            .expect("scripts/services.sh kafka");
-        assert!(status.success(), "scripts/services.sh kafka failed");
-        let pid = std::fs::read_to_string(self.state.join("tansu.pid")).expect("tansu.pid");
-        pid.trim().parse().expect("a pid")
+            .expect("scripts/services.sh");
+        assert!(status.success(), "scripts/services.sh {action} failed");
     }
 
     async fn start(dir: &Path) -> Self {
         let state = dir.join("broker");
         std::fs::create_dir_all(&state).expect("broker dir");
-        let mut broker = Self { port: free_port(), state, pid: None };
-        broker.pid = Some(broker.run_script());
+        let broker = Self { port: free_port(), state };
+        broker.script("kafka");
         wait_port(broker.port, "the broker").await;
         broker
     }
 
+    /// The broker process's pid (its supervisor restarts it when it exits).
     fn pid(&self) -> u32 {
-        self.pid.expect("the broker runs")
+        let pid = std::fs::read_to_string(self.state.join("tansu.pid")).expect("tansu.pid");
+        pid.trim().parse().expect("a pid")
     }
 
     /// SIGSTOP for `pause`, then SIGCONT.
     pub async fn pause(&self, pause: Duration) {
-        signal(self.pid(), "STOP");
+        let pid = self.pid();
+        signal(pid, "STOP");
         tokio::time::sleep(pause).await;
-        signal(self.pid(), "CONT");
+        signal(pid, "CONT");
     }
 
-    async fn wait_gone(pid: u32) {
-        for _ in 0..100 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        signal(pid, "KILL");
-        for _ in 0..50 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Stops the broker (SIGTERM, SIGKILL if it lingers) and starts it again on the same
-    /// storage, as the services script does.
+    /// Stops the broker (SIGTERM) and lets the services script's supervisor start it again
+    /// on the same storage.
     pub async fn restart(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            signal(pid, "TERM");
-            Self::wait_gone(pid).await;
+        let old = self.pid();
+        signal(old, "TERM");
+        for _ in 0..300 {
+            let restarted = std::fs::read_to_string(self.state.join("tansu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .is_some_and(|p| p != old);
+            if restarted && port_open(self.port) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.pid = Some(self.run_script());
-        wait_port(self.port, "the broker").await;
+        panic!("the broker was not restarted within 30 s");
     }
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Stops the broker at once (idempotent).
+    /// Stops the broker and its supervisor (idempotent).
     pub fn stop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            signal(pid, "CONT");
-            signal(pid, "KILL");
+        if self.state.join("tansu-supervisor.pid").exists() {
+            self.script("stop-kafka");
         }
     }
 }

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use colloquy::runtime::{self, Deps, Processes, Running};
 use colloquy_infra::Settings;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use sqlx::migrate::MigrateDatabase;
@@ -217,34 +215,42 @@ pub fn assert_declared_error_code(status: u16, body: &Value) {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Clean up on a separate runtime so it also happens when the test panicked.
+        // The processes stop first (projectors commit and close their consumers), then the
+        // database, topics and keys go: a consumer still committing offsets to a deleted
+        // topic crashes the broker's storage (Tansu 0.6) and librdkafka. Both on a separate
+        // runtime, so it also happens when the test panicked; the test's own (multi-thread)
+        // runtime keeps driving the processes meanwhile.
         let settings = self.settings.clone();
-        if let Some(running) = self.running.take() {
-            running.abort();
+        let mut running = self.running.take();
+        if let Some(r) = running.as_mut() {
+            r.begin_stop();
         }
-        if !self.owner {
-            return;
-        }
+        let owner = self.owner;
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(cleanup(settings));
+            rt.block_on(async move {
+                if let Some(mut r) = running {
+                    if tokio::time::timeout(Duration::from_secs(20), r.wait()).await.is_err() {
+                        r.abort_tasks();
+                    }
+                }
+                if owner {
+                    cleanup(settings).await;
+                }
+            });
         })
         .join();
     }
 }
 
-/// Drops the test's database, topics and Redis keys.
+/// Drops the test's database and Redis keys. Its topics stay until the run ends
+/// (`tests/sweep.rs`, run by `scripts/test.sh` after the suite): deleting a topic while other
+/// tests' Kafka clients are live in this process crashes librdkafka's metadata cache
+/// (SIGSEGV in `rd_kafka_metadata_cache_find`, seen with Tansu 0.6).
 pub async fn cleanup(settings: Settings) {
     let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
     if let Ok(redis) = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await {
         let _ = redis.delete_prefixed("").await;
-    }
-    let admin: Result<AdminClient<DefaultClientContext>, _> =
-        ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create();
-    if let Ok(admin) = admin {
-        let topics = colloquy_infra::kafka::Topics::new(&settings.kafka).all();
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let _ = tokio::time::timeout(Duration::from_secs(10), admin.delete_topics(&refs, &AdminOptions::new())).await;
     }
 }
 
