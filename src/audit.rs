@@ -114,7 +114,12 @@ impl KafkaReport {
     fn forged(&mut self, topic: &str, r: &Record, reason: String) {
         self.forged_count += 1;
         if self.forged.len() < LISTED {
-            self.forged.push(ForgedRecord { topic: topic.to_string(), partition: r.partition, offset: r.offset, reason });
+            self.forged.push(ForgedRecord {
+                topic: topic.to_string(),
+                partition: r.partition,
+                offset: r.offset,
+                reason,
+            });
         }
     }
 }
@@ -212,7 +217,9 @@ pub async fn verify_kafka(pool: &PgPool, kafka: &KafkaSettings, relay_name: &str
                 match stored.get(&key) {
                     Some(Ok(real)) => match record.mismatch(real) {
                         None => present.push(key),
-                        Some(field) => report.forged(&topic, r, format!("{key:?}: its {field} differs from the store's")),
+                        Some(field) => {
+                            report.forged(&topic, r, format!("{key:?}: its {field} differs from the store's"))
+                        }
                     },
                     // The stored copy is unreadable (reported with the store's checks); the
                     // record is there all the same.

@@ -210,8 +210,7 @@ async fn main() -> anyhow::Result<()> {
             let pool = postgres::connect(&settings.database).await?;
             let mut report = colloquy::audit::verify(&pool, &settings.relay.name).await?;
             if !skip_kafka {
-                report.kafka =
-                    Some(colloquy::audit::verify_kafka(&pool, &settings.kafka, &settings.relay.name).await?);
+                report.kafka = Some(colloquy::audit::verify_kafka(&pool, &settings.kafka, &settings.relay.name).await?);
             }
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
             if !report.is_sound() {

@@ -467,7 +467,9 @@ impl SeenOnKafka {
         .await?;
         let listed = rows
             .into_iter()
-            .map(|(aggregate_type, aggregate_id, sequence, id)| (EventKey { aggregate_type, aggregate_id, sequence }, id))
+            .map(|(aggregate_type, aggregate_id, sequence, id)| {
+                (EventKey { aggregate_type, aggregate_id, sequence }, id)
+            })
             .collect();
         Ok((count, listed))
     }

@@ -185,7 +185,8 @@ impl Projector {
                 }
             }
         };
-        let count = |outcome: &str, n: u64| self.metrics.projection_applied.with_label_values(&[name, outcome]).inc_by(n);
+        let count =
+            |outcome: &str, n: u64| self.metrics.projection_applied.with_label_values(&[name, outcome]).inc_by(n);
         for (i, reason) in &checked.refused {
             tracing::warn!(projection = name, offset = batch[*i].offset, %reason, "Record refused: it does not match the event store.");
             count("refused", 1);

@@ -120,8 +120,12 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     if quarantined.is_empty() {
         tracing::info!(projection = projection.name(), events, "Projection rebuilt and switched over.");
     } else {
-        tracing::warn!(projection = projection.name(), events, quarantined = quarantined.len(),
-            "Projection rebuilt and switched over without its quarantined aggregates.");
+        tracing::warn!(
+            projection = projection.name(),
+            events,
+            quarantined = quarantined.len(),
+            "Projection rebuilt and switched over without its quarantined aggregates."
+        );
     }
     Ok(RebuildReport { events, quarantined })
 }

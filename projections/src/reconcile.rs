@@ -79,8 +79,7 @@ pub async fn reconcile_once(
     let name = projection.name();
     let types: Vec<String> = projection.aggregate_types().iter().map(|t| t.to_string()).collect();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let horizon = sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT now()").fetch_one(pool).await?
-        - grace;
+    let horizon = sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT now()").fetch_one(pool).await? - grace;
     let mut cursor = load_checkpoint(pool, name).await?;
     let mut done = Reconciled::default();
     loop {
@@ -103,8 +102,14 @@ pub async fn reconcile_once(
         for ((aggregate_type, aggregate_id), sequence) in newest {
             let (applied, quarantined) = progress.get(aggregate_id).copied().unwrap_or((0, false));
             if sequence > applied && !quarantined {
-                tracing::warn!(projection = name, aggregate_type, aggregate_id, applied, sequence,
-                    "Read model behind the event store past the grace period; applying from the store.");
+                tracing::warn!(
+                    projection = name,
+                    aggregate_type,
+                    aggregate_id,
+                    applied,
+                    sequence,
+                    "Read model behind the event store past the grace period; applying from the store."
+                );
                 done.add(&catch_up(pool, projection, aggregate_type, aggregate_id).await?);
             }
         }
@@ -239,8 +244,12 @@ impl Reconciler {
                     counter("healed").inc_by(done.healed);
                     counter("poison").inc_by(done.quarantined);
                     if done.healed > 0 || done.quarantined > 0 {
-                        tracing::warn!(projection = name, healed = done.healed, quarantined = done.quarantined,
-                            "Reconciliation applied events the read model lacked.");
+                        tracing::warn!(
+                            projection = name,
+                            healed = done.healed,
+                            quarantined = done.quarantined,
+                            "Reconciliation applied events the read model lacked."
+                        );
                     }
                     if let Some(redis) = &self.redis {
                         for user in done.touched {

@@ -181,8 +181,12 @@ async fn a_poison_event_quarantines_only_its_aggregate_until_cleared_after_a_fix
     insert_event(pool, "Conversation", a, 5, posted(owner, "three")).await;
     insert_event(pool, "Conversation", b, 2, posted(owner, "b one")).await;
     wait_until_readable(pool, 7).await;
-    let batch: Vec<StoredEvent> =
-        event_store::read_committed(pool, Default::default(), None, 100).await.unwrap().into_iter().map(|(e, _)| e).collect();
+    let batch: Vec<StoredEvent> = event_store::read_committed(pool, Default::default(), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
 
     let p = ConversationsProjection;
     let mut tx = pool.begin().await.unwrap();
@@ -233,8 +237,11 @@ async fn a_poison_event_quarantines_only_its_aggregate_until_cleared_after_a_fix
     let mut healed = vec![(a, 3, 5), (b, 1, 2)];
     healed.sort();
     assert_eq!(counts(pool).await, healed);
-    let title: String =
-        sqlx::query_scalar("SELECT title FROM rm_conversations WHERE conversation_id = $1").bind(a).fetch_one(pool).await.unwrap();
+    let title: String = sqlx::query_scalar("SELECT title FROM rm_conversations WHERE conversation_id = $1")
+        .bind(a)
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert_eq!(title, "cursed");
     rebuild(pool, &p).await.unwrap();
     assert_eq!(counts(pool).await, healed, "cleared and caught up equals a fresh rebuild");
