@@ -181,13 +181,20 @@ async fn main() -> anyhow::Result<()> {
                         &aggregate_id,
                     )
                     .await?;
-                    let applied = outcomes
-                        .iter()
-                        .map(|o| match o {
-                            colloquy_projections::projection::Applied::Applied { filled, .. } => 1 + filled,
-                            _ => 0,
-                        })
-                        .sum::<usize>();
+                    let (mut applied, mut touched) = (0, Vec::new());
+                    for outcome in &outcomes {
+                        if let colloquy_projections::projection::Applied::Applied { filled, touched: t } = outcome {
+                            applied += 1 + filled;
+                            touched.extend(t);
+                        }
+                    }
+                    // The users whose cached views the applied events changed.
+                    if !touched.is_empty() {
+                        let redis = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await?;
+                        for user in touched {
+                            colloquy_projections::cache::invalidate(&redis, user).await?;
+                        }
+                    }
                     let again = colloquy_projections::quarantine::list(&pool, Some(p.name()))
                         .await?
                         .into_iter()

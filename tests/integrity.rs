@@ -215,3 +215,85 @@ async fn verify_reports_missing_and_forged_records_and_passes_on_a_healthy_strea
     assert!(reason.contains("event id differs"), "{reason}");
     assert_eq!(kafka["duplicates"].as_u64(), Some(1), "duplicates are counted, not judged");
 }
+
+/// A counter of the app's `/metrics`, 0 when absent.
+async fn metric(app: &TestApp, series: &str) -> u64 {
+    let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_is_dead_lettered_once_and_quarantines_only_its_aggregate() {
+    let mut settings = isolated_settings();
+    settings.projection.reconcile_interval_ms = 0;
+    let app = TestApp::spawn_with(settings, Processes { api: true, projectors: true, ..Default::default() }).await;
+    // The read model refuses one title (as after a bad migration): renaming to it is poison.
+    sqlx::query("ALTER TABLE rm_conversations ADD CONSTRAINT no_cursed_titles CHECK (title <> 'cursed')")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let (_, token) = app.user().await;
+    let (a, _) = app.conversation(&token, "Doomed").await;
+    let (status, body, _) = app
+        .send(reqwest::Method::PATCH, &format!("/conversations/{a}"), Some(&token), Some(json!({"title": "cursed"})))
+        .await;
+    assert_eq!((status, &body["version"]), (200, &json!(2)), "{body}");
+    app.message(&token, a, "after the curse").await;
+    let (other, _) = app.conversation(&token, "Fine").await;
+    app.message(&token, other, "still flowing").await;
+    let (ea, eo) = (stored(app.pool(), "Conversation", a).await, stored(app.pool(), "Conversation", other).await);
+    // Delivered with the poison event redelivered once more (a relay re-sending).
+    produce(&app.settings, &[ea[0].clone(), ea[1].clone(), ea[2].clone(), ea[1].clone(), eo[0].clone(), eo[1].clone()])
+        .await;
+
+    eventually("the other conversation's message, and a's later events skipped", || async {
+        let skipped =
+            metric(&app, "colloquy_projection_events_total{outcome=\"quarantined\",projection=\"conversations\"}")
+                .await;
+        let (_, count) = messages(app.pool(), other).await;
+        (skipped >= 2 && count == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&app, "colloquy_dlq_messages_total{consumer=\"conversations\"}").await, 1, "dead-lettered once");
+    assert_eq!(metric(&app, "colloquy_dlq_messages_total{consumer=\"messages\"}").await, 0);
+    let dead = consume_until(&app.settings, &Topics::new(&app.settings.kafka).dlq(), |r| !r.is_empty()).await;
+    assert!(header(&dead[0].2, "dlq_error").contains("no_cursed_titles"), "{}", header(&dead[0].2, "dlq_error"));
+    let listed = colloquy_projections::quarantine::list(app.pool(), None).await.unwrap();
+    let listed: Vec<(&str, &str, i64)> =
+        listed.iter().map(|q| (q.projection.as_str(), q.aggregate_id.as_str(), q.sequence)).collect();
+    assert_eq!(listed, [("conversations", a.to_string().as_str(), 2)], "only a, only for the projection that failed");
+    // The messages projection, which has no quarantine, has a's message.
+    assert_eq!(messages(app.pool(), a).await, (vec!["after the curse".to_string()], Some(0)));
+
+    // A rebuild reports the aggregate and finishes.
+    let report = colloquy_projections::rebuild::rebuild(
+        app.pool(),
+        &colloquy_projections::conversations::ConversationsProjection,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.quarantined.iter().map(|q| q.aggregate_id.clone()).collect::<Vec<_>>(), [a.to_string()]);
+
+    // The fix, then `colloquy quarantine clear`: the rest of a applies from the store.
+    sqlx::query("ALTER TABLE rm_conversations DROP CONSTRAINT no_cursed_titles").execute(app.pool()).await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_colloquy"))
+        .args(["quarantine", "clear", "conversations", &a.to_string()])
+        .env("COLLOQUY_DATABASE__URL", &app.settings.database.url)
+        .env("COLLOQUY_REDIS__KEY_PREFIX", &app.settings.redis.key_prefix)
+        .env("COLLOQUY_LOG__FILTER", "error")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((printed["applied"].as_u64(), printed["quarantined_again"].is_null()), (Some(2), true), "{printed:#}");
+    let row: (String, i64, i64) =
+        sqlx::query_as("SELECT title, message_count, version FROM rm_conversations WHERE conversation_id = $1")
+            .bind(a)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(row, ("cursed".to_string(), 1, 3));
+    assert_eq!(colloquy_projections::quarantine::list(app.pool(), None).await.unwrap(), []);
+}
