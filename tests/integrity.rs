@@ -149,6 +149,7 @@ fn run_verify(settings: &Settings) -> (Value, i32) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_colloquy"))
         .arg("verify")
         .env("COLLOQUY_DATABASE__URL", &settings.database.url)
+        .env("COLLOQUY_KAFKA__BROKERS", &settings.kafka.brokers)
         .env("COLLOQUY_KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
         .env("COLLOQUY_LOG__FILTER", "error")
         .env_remove("RUST_LOG")
