@@ -59,7 +59,14 @@ impl TopicReader {
             let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
             let metadata = probe.fetch_metadata(Some(&name), Duration::from_secs(10))?;
             let mut ranges = Vec::new();
-            for t in metadata.topics().iter().filter(|t| t.name() == name && t.error().is_none()) {
+            for t in metadata.topics().iter().filter(|t| t.name() == name) {
+                match t.error().map(rdkafka::types::RDKafkaRespErr::from) {
+                    None => {}
+                    // Never created (no event of its type published yet): empty.
+                    Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => continue,
+                    // Anything else would make a readable topic look empty.
+                    Some(e) => return Err(KafkaError::MetadataFetch(e.into())),
+                }
                 for p in t.partitions() {
                     let (low, high) = probe.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
                     ranges.push((p.id(), low, high));
