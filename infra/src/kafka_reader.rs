@@ -60,7 +60,7 @@ impl TopicReader {
             let metadata = probe.fetch_metadata(Some(&name), Duration::from_secs(10))?;
             let mut ranges = Vec::new();
             for t in metadata.topics().iter().filter(|t| t.name() == name) {
-                match t.error().map(rdkafka::types::RDKafkaRespErr::from) {
+                match t.error() {
                     None => {}
                     // Never created (no event of its type published yet): empty.
                     Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => continue,
