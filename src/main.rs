@@ -61,14 +61,42 @@ enum Command {
         #[arg(long)]
         aggregate_type: Option<String>,
     },
-    /// Check the event store: gap-free sequences, every event readable, relay and projection
-    /// lag. Prints a JSON report; exits with 1 when the log itself is damaged.
-    Verify,
+    /// Check the event store (gap-free sequences, every event readable, relay and
+    /// projection lag, quarantined aggregates) and compare Kafka's topics with it (events
+    /// missing from their topic, forged or corrupt records, duplicates). Prints a JSON
+    /// report; exits with 1 when the log is damaged or Kafka lost or holds forged records.
+    Verify {
+        /// Check the event store only, not Kafka.
+        #[arg(long)]
+        skip_kafka: bool,
+    },
+    /// Aggregates a projection set aside after a poison event.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Write the JSON Schemas of every event type into a folder (default: schemas/).
     Schemas {
         /// Destination folder.
         #[arg(default_value = "schemas")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Print every quarantined aggregate (of one projection, or all) as JSON lines.
+    List {
+        /// Only this projection.
+        projection: Option<String>,
+    },
+    /// Lift one aggregate's quarantine after fixing the cause, and apply its events from
+    /// the event store at once (a poison event quarantines it again, with the new cause).
+    Clear {
+        /// The projection (users, conversations, messages).
+        projection: String,
+        /// The aggregate's id.
+        aggregate_id: String,
     },
 }
 
@@ -108,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
             let report = colloquy_projections::rebuild::rebuild(&pool, p.as_ref()).await?;
             let redis = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await?;
             colloquy_projections::cache::invalidate_all(&redis).await?;
-            tracing::info!(events = report.events, "Rebuild finished.");
+            tracing::info!(events = report.events, quarantined = report.quarantined.len(), "Rebuild finished.");
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
             return Ok(());
         }
         Command::History { aggregate_type, aggregate_id } => {
@@ -136,9 +165,66 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(events = written, "Export finished.");
             return Ok(());
         }
-        Command::Verify => {
+        Command::Quarantine { action } => {
             let pool = postgres::connect(&settings.database).await?;
-            let report = colloquy::audit::verify(&pool, &settings.relay.name).await?;
+            let mut out = std::io::stdout().lock();
+            match action {
+                QuarantineAction::List { projection } => {
+                    for q in colloquy_projections::quarantine::list(&pool, projection.as_deref()).await? {
+                        writeln!(out, "{}", serde_json::to_string(&q)?)?;
+                    }
+                }
+                QuarantineAction::Clear { projection, aggregate_id } => {
+                    let p = colloquy_projections::by_name(&projection)
+                        .with_context(|| format!("no projection named {projection}"))?;
+                    let cleared = colloquy_projections::quarantine::clear(&pool, p.name(), &aggregate_id)
+                        .await?
+                        .with_context(|| format!("{aggregate_id} is not quarantined for {projection}"))?;
+                    let outcomes = colloquy_projections::reconcile::catch_up(
+                        &pool,
+                        p.as_ref(),
+                        &cleared.aggregate_type,
+                        &aggregate_id,
+                    )
+                    .await?;
+                    let (mut applied, mut touched) = (0, Vec::new());
+                    for outcome in &outcomes {
+                        if let colloquy_projections::projection::Applied::Applied { filled, touched: t } = outcome {
+                            applied += 1 + filled;
+                            touched.extend(t);
+                        }
+                    }
+                    // The users whose cached views the applied events changed.
+                    if !touched.is_empty() {
+                        let redis = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await?;
+                        for user in touched {
+                            colloquy_projections::cache::invalidate(&redis, user).await?;
+                        }
+                    }
+                    let again = colloquy_projections::quarantine::list(&pool, Some(p.name()))
+                        .await?
+                        .into_iter()
+                        .find(|q| q.aggregate_id == aggregate_id);
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"cleared": cleared, "applied": applied, "quarantined_again": again})
+                        )?
+                    )?;
+                    if again.is_some() {
+                        std::process::exit(1);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        Command::Verify { skip_kafka } => {
+            let pool = postgres::connect(&settings.database).await?;
+            let mut report = colloquy::audit::verify(&pool, &settings.relay.name).await?;
+            if !skip_kafka {
+                report.kafka = Some(colloquy::audit::verify_kafka(&pool, &settings.kafka, &settings.relay.name).await?);
+            }
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
             if !report.is_sound() {
                 std::process::exit(1);

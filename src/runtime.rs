@@ -1,6 +1,7 @@
 //! Starts colloquy's processes: the API, the relay and the projectors, alone or together.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use colloquy_api::Application;
 use colloquy_commands::idempotency::Idempotency;
@@ -9,6 +10,7 @@ use colloquy_infra::ops::{self, Readiness, Scrape};
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::{kafka, postgres, Settings};
 use colloquy_projections::projector::Projector;
+use colloquy_projections::reconcile::Reconciler;
 use colloquy_projections::relay::{LagProbe, Relay};
 use colloquy_projections::Projection;
 use sqlx::PgPool;
@@ -199,8 +201,26 @@ fn spawn_projector(
     projection: Arc<dyn Projection>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let projector =
-        Projector::new(projection, &settings.kafka, deps.pool.clone(), deps.redis.clone(), deps.metrics.clone())?;
+    let projector = Projector::new(
+        projection.clone(),
+        &settings.kafka,
+        deps.pool.clone(),
+        deps.redis.clone(),
+        deps.metrics.clone(),
+    )?;
+    let every = settings.projection.reconcile_interval_ms;
+    if every > 0 {
+        let reconciler = Reconciler::new(
+            projection,
+            deps.pool.clone(),
+            deps.redis.clone(),
+            deps.metrics.clone(),
+            Duration::from_millis(every),
+            Duration::from_millis(settings.projection.reconcile_grace_ms),
+        );
+        let token = token.clone();
+        tasks.spawn(async move { reconciler.run(token).await });
+    }
     tasks.spawn(async move { projector.run(token).await });
     Ok(())
 }

@@ -88,6 +88,63 @@ impl StoredEvent {
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).map(String::as_str)
     }
+
+    /// What in this event (as a Kafka record carried it) differs from `stored`, the event
+    /// the store holds under the same aggregate and sequence; `None` when they agree.
+    /// Metadata is compared only where a record carries it (actor, correlation, causation).
+    pub fn mismatch(&self, stored: &StoredEvent) -> Option<&'static str> {
+        use colloquy_domain::metadata::{ACTOR, CAUSATION_ID, CORRELATION_ID};
+        if self.event_id != stored.event_id {
+            Some("event id")
+        } else if self.aggregate_type != stored.aggregate_type
+            || self.aggregate_id != stored.aggregate_id
+            || self.sequence != stored.sequence
+        {
+            Some("aggregate or sequence")
+        } else if self.event_type != stored.event_type || self.event_version != stored.event_version {
+            Some("event type")
+        } else if self.data != stored.data {
+            Some("data")
+        } else if self.position != stored.position || self.recorded_at != stored.recorded_at {
+            Some("position or time")
+        } else if [ACTOR, CORRELATION_ID, CAUSATION_ID].iter().any(|k| self.meta(k) != stored.meta(k)) {
+            Some("metadata")
+        } else {
+            None
+        }
+    }
+}
+
+/// Identifies one event: its aggregate and sequence (the event store's primary key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EventKey {
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Sequence.
+    pub sequence: i64,
+}
+
+impl EventKey {
+    /// The key of `event`.
+    pub fn of(event: &StoredEvent) -> Self {
+        Self {
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+        }
+    }
+}
+
+fn unzip_keys(keys: &[EventKey]) -> (Vec<&str>, Vec<&str>, Vec<i64>) {
+    let mut out = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
+    for k in keys {
+        out.0.push(k.aggregate_type.as_str());
+        out.1.push(k.aggregate_id.as_str());
+        out.2.push(k.sequence);
+    }
+    out
 }
 
 /// Where a commit-order reader stands: the last `(tx_id, position)` it has seen.
@@ -295,6 +352,36 @@ fn malformed(event: StoredEvent, problem: &'static str, source: Option<serde_jso
     }
 }
 
+/// The stored events under `keys`, in one statement (a key the store does not hold is
+/// simply absent from the answer), each decoded on its own: one unreadable row does not
+/// hide the others. Projectors check each Kafka record against it.
+#[allow(clippy::type_complexity)]
+pub async fn find_events<'e>(
+    db: impl PgExecutor<'e>,
+    keys: &[EventKey],
+) -> Result<Vec<(EventKey, Result<StoredEvent, EventStoreError>)>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (types, ids, sequences) = unzip_keys(keys);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE (aggregate_type, aggregate_id, sequence) IN
+                (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]))"
+    );
+    let rows = sqlx::query(&sql).bind(&types).bind(&ids).bind(&sequences).fetch_all(db).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let key = EventKey {
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+        };
+        found.push((key, decode(row).map(|(e, _)| e)));
+    }
+    Ok(found)
+}
+
 /// The aggregate's current version (0 when it has no events).
 pub async fn aggregate_version<'e>(
     db: impl PgExecutor<'e>,
@@ -412,4 +499,83 @@ pub async fn aggregates_ahead_of_projection<'e>(
     .bind(aggregate_types)
     .fetch_one(db)
     .await?)
+}
+
+/// The set of events seen on Kafka while `colloquy verify` reads the topics, kept in a
+/// temporary table of one connection so the comparison needs bounded memory whatever the
+/// size of the log. Each statement commits on its own: a long transaction would hold the
+/// relay's fence back for the whole cluster.
+pub struct SeenOnKafka;
+
+impl SeenOnKafka {
+    /// Creates the (session-local, so per-run) table on `conn`. The caller closes `conn`
+    /// afterwards or calls [`SeenOnKafka::drop_table`].
+    pub async fn create(conn: &mut sqlx::PgConnection) -> Result<Self, EventStoreError> {
+        sqlx::query(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS kafka_seen
+             (aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint NOT NULL,
+              PRIMARY KEY (aggregate_type, aggregate_id, sequence))",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("TRUNCATE kafka_seen").execute(&mut *conn).await?;
+        Ok(Self)
+    }
+
+    /// Records `keys` as seen; returns how many were new (the rest are duplicates).
+    pub async fn record(&self, conn: &mut sqlx::PgConnection, keys: &[EventKey]) -> Result<u64, EventStoreError> {
+        let (types, ids, sequences) = unzip_keys(keys);
+        let done = sqlx::query(
+            "INSERT INTO kafka_seen SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Events of `aggregate_types` at or before `published` (the relay's checkpoint) that
+    /// were not seen: how many, and the first `limit` of them in commit order.
+    pub async fn missing(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        aggregate_types: &[String],
+        published: LogCursor,
+        limit: i64,
+    ) -> Result<(i64, Vec<(EventKey, Uuid)>), EventStoreError> {
+        const MISSING: &str = "FROM events e
+              WHERE e.aggregate_type = ANY($1) AND (e.tx_id, e.position) <= ($2::text::xid8, $3)
+                AND NOT EXISTS (SELECT 1 FROM kafka_seen k WHERE k.aggregate_type = e.aggregate_type
+                                   AND k.aggregate_id = e.aggregate_id AND k.sequence = e.sequence)";
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {MISSING}"))
+            .bind(aggregate_types)
+            .bind(published.tx_id.to_string())
+            .bind(published.position)
+            .fetch_one(&mut *conn)
+            .await?;
+        let rows: Vec<(String, String, i64, Uuid)> = sqlx::query_as(&format!(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_id {MISSING} ORDER BY e.tx_id, e.position LIMIT $4"
+        ))
+        .bind(aggregate_types)
+        .bind(published.tx_id.to_string())
+        .bind(published.position)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        let listed = rows
+            .into_iter()
+            .map(|(aggregate_type, aggregate_id, sequence, id)| {
+                (EventKey { aggregate_type, aggregate_id, sequence }, id)
+            })
+            .collect();
+        Ok((count, listed))
+    }
+
+    /// Drops the table (when the connection goes back to a pool).
+    pub async fn drop_table(self, conn: &mut sqlx::PgConnection) -> Result<(), EventStoreError> {
+        sqlx::query("DROP TABLE IF EXISTS kafka_seen").execute(conn).await?;
+        Ok(())
+    }
 }

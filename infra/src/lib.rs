@@ -5,6 +5,7 @@
 pub mod cloudevents;
 pub mod event_store;
 pub mod kafka;
+pub mod kafka_reader;
 pub mod metrics;
 pub mod ops;
 pub mod passwords;

@@ -28,6 +28,8 @@ pub struct Settings {
     pub quotas: QuotaSettings,
     /// The event relay.
     pub relay: RelaySettings,
+    /// The projectors.
+    pub projection: ProjectionSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -475,6 +477,25 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         Self { name: "kafka".into(), batch_size: 500, idle_poll_ms: 20 }
+    }
+}
+
+/// Projector settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectionSettings {
+    /// Milliseconds between two reconciliations of each read model with the event store
+    /// (0 disables them).
+    pub reconcile_interval_ms: u64,
+    /// Milliseconds an event must have been in the store before reconciliation counts it
+    /// as lost on its way through Kafka and applies it from the store. Keep it above the
+    /// projectors' usual lag, or reconciliation does their work (harmlessly, but noisily).
+    pub reconcile_grace_ms: u64,
+}
+
+impl Default for ProjectionSettings {
+    fn default() -> Self {
+        Self { reconcile_interval_ms: 30_000, reconcile_grace_ms: 60_000 }
     }
 }
 

@@ -68,7 +68,8 @@ impl Projection for ConversationsProjection {
         use ConversationEvent as E;
         let id: Uuid =
             e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
-        // Every change but start and delete is one UPDATE of some columns.
+        // Every change but start and delete is one UPDATE of some columns, guarded by the
+        // row's version: applying an event twice cannot count twice, whatever the caller.
         let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {
             E::ConversationStarted(s) => {
                 sqlx::query(&format!(
@@ -101,7 +102,8 @@ impl Projection for ConversationsProjection {
             E::UserMessagePosted(_) => ("message_count = message_count + 1", None),
         };
         let owner = sqlx::query_scalar(&format!(
-            "UPDATE {table} SET {set}, version = $2, last_activity_at = $3 WHERE conversation_id = $1 RETURNING owner_id"
+            "UPDATE {table} SET {set}, version = $2, last_activity_at = $3
+              WHERE conversation_id = $1 AND version < $2 RETURNING owner_id"
         ))
         .bind(id)
         .bind(e.sequence)

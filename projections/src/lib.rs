@@ -1,6 +1,7 @@
 //! The pipeline after the event store, one module per stage: the relay (event store →
 //! Kafka), the projector (Kafka → read models, through the projections), rebuilds from the
-//! event store alone, and the queries the API serves from the read models.
+//! event store alone, reconciliation of the read models with the store, the quarantine of
+//! aggregates with poison events, and the queries the API serves from the read models.
 
 pub mod cache;
 pub mod conversations;
@@ -8,8 +9,10 @@ pub mod freshness;
 pub mod messages;
 pub mod projection;
 pub mod projector;
+pub mod quarantine;
 pub mod queries;
 pub mod rebuild;
+pub mod reconcile;
 pub mod relay;
 pub mod users;
 

@@ -1,12 +1,25 @@
 //! What a projection is, and the one routine that applies an event to it exactly once and
-//! in per-aggregate order, used alike by live projectors and rebuilds.
+//! in per-aggregate order, used alike by live projectors, reconciliation and rebuilds.
+//!
+//! Exactly once holds under concurrency too: a batch first locks the read-model table
+//! (`ROW EXCLUSIVE`, so a rebuild's switch-over, which takes it `ACCESS EXCLUSIVE`, is
+//! ordered before or after the whole batch), then locks the progress rows of its
+//! aggregates (`SELECT ... FOR UPDATE` on `projection_state`, in id order). Two projector
+//! instances applying the same batch during a rebalance, or reconciliation racing the live
+//! projector, therefore apply each event once: the second waits and then sees it applied.
+//!
+//! A poison event quarantines its aggregate for that projection ([`apply_batch`]): later
+//! events of the aggregate are skipped until an operator clears it (see
+//! [`crate::quarantine`]).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use colloquy_infra::event_store::{self, StoredEvent};
-use sqlx::PgConnection;
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
+
+use crate::quarantine;
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +42,11 @@ pub struct Poison {
     /// The error that showed it.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The sequence of the event that failed (a delivered event, or a predecessor read
+    /// from the store to fill a gap), when known.
+    pub sequence: Option<i64>,
+    /// That event's id, when the store has it.
+    pub event_id: Option<Uuid>,
 }
 
 impl Poison {
@@ -48,7 +66,7 @@ impl Poison {
 impl ApplyError {
     /// A poison event, for `reason`.
     pub fn poison(reason: impl Into<String>) -> Self {
-        Self::Poison(Poison { reason: reason.into(), source: None })
+        Self::Poison(Poison { reason: reason.into(), source: None, sequence: None, event_id: None })
     }
 
     /// A poison event, for `reason`, shown by `source`.
@@ -56,7 +74,19 @@ impl ApplyError {
         reason: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        Self::Poison(Poison { reason: reason.into(), source: Some(source.into()) })
+        Self::Poison(Poison { reason: reason.into(), source: Some(source.into()), sequence: None, event_id: None })
+    }
+
+    /// Names `event` as the one that failed, unless a more precise one is already named.
+    fn at(self, event: &StoredEvent) -> Self {
+        match self {
+            Self::Poison(mut p) if p.sequence.is_none() => {
+                p.sequence = Some(event.sequence);
+                p.event_id = Some(event.event_id);
+                Self::Poison(p)
+            }
+            other => other,
+        }
     }
 }
 
@@ -113,6 +143,16 @@ pub enum Applied {
         /// Users whose caches are stale.
         touched: Vec<Uuid>,
     },
+    /// Not applied: the aggregate is quarantined for this projection.
+    Quarantined,
+    /// Not applied: this event, or a predecessor it needed, is poison; the aggregate has
+    /// just been quarantined ([`apply_batch`] only).
+    Poisoned {
+        /// The sequence that failed.
+        sequence: i64,
+        /// Why, with every cause.
+        reason: String,
+    },
 }
 
 /// Applies `event` to `projection` if it is new, filling any gap before it from the event
@@ -141,8 +181,9 @@ pub struct BatchFailure {
 }
 
 /// Applies `events` in order, each exactly once per aggregate sequence, filling gaps from
-/// the event store, on `conn` (the caller's transaction). Progress is read once for the
-/// whole batch and written back once, so a batch costs about one statement per event.
+/// the event store, on `conn` (the caller's transaction). Progress is read (and locked)
+/// once for the whole batch and written back once, so a batch costs about one statement
+/// per event. Events of quarantined aggregates are skipped ([`Applied::Quarantined`]).
 pub async fn apply_all_in_order(
     conn: &mut PgConnection,
     projection: &dyn Projection,
@@ -154,21 +195,17 @@ pub async fn apply_all_in_order(
     let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = $1 AND aggregate_id = ANY($2)",
-    )
-    .bind(state)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| fail(0)(e.into()))?;
-    let loaded: HashMap<String, i64> = rows.into_iter().collect();
-    let mut last = loaded.clone();
+    let loaded = lock_progress(conn, state, table, &ids).await.map_err(|e| fail(0)(e.into()))?;
+    let mut last: HashMap<String, i64> = loaded.iter().map(|(id, (seq, _))| (id.clone(), *seq)).collect();
     let mut outcomes = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let seen = last.get(&event.aggregate_id).copied().unwrap_or(0);
         if event.sequence <= seen {
             outcomes.push(Applied::Duplicate);
+            continue;
+        }
+        if loaded.get(&event.aggregate_id).is_some_and(|(_, quarantined)| *quarantined) {
+            outcomes.push(Applied::Quarantined);
             continue;
         }
         let mut touched = Vec::new();
@@ -184,20 +221,24 @@ pub async fn apply_all_in_order(
             .await
             .map_err(|e| fail(index)(e.into()))?;
             if missing.len() as i64 != event.sequence - 1 - seen {
-                return Err(fail(index)(ApplyError::poison(format!(
+                let mut poison = ApplyError::poison(format!(
                     "{} #{}: events {}..{} are missing from the event store",
                     event.aggregate_id,
                     event.sequence,
                     seen + 1,
                     event.sequence - 1
-                ))));
+                ));
+                if let ApplyError::Poison(p) = &mut poison {
+                    p.sequence = Some(seen + 1);
+                }
+                return Err(fail(index)(poison));
             }
             for e in &missing {
-                touched.extend(projection.apply(conn, table, e).await.map_err(fail(index))?);
+                touched.extend(projection.apply(conn, table, e).await.map_err(|x| fail(index)(x.at(e)))?);
                 filled += 1;
             }
         }
-        touched.extend(projection.apply(conn, table, event).await.map_err(fail(index))?);
+        touched.extend(projection.apply(conn, table, event).await.map_err(|x| fail(index)(x.at(event)))?);
         touched.sort();
         touched.dedup();
         last.insert(event.aggregate_id.clone(), event.sequence);
@@ -205,19 +246,107 @@ pub async fn apply_all_in_order(
     }
     // Only aggregates this batch advanced need their progress written.
     let (ids, sequences): (Vec<String>, Vec<i64>) =
-        last.into_iter().filter(|(id, seq)| loaded.get(id) != Some(seq)).unzip();
+        last.into_iter().filter(|(id, seq)| loaded.get(id).map(|(s, _)| s) != Some(seq)).unzip();
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE projection_state s SET last_sequence = t.seq
+               FROM UNNEST($2::text[], $3::bigint[]) AS t(id, seq)
+              WHERE s.projection = $1 AND s.aggregate_id = t.id AND s.last_sequence < t.seq",
+        )
+        .bind(state)
+        .bind(&ids)
+        .bind(&sequences)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| fail(events.len().saturating_sub(1))(e.into()))?;
+    }
+    Ok(outcomes)
+}
+
+/// Locks `table` against a rebuild's switch-over, then the progress rows of `ids` under
+/// `state` (creating missing ones at 0), in id order so concurrent batches cannot
+/// deadlock. Returns each aggregate's last applied sequence and whether it is quarantined.
+async fn lock_progress(
+    conn: &mut PgConnection,
+    state: &str,
+    table: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, (i64, bool)>, sqlx::Error> {
+    // Table first, progress rows second: the order a switch-over takes them in too.
+    sqlx::query(&format!("LOCK TABLE {table} IN ROW EXCLUSIVE MODE")).execute(&mut *conn).await?;
+    // A row must exist to be locked; a concurrent insert of the same row waits for ours.
     sqlx::query(
         "INSERT INTO projection_state (projection, aggregate_id, last_sequence)
-         SELECT $1, id, seq FROM UNNEST($2::text[], $3::bigint[]) AS t(id, seq)
-         ON CONFLICT (projection, aggregate_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence
-          WHERE projection_state.last_sequence < EXCLUDED.last_sequence",
+         SELECT $1, id, 0 FROM UNNEST($2::text[]) AS t(id) ORDER BY id
+         ON CONFLICT (projection, aggregate_id) DO NOTHING",
     )
     .bind(state)
-    .bind(&ids)
-    .bind(&sequences)
+    .bind(ids)
     .execute(&mut *conn)
-    .await
-    .map_err(|e| fail(events.len().saturating_sub(1))(e.into()))?;
+    .await?;
+    let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT s.aggregate_id, s.last_sequence,
+                EXISTS (SELECT 1 FROM projection_quarantine q
+                         WHERE q.projection = s.projection AND q.aggregate_id = s.aggregate_id)
+           FROM projection_state s
+          WHERE s.projection = $1 AND s.aggregate_id = ANY($2)
+          ORDER BY s.aggregate_id
+            FOR UPDATE OF s",
+    )
+    .bind(state)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id, seq, q)| (id, (seq, q))).collect())
+}
+
+/// Applies `events` exactly once like [`apply_all_in_order`], but a poison event does not
+/// fail the batch: it is set aside with its cause, its aggregate is quarantined under
+/// `state` (in the caller's transaction on `conn`), and every other event still applies.
+/// Only a database failure is an error (retrying may succeed; nothing is half-applied).
+///
+/// The whole batch is tried at once inside a savepoint; only when something in it is
+/// poison is it tried again with a savepoint per event.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    state: &str,
+    table: &str,
+    events: &[StoredEvent],
+) -> Result<Vec<Applied>, sqlx::Error> {
+    {
+        let mut all = conn.begin().await?;
+        match apply_all_in_order(&mut all, projection, state, table, events).await {
+            Ok(outcomes) => {
+                all.commit().await?;
+                return Ok(outcomes);
+            }
+            Err(BatchFailure { error: ApplyError::Database(e), .. }) => return Err(e),
+            Err(BatchFailure { error: ApplyError::Poison(_), .. }) => all.rollback().await?,
+        }
+    }
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let mut one = conn.begin().await?;
+        match apply_in_order(&mut one, projection, state, table, event).await {
+            Ok(outcome) => {
+                one.commit().await?;
+                outcomes.push(outcome);
+            }
+            Err(ApplyError::Poison(bad)) => {
+                one.rollback().await?;
+                let reason = bad.describe();
+                let sequence = bad.sequence.unwrap_or(event.sequence);
+                tracing::warn!(
+                    projection = state, aggregate_id = %event.aggregate_id, sequence, %reason,
+                    "Poison event: aggregate quarantined."
+                );
+                quarantine::add(&mut *conn, state, event, sequence, bad.event_id, &reason).await?;
+                outcomes.push(Applied::Poisoned { sequence, reason });
+            }
+            Err(ApplyError::Database(e)) => return Err(e),
+        }
+    }
     Ok(outcomes)
 }
 

@@ -1,14 +1,18 @@
 //! The projector: a Kafka consumer (one group per projection) that applies events in
 //! batches, one Postgres transaction per batch, and stores offsets only after that
-//! transaction committed. Undecodable or inapplicable events go to the dead-letter topic
-//! with the error, and the projector moves on. Database outages are retried, not skipped.
+//! transaction committed. Every record is checked against the event store before it is
+//! applied (one statement per batch): only the stored event is ever applied, and a record
+//! the store does not hold, or holds differently, is refused. Undecodable and refused
+//! records go to the dead-letter topic with the reason; a poison event also quarantines
+//! its aggregate (see [`crate::quarantine`]), and the projector moves on. Database outages
+//! are retried, not skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use colloquy_infra::cloudevents;
-use colloquy_infra::event_store::StoredEvent;
+use colloquy_infra::event_store::{self, EventKey, EventStoreError, StoredEvent};
 use colloquy_infra::kafka::{consumer_config, producer_config, Topics};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::redis_store::RedisStore;
@@ -20,12 +24,12 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use sqlx::{Acquire, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::cache;
-use crate::projection::{apply_all_in_order, apply_in_order, Applied, ApplyError, BatchFailure, Projection};
+use crate::projection::{apply_batch, Applied, Projection};
+use crate::{cache, quarantine};
 
 /// Most messages applied in one transaction.
 const MAX_BATCH: usize = 500;
@@ -72,6 +76,13 @@ impl Received {
     }
 }
 
+/// What the database part of a batch did: per applied record (by its index in the batch)
+/// the outcome, and the records refused with the reason.
+struct Checked {
+    outcomes: Vec<(usize, Applied)>,
+    refused: Vec<(usize, String)>,
+}
+
 /// Runs one projection from Kafka.
 pub struct Projector {
     projection: Arc<dyn Projection>,
@@ -98,6 +109,9 @@ impl Projector {
         metrics.consumer_lag.with_label_values(&[projection.name()]).set(0);
         metrics.dlq_messages.with_label_values(&[projection.name()]).inc_by(0);
         metrics.projection_retries.with_label_values(&[projection.name()]).inc_by(0);
+        for outcome in ["quarantined", "poison", "refused"] {
+            metrics.projection_applied.with_label_values(&[projection.name(), outcome]).inc_by(0);
+        }
         let context = LagContext { consumer: projection.name().to_string(), metrics: metrics.clone() };
         let consumer: StreamConsumer<LagContext> =
             consumer_config(kafka, &group).set("statistics.interval.ms", "5000").create_with_context(context)?;
@@ -145,22 +159,19 @@ impl Projector {
     async fn handle_batch(&self, batch: &[Received], shutdown: &CancellationToken) {
         let name = self.projection.name();
         let mut poison: Vec<(usize, String)> = Vec::new();
-        // The decodable events, and for each the index of its message in `batch`.
-        let (mut events, mut origins): (Vec<StoredEvent>, Vec<usize>) = (Vec::new(), Vec::new());
+        // The decodable records, and for each the index of its message in `batch`.
+        let mut records: Vec<(usize, StoredEvent)> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             match cloudevents::decode(&m.payload) {
-                Ok(e) if self.projection.aggregate_types().contains(&e.aggregate_type.as_str()) => {
-                    events.push(e);
-                    origins.push(i);
-                }
+                Ok(e) if self.projection.aggregate_types().contains(&e.aggregate_type.as_str()) => records.push((i, e)),
                 Ok(e) => poison.push((i, format!("unexpected aggregate type {}", e.aggregate_type))),
                 Err(e) => poison.push((i, e.to_string())),
             }
         }
         // Retry the database part until it commits: an outage must not skip anything.
         let mut backoff = Duration::from_millis(100);
-        let (applied, rejected) = loop {
-            match self.apply_batch(&events, &origins).await {
+        let checked = loop {
+            match self.apply_batch(&records).await {
                 Ok(result) => break result,
                 Err(e) => {
                     tracing::error!(projection = name, error = %e, "Batch failed; retrying.");
@@ -174,23 +185,40 @@ impl Projector {
                 }
             }
         };
-        poison.extend(rejected);
-        for (i, error) in &poison {
-            self.dead_letter(&batch[*i], error).await;
+        let count =
+            |outcome: &str, n: u64| self.metrics.projection_applied.with_label_values(&[name, outcome]).inc_by(n);
+        for (i, reason) in &checked.refused {
+            tracing::warn!(projection = name, offset = batch[*i].offset, %reason, "Record refused: it does not match the event store.");
+            count("refused", 1);
+            poison.push((*i, format!("refused: {reason}")));
         }
         let mut touched: Vec<Uuid> = Vec::new();
-        for outcome in &applied {
+        for (i, outcome) in &checked.outcomes {
             let label = match outcome {
                 Applied::Duplicate => "duplicate",
+                Applied::Quarantined => "quarantined",
+                Applied::Poisoned { reason, .. } => {
+                    poison.push((*i, reason.clone()));
+                    "poison"
+                }
                 Applied::Applied { filled, touched: t } => {
                     if *filled > 0 {
-                        self.metrics.projection_applied.with_label_values(&[name, "gap_filled"]).inc_by(*filled as u64);
+                        count("gap_filled", *filled as u64);
                     }
                     touched.extend(t);
                     "applied"
                 }
             };
-            self.metrics.projection_applied.with_label_values(&[name, label]).inc();
+            count(label, 1);
+        }
+        poison.sort_by_key(|(i, _)| *i);
+        for (i, error) in &poison {
+            if !self.dead_letter(&batch[*i], error, shutdown).await {
+                // Shutting down with the DLQ unreachable: store nothing, so the batch is
+                // redelivered to the next owner (applied events are duplicates by then; a
+                // poison event's cause stays in `projection_quarantine`).
+                return;
+            }
         }
         touched.sort();
         touched.dedup();
@@ -204,48 +232,47 @@ impl Projector {
         self.store_offsets(batch);
     }
 
-    /// Applies `events` in one transaction. The fast path applies the whole batch at once;
-    /// if one event is poison, the batch is rolled back and applied again with a savepoint
-    /// per event, so the poison one is set aside without undoing the others. Returns the
-    /// outcomes and the events rejected as poison.
-    async fn apply_batch(
-        &self,
-        events: &[StoredEvent],
-        origins: &[usize],
-    ) -> Result<(Vec<Applied>, Vec<(usize, String)>), sqlx::Error> {
+    /// Checks the records against the event store (one statement for the whole batch),
+    /// then applies the stored events in one transaction. A record the store does not
+    /// hold, or holds differently (another id, payload, ...), is refused; where the store
+    /// has a real event at that sequence, that event is applied in its place. Poison
+    /// events quarantine their aggregate and do not stop the others.
+    async fn apply_batch(&self, records: &[(usize, StoredEvent)]) -> Result<Checked, sqlx::Error> {
         let projection = self.projection.as_ref();
         let mut tx = self.pool.begin().await?;
-        match apply_all_in_order(&mut tx, projection, projection.name(), projection.table(), events).await {
-            Ok(outcomes) => {
-                tx.commit().await?;
-                return Ok((outcomes, Vec::new()));
-            }
-            Err(BatchFailure { error: ApplyError::Database(e), .. }) => return Err(e),
-            Err(BatchFailure { error: ApplyError::Poison(_), .. }) => tx.rollback().await?,
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut poison = Vec::new();
-        for (event, i) in events.iter().zip(origins) {
-            let mut savepoint = tx.begin().await?;
-            match apply_in_order(&mut savepoint, projection, projection.name(), projection.table(), event).await {
-                Ok(outcome) => {
-                    savepoint.commit().await?;
-                    outcomes.push(outcome);
+        let keys: Vec<EventKey> = records.iter().map(|(_, e)| EventKey::of(e)).collect();
+        let stored: HashMap<EventKey, Result<StoredEvent, EventStoreError>> =
+            event_store::find_events(&mut *tx, &keys).await?.into_iter().collect();
+        let (mut events, mut origins, mut refused, mut unreadable) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((i, record), key) in records.iter().zip(&keys) {
+            match stored.get(key) {
+                Some(Ok(real)) => {
+                    if let Some(field) = record.mismatch(real) {
+                        refused.push((*i, format!("{key:?}: its {field} differs from the event store's")));
+                    }
+                    events.push(real.clone());
+                    origins.push(*i);
                 }
-                Err(ApplyError::Poison(bad)) => {
-                    let reason = bad.describe();
-                    savepoint.rollback().await?;
-                    poison.push((*i, reason));
+                // The store's own copy cannot be read: nothing can be applied for this
+                // aggregate until that is fixed.
+                Some(Err(e)) => {
+                    let reason = format!("the stored event is unreadable: {e}");
+                    quarantine::add(&mut *tx, projection.name(), record, key.sequence, None, &reason).await?;
+                    unreadable.push((*i, Applied::Poisoned { sequence: key.sequence, reason }));
                 }
-                Err(ApplyError::Database(e)) => return Err(e),
+                None => refused.push((*i, format!("{key:?} is not in the event store"))),
             }
         }
+        let outcomes = apply_batch(&mut tx, projection, projection.name(), projection.table(), &events).await?;
         tx.commit().await?;
-        Ok((outcomes, poison))
+        let mut outcomes: Vec<(usize, Applied)> = origins.into_iter().zip(outcomes).collect();
+        outcomes.extend(unreadable);
+        Ok(Checked { outcomes, refused })
     }
 
-    async fn dead_letter(&self, m: &Received, error: &str) {
+    /// Copies `m` to the DLQ with `error`, retrying while the DLQ is unreachable; `false`
+    /// when `shutdown` came first.
+    async fn dead_letter(&self, m: &Received, error: &str, shutdown: &CancellationToken) -> bool {
         let name = self.projection.name();
         tracing::warn!(projection = name, topic = %m.topic, partition = m.partition, offset = m.offset, %error, "Poison message sent to the DLQ.");
         let partition = m.partition.to_string();
@@ -264,15 +291,23 @@ impl Projector {
             if let Some(k) = &m.key {
                 record = record.key(&k[..]);
             }
-            match self.dlq.send(record, Duration::from_secs(30)).await {
+            let sent = tokio::select! {
+                sent = self.dlq.send(record, Duration::from_secs(30)) => sent,
+                _ = shutdown.cancelled() => return false,
+            };
+            match sent {
                 Ok(_) => break,
                 Err((e, _)) => {
                     tracing::error!(projection = name, error = %e, "DLQ write failed; retrying.");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return false,
+                    }
                 }
             }
         }
         self.metrics.dlq_messages.with_label_values(&[name]).inc();
+        true
     }
 
     fn store_offsets(&self, batch: &[Received]) {

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use colloquy_infra::event_store::{self, LogCursor};
 use sqlx::{PgConnection, PgPool};
 
-use crate::projection::{apply_all_in_order, ApplyError, Projection};
+use crate::projection::{apply_batch, ApplyError, Projection};
+use crate::quarantine::{self, Quarantined};
 
 /// Events read and applied per transaction while building.
 const PAGE: i64 = 1_000;
@@ -44,10 +45,13 @@ pub enum RebuildError {
 }
 
 /// What a rebuild did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RebuildReport {
-    /// Events applied.
+    /// Events read from the store (applied, or skipped for a quarantined aggregate).
     pub events: u64,
+    /// Aggregates set aside because one of their events could not be applied: the rebuild
+    /// finished without them, and they stay quarantined for the live projection.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// Rebuilds `projection` and switches the live table over to the result.
@@ -60,6 +64,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     sqlx::query(&format!("DROP TABLE IF EXISTS {fresh}")).execute(pool).await?;
     sqlx::query(&format!("CREATE TABLE {fresh} (LIKE {live} INCLUDING ALL)")).execute(pool).await?;
     sqlx::query("DELETE FROM projection_state WHERE projection = $1").bind(&state).execute(pool).await?;
+    quarantine::forget(pool, &state).await?;
 
     // Build outside any lock, a page per transaction.
     let mut cursor = LogCursor::default();
@@ -70,7 +75,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
         cursor = *last;
         let batch: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
         let mut tx = pool.begin().await?;
-        apply_all_in_order(&mut tx, projection, &state, &fresh, &batch).await.map_err(|f| f.error)?;
+        apply_batch(&mut tx, projection, &state, &fresh, &batch).await?;
         tx.commit().await?;
         events += batch.len() as u64;
     }
@@ -84,7 +89,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
         let Some((_, last)) = page.last() else { break };
         cursor = *last;
         let page: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
-        apply_all_in_order(&mut tx, projection, &state, &fresh, &page).await.map_err(|f| f.error)?;
+        apply_batch(&mut tx, projection, &state, &fresh, &page).await?;
         events += page.len() as u64;
     }
     // Paired before the drop, so a mismatch rolls back with the live table untouched.
@@ -109,9 +114,20 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
         .bind(&state)
         .execute(&mut *tx)
         .await?;
+    quarantine::hand_over(&mut tx, &state, projection.name()).await?;
     tx.commit().await?;
-    tracing::info!(projection = projection.name(), events, "Projection rebuilt and switched over.");
-    Ok(RebuildReport { events })
+    let quarantined = quarantine::list(pool, Some(projection.name())).await?;
+    if quarantined.is_empty() {
+        tracing::info!(projection = projection.name(), events, "Projection rebuilt and switched over.");
+    } else {
+        tracing::warn!(
+            projection = projection.name(),
+            events,
+            quarantined = quarantined.len(),
+            "Projection rebuilt and switched over without its quarantined aggregates."
+        );
+    }
+    Ok(RebuildReport { events, quarantined })
 }
 
 /// An index, constraint or owned sequence of a table, with what it is apart from its name.

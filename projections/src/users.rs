@@ -83,7 +83,7 @@ impl Projection for UsersProjection {
                         default_model = CASE WHEN $3 THEN $4 ELSE default_model END,
                         system_prompt = CASE WHEN $5 THEN $6 ELSE system_prompt END,
                         version = $7, updated_at = $8
-                      WHERE user_id = $1"
+                      WHERE user_id = $1 AND version < $7"
                 ))
                 .bind(id)
                 .bind(p.full_name)
@@ -98,7 +98,7 @@ impl Projection for UsersProjection {
             }
             UserEvent::UserDeactivated(_) => {
                 sqlx::query(&format!(
-                    "UPDATE {table} SET active = false, version = $2, updated_at = $3 WHERE user_id = $1"
+                    "UPDATE {table} SET active = false, version = $2, updated_at = $3 WHERE user_id = $1 AND version < $2"
                 ))
                 .bind(id)
                 .bind(e.sequence)
