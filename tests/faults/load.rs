@@ -130,7 +130,7 @@ impl Client {
     fn next_request(user_index: usize, user: &User, n: usize) -> Request {
         let conversations = user.conversations.lock().expect("lock").clone();
         let key = Uuid::new_v4().to_string();
-        if conversations.is_empty() || n % 8 == 0 {
+        if conversations.is_empty() || n.is_multiple_of(8) {
             let id = Uuid::new_v4();
             return Request {
                 user: user_index,
