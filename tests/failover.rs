@@ -25,6 +25,12 @@ fn projector(settings: &Settings, log: &std::path::Path) -> Child {
         .env("COLLOQUY_KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
         .env("COLLOQUY_KAFKA__PARTITIONS", settings.kafka.partitions.to_string())
         .env("COLLOQUY_HTTP__OPS_PORT", "0")
+        // Every process but `dev` refuses the published development key: the test's own.
+        .env(
+            "COLLOQUY_AUTH__KEYS",
+            format!(r#"[{{kid="{}",secret="{}"}}]"#, settings.auth.keys[0].kid, settings.auth.keys[0].secret),
+        )
+        .env("COLLOQUY_AUTH__SIGNING_KID", &settings.auth.signing_kid)
         .env("COLLOQUY_LOG__FILTER", "info,rdkafka=info")
         .env_remove("RUST_LOG")
         .stdout(log.try_clone().unwrap())
