@@ -65,8 +65,9 @@ ensure_redis() {
 # Tansu with its SQLite storage, so a broker restart loses nothing. Installed once, outside
 # any checkout, into a folder named after the version and build (an older install elsewhere
 # on PATH is left alone and not used). Built with panic=abort: Tansu 0.6's SQLite engine
-# panics inside its storage task on some requests for topics that were just deleted
-# ("more or less than one row"), which leaves the process up but unable to serve anything;
+# panics inside its storage task on some requests about a partition it does not hold (a
+# topic just deleted or not yet created: ListOffsets, an idempotent produce; "more or less
+# than one row"), which leaves the process up but unable to serve anything;
 # aborting instead lets the supervisor below restart it at once, losing nothing.
 TANSU_VERSION=0.6.0
 TANSU_ROOT="${COLLOQUY_TOOLS_DIR:-$HOME/.local/share/colloquy}/tansu-$TANSU_VERSION-libsql-abort"
