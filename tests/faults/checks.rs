@@ -78,13 +78,13 @@ fn read_topics(brokers: &str) -> Result<Vec<Record>, String> {
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| e.to_string())?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(|e| e.to_string())?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for topic in metadata.topics().iter().filter(|t| TOPICS.contains(&t.name())) {
         for p in topic.partitions() {
             let (_, high) =
-                consumer.fetch_watermarks(topic.name(), p.id(), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                consumer.fetch_watermarks(topic.name(), p.id(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
             if high > 0 {
                 assignment.add_partition_offset(topic.name(), p.id(), Offset::Beginning).map_err(|e| e.to_string())?;
                 ends.insert((topic.name().to_string(), p.id()), high);
@@ -130,8 +130,19 @@ async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), Strin
                 .into_iter()
                 .map(|(id, aggregate, sequence)| (id.to_string(), (aggregate, sequence)))
                 .collect();
-        let brokers = brokers.to_string();
-        let records = tokio::task::spawn_blocking(move || read_topics(&brokers)).await.map_err(|e| e.to_string())??;
+        let reader = brokers.to_string();
+        let records =
+            match tokio::task::spawn_blocking(move || read_topics(&reader)).await.map_err(|e| e.to_string())? {
+                Ok(records) => records,
+                // The broker may still be recovering from the fault (its supervisor restarts it
+                // when it aborts): not an answer yet, ask again until the deadline.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("reading the topics failed ({e}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(format!("could not read the topics for 90 s: {e}")),
+            };
         let mut seen = HashSet::new();
         let mut last: HashMap<&str, i64> = HashMap::new();
         for r in &records {
