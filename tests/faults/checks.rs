@@ -25,6 +25,8 @@ pub struct Counts {
     pub projected: usize,
 }
 
+/// How long Kafka may take to hold every stored event after a fault.
+const KAFKA_DEADLINE: Duration = Duration::from_secs(240);
 const TOPICS: [&str; 2] = ["colloquy.user.events", "colloquy.conversation.events"];
 const PROJECTIONS: [&str; 3] = ["users", "conversations", "messages"];
 
@@ -120,7 +122,11 @@ fn read_topics(brokers: &str) -> Result<Vec<Record>, String> {
 
 /// Kafka holds every stored event by id, no other, in sequence order per aggregate.
 async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    // Long enough for the local broker's worst recovery seen: after a restart, Tansu 0.6's
+    // SQLite engine can abort on the relay's retried idempotent batches a few times in a row
+    // (its supervisor restarts it each time) before librdkafka gives the batch up and the
+    // relay re-sends it from its checkpoint.
+    let deadline = tokio::time::Instant::now() + KAFKA_DEADLINE;
     loop {
         let store: HashMap<String, (String, i64)> =
             sqlx::query_as::<_, (Uuid, String, i64)>("SELECT event_id, aggregate_id, sequence FROM events")
@@ -141,7 +147,7 @@ async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), Strin
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                Err(e) => return Err(format!("could not read the topics for 90 s: {e}")),
+                Err(e) => return Err(format!("could not read the topics for {KAFKA_DEADLINE:?}: {e}")),
             };
         let mut seen = HashSet::new();
         let mut last: HashMap<&str, i64> = HashMap::new();
@@ -174,7 +180,11 @@ async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), Strin
             return Ok((store.len(), seen.len()));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("Kafka holds {} of the {} stored events after 90 s", seen.len(), store.len()));
+            return Err(format!(
+                "Kafka holds {} of the {} stored events after {KAFKA_DEADLINE:?}",
+                seen.len(),
+                store.len()
+            ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
