@@ -95,10 +95,10 @@ fn read_topics(brokers: &str) -> Result<Vec<Record>, String> {
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
     let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while !ends.is_empty() {
         if std::time::Instant::now() > deadline {
-            return Err(format!("could not read the topics to their end: {ends:?} left"));
+            return Err(format!("could not read the topics to their end within 180 s: {ends:?} left"));
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
         let message = message.map_err(|e| e.to_string())?;
