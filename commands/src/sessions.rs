@@ -100,6 +100,25 @@ impl Sessions {
         Self { pool, refresh_ttl_secs: refresh_ttl_secs.max(1) }
     }
 
+    /// Records a refresh token of `session_id` (its hash only), valid for the refresh TTL.
+    async fn insert_refresh_token(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        hash: &[u8],
+        session_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3))",
+        )
+        .bind(hash)
+        .bind(session_id)
+        .bind(self.ttl())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     fn ttl(&self) -> f64 {
         self.refresh_ttl_secs as f64
     }
@@ -118,15 +137,7 @@ impl Sessions {
         .bind(self.ttl())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
-             VALUES ($1, $2, now() + make_interval(secs => $3))",
-        )
-        .bind(&hash)
-        .bind(session_id)
-        .bind(self.ttl())
-        .execute(&mut *tx)
-        .await?;
+        self.insert_refresh_token(&mut tx, &hash, session_id).await?;
         tx.commit().await?;
         if let Err(e) = self.purge_expired(PURGE_BATCH).await {
             tracing::warn!(error = ?e, "Could not purge expired sessions.");
@@ -180,15 +191,7 @@ impl Sessions {
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
-             VALUES ($1, $2, now() + make_interval(secs => $3))",
-        )
-        .bind(&next)
-        .bind(session_id)
-        .bind(self.ttl())
-        .execute(&mut *tx)
-        .await?;
+        self.insert_refresh_token(&mut tx, &next, session_id).await?;
         sqlx::query("UPDATE auth_sessions SET expires_at = now() + make_interval(secs => $2) WHERE session_id = $1")
             .bind(session_id)
             .bind(self.ttl())
