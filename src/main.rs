@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// API, relay and projectors in one process, for local use (the only process that
+    /// API, relay, projectors and the assistant in one process, for local use (the only process that
     /// accepts the published development JWT key of the defaults).
     Dev,
     /// The HTTP API.
@@ -29,6 +29,8 @@ enum Command {
     Relay,
     /// The projector workers.
     Project,
+    /// The assistant worker: answers posted messages through the configured model providers.
+    Assistant,
     /// Create the database if missing and apply its migrations.
     Migrate,
     /// Create the Kafka topics.
@@ -109,14 +111,15 @@ async fn main() -> anyhow::Result<()> {
     // them (and short ones) before connecting to anything, whether or not they sign tokens:
     // a deployment configured with one is misconfigured as a whole.
     settings.auth.allow_published_keys = matches!(cli.command, Command::Dev);
-    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project) {
+    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project | Command::Assistant) {
         settings.auth.check_keys().context("refusing to start")?;
     }
     let processes = match cli.command {
-        Command::Dev => Processes { api: true, relay: true, projectors: true },
+        Command::Dev => Processes::all(),
         Command::Serve => Processes { api: true, ..Default::default() },
         Command::Relay => Processes { relay: true, ..Default::default() },
         Command::Project => Processes { projectors: true, ..Default::default() },
+        Command::Assistant => Processes { assistant: true, ..Default::default() },
         Command::Migrate => {
             if postgres::prepare(&settings.database).await? {
                 tracing::info!("Database created.");

@@ -1,7 +1,18 @@
 //! Starts colloquy's processes: the API, the relay and the projectors, alone or together.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
+use colloquy_commands::assistant::{Assistant, AssistantDeps};
+use colloquy_commands::{CommandSettings, Commands};
+use colloquy_infra::assistant_settings::ProviderKind;
+use colloquy_infra::reply_streams::ReplyStreams;
+use colloquy_local::LocalChat;
+use colloquy_providers::router::{http_providers, Router};
+use colloquy_providers::ChatProvider;
+use cqrs_es::Aggregate;
 
 use colloquy_api::Application;
 use colloquy_commands::idempotency::Idempotency;
@@ -34,7 +45,7 @@ pub async fn connect(settings: &Settings, which: Processes) -> anyhow::Result<De
         tracing::info!("Database created.");
     }
     let pool = postgres::connect(&settings.database).await?;
-    let redis = match which.api || which.projectors {
+    let redis = match which.api || which.projectors || which.assistant {
         true => Some(RedisStore::connect(&settings.redis).await?),
         false => None,
     };
@@ -53,6 +64,15 @@ pub struct Processes {
     pub relay: bool,
     /// The projectors.
     pub projectors: bool,
+    /// The assistant worker.
+    pub assistant: bool,
+}
+
+impl Processes {
+    /// Everything (`colloquy dev`).
+    pub fn all() -> Self {
+        Self { api: true, relay: true, projectors: true, assistant: true }
+    }
 }
 
 /// Running processes.
@@ -107,7 +127,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut created = Vec::new();
-    if which.relay || which.projectors {
+    if which.relay || which.projectors || which.assistant {
         created = kafka::ensure_topics(&settings.kafka).await?;
         if !created.is_empty() {
             tracing::info!(?created, "Topics created.");
@@ -131,6 +151,9 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         for projection in colloquy_projections::all() {
             spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
         }
+    }
+    if which.assistant {
+        spawn_assistant(&mut tasks, settings, deps, &created, shutdown.clone()).await?;
     }
     let mut port = None;
     let mut http = None;
@@ -187,11 +210,72 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
 /// The `/metrics` and `/health` port of a process without the API: `http.ops_port` when
 /// set, else its role's own default, so a relay and a projector on one host both listen.
 pub fn ops_port(settings: &Settings, which: Processes) -> u16 {
-    let role_default = match which.projectors {
-        true => settings.http.project_ops_port,
-        false => settings.http.relay_ops_port,
+    let role_default = match (which.projectors, which.relay) {
+        (true, _) => settings.http.project_ops_port,
+        (false, true) => settings.http.relay_ops_port,
+        (false, false) => settings.http.assistant_ops_port,
     };
     settings.http.ops_port.unwrap_or(role_default)
+}
+
+/// The provider router of `settings`: every configured HTTP provider, and the local model
+/// when a route uses it (loaded from the data directory; nothing downloads).
+pub async fn router(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<Router>> {
+    let assistant = &settings.assistant;
+    assistant.check().context("the assistant's configuration")?;
+    let mut providers: HashMap<String, Arc<dyn ChatProvider>> = http_providers(assistant)?;
+    for (name, provider) in &assistant.providers {
+        if provider.kind != ProviderKind::Local || !assistant.routes_use(name) {
+            continue;
+        }
+        let (dir, slots) = (assistant.local.models_dir.clone(), assistant.local.max_concurrent);
+        let local = tokio::task::spawn_blocking(move || LocalChat::load(&dir, slots))
+            .await?
+            .with_context(|| format!("loading the local model of provider {name}"))?;
+        providers.insert(name.clone(), Arc::new(local));
+    }
+    Ok(Arc::new(Router::new(assistant, providers, metrics.registry())?))
+}
+
+async fn spawn_assistant(
+    tasks: &mut JoinSet<()>,
+    settings: &Settings,
+    deps: &Deps,
+    created: &[String],
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let redis = deps.redis.clone().context("the assistant needs Redis")?;
+    let router = router(settings, &deps.metrics).await?;
+    let commands = Commands::new(deps.pool.clone(), deps.metrics.clone(), command_settings(settings));
+    let topic = kafka::Topics::new(&settings.kafka).events(colloquy_domain::Conversation::TYPE);
+    if !created.contains(&topic) {
+        kafka::before_joining(&settings.kafka, &Assistant::group(&settings.kafka)).await;
+    }
+    let name = format!("assistant-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let worker = Assistant::new(
+        &settings.kafka,
+        settings.assistant.worker.clone(),
+        name,
+        AssistantDeps {
+            commands: Arc::new(commands),
+            pool: deps.pool.clone(),
+            router,
+            streams: ReplyStreams::new(&redis, &settings.streams),
+            metrics: deps.metrics.clone(),
+        },
+    )?;
+    tasks.spawn(async move { worker.run(token).await });
+    Ok(())
+}
+
+/// The write side's settings, as every process that issues commands uses them.
+pub fn command_settings(settings: &Settings) -> CommandSettings {
+    CommandSettings {
+        hash_concurrency: settings.auth.hash_concurrency,
+        hash_queue: settings.auth.hash_queue,
+        idempotency_ttl_hours: settings.http.idempotency_ttl_hours,
+        refresh_token_ttl_secs: settings.auth.refresh_token_ttl_secs,
+    }
 }
 
 fn spawn_projector(

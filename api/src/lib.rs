@@ -19,6 +19,7 @@ use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpMessage, HttpServer};
+use colloquy_commands::models::ModelCatalog;
 use colloquy_commands::{CommandSettings, Commands};
 use colloquy_infra::ops::Scrape;
 use colloquy_infra::redis_store::RedisStore;
@@ -69,7 +70,11 @@ impl Application {
         let state = web::Data::new(AppState {
             commands: Commands::new(pool.clone(), metrics.clone(), command_settings)
                 .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs))
-                .with_quotas(settings.quotas),
+                .with_quotas(settings.quotas)
+                .with_models(ModelCatalog::new(
+                    settings.assistant.models.keys().cloned(),
+                    settings.assistant.default_model.clone(),
+                )),
             queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
             tokens,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),

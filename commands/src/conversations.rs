@@ -4,7 +4,7 @@
 //! [`crate::quotas`]) before running it, and gives the reservation back when the command is
 //! refused or fails.
 
-use colloquy_domain::conversation::{ConversationCommand, ConversationError, ConversationKind};
+use colloquy_domain::conversation::{reply_id_for, ConversationCommand, ConversationError, ConversationKind};
 use colloquy_domain::values;
 use colloquy_infra::event_store;
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,6 @@ use crate::errors::{Failure, UseCaseError};
 use crate::idempotency::Answer;
 use crate::quotas::{Charge, Quota};
 use crate::Commands;
-
-/// Model used when neither the request, nor the user's preferences, nor the configuration
-/// name one.
-pub const DEFAULT_MODEL: &str = "offline";
 
 /// A new conversation.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,6 +40,8 @@ pub struct PostMessage {
     pub id: Option<Uuid>,
     /// The text.
     pub content: String,
+    /// The model to answer with (default: the conversation's).
+    pub model: Option<String>,
 }
 
 /// A command on a conversation was accepted.
@@ -64,6 +62,9 @@ pub struct MessageAccepted {
     pub conversation_id: Uuid,
     /// The new message.
     pub message_id: Uuid,
+    /// The assistant's reply to it, once the assistant worker takes it: stream it from
+    /// `GET /api/v1/conversations/{conversation_id}/replies/{reply_id}/stream`.
+    pub reply_id: Uuid,
     /// The conversation's version after the post.
     pub version: i64,
 }
@@ -88,6 +89,9 @@ impl Commands {
     /// changed a moment ago applies).
     #[instrument(skip_all, fields(user_id = %caller.user))]
     pub async fn start_conversation(&self, caller: &Caller, input: StartConversation) -> Outcome<ConversationAccepted> {
+        if let Some(model) = input.model.as_deref() {
+            self.models.check(model)?;
+        }
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "start_conversation", &input, || async {
                 let (owner, _) = self
@@ -104,7 +108,7 @@ impl Commands {
                     owner_id: caller.user,
                     title: input.title.clone(),
                     kind: input.kind.unwrap_or_default(),
-                    model: input.model.clone().or(owner.default_model).unwrap_or_else(|| DEFAULT_MODEL.into()),
+                    model: input.model.clone().or(owner.default_model).unwrap_or_else(|| self.models.default.clone()),
                     system_prompt,
                 };
                 let kind = input.kind.unwrap_or_default();
@@ -183,6 +187,9 @@ impl Commands {
         conversation_id: Uuid,
         input: PostMessage,
     ) -> Outcome<MessageAccepted> {
+        if let Some(model) = input.model.as_deref() {
+            self.models.check(model)?;
+        }
         let request = (conversation_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
@@ -193,9 +200,10 @@ impl Commands {
                     actor_id: caller.user,
                     message_id,
                     content: input.content.clone(),
+                    model: input.model.clone(),
                 };
                 match self.execute_charged(caller, conversation_id, command, &charges).await {
-                    Ok(committed) => Ok(MessageAccepted { conversation_id, message_id, version: committed.version }),
+                    Ok(committed) => Ok(MessageAccepted { conversation_id, message_id, reply_id: reply_id_for(message_id), version: committed.version }),
                     Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })
                         if caller.idempotency_key.is_some() =>
                     {
@@ -209,7 +217,7 @@ impl Commands {
                             Some((version, posted))
                                 if posted.author_id == caller.user && posted.content == input.content =>
                             {
-                                Ok(MessageAccepted { conversation_id, message_id, version })
+                                Ok(MessageAccepted { conversation_id, message_id, reply_id: reply_id_for(message_id), version })
                             }
                             _ => {
                                 Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })

@@ -8,8 +8,11 @@ pub mod command_service;
 pub mod conversations;
 pub mod credentials;
 pub mod errors;
+pub mod assistant;
 pub mod idempotency;
+pub mod models;
 pub mod quotas;
+pub mod replies;
 pub mod sessions;
 pub mod snapshots;
 pub mod users;
@@ -38,6 +41,7 @@ pub struct Commands {
     hasher: PasswordHasher,
     idempotency: idempotency::Idempotency,
     quotas: quotas::Quotas,
+    models: models::ModelCatalog,
     pool: PgPool,
 }
 
@@ -78,6 +82,7 @@ impl Commands {
             hasher: PasswordHasher::bounded(settings.hash_concurrency, settings.hash_queue),
             idempotency: idempotency::Idempotency::new(pool.clone(), settings.idempotency_ttl_hours),
             quotas: quotas::Quotas::new(pool.clone(), QuotaSettings::default()),
+            models: models::ModelCatalog::default(),
             pool,
         }
     }
@@ -92,6 +97,12 @@ impl Commands {
     /// The same use cases with these per-user quotas (default: [`QuotaSettings::default`]).
     pub fn with_quotas(mut self, limits: QuotaSettings) -> Self {
         self.quotas = quotas::Quotas::new(self.quotas.pool().clone(), limits);
+        self
+    }
+
+    /// The same use cases answering with the models of `catalog` (default: the local model only).
+    pub fn with_models(mut self, catalog: models::ModelCatalog) -> Self {
+        self.models = catalog;
         self
     }
 

@@ -247,6 +247,8 @@ pub struct HttpSettings {
     /// Default ops port of `colloquy project` (9465), distinct from the relay's so both run
     /// on one host and both are scraped.
     pub project_ops_port: u16,
+    /// Default ops port of `colloquy assistant` (9466).
+    pub assistant_ops_port: u16,
     /// Hours an `Idempotency-Key` and its response are remembered.
     pub idempotency_ttl_hours: u32,
     /// Seconds a request that never finished (its process died) holds its
@@ -270,6 +272,7 @@ impl Default for HttpSettings {
             ops_port: None,
             relay_ops_port: 9464,
             project_ops_port: 9465,
+            assistant_ops_port: 9466,
             idempotency_ttl_hours: 24,
             idempotency_lease_secs: 120,
             trusted_proxies: Vec::new(),

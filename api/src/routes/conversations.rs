@@ -70,6 +70,9 @@ pub struct PostMessageRequest {
     /// The text.
     #[schema(min_length = 1, max_length = 32000)]
     pub content: String,
+    /// The model to answer with (one of `GET /api/v1/models`); default: the conversation's.
+    #[schema(min_length = 1, max_length = 200)]
+    pub model: Option<String>,
 }
 
 /// List filters and paging.
@@ -182,7 +185,7 @@ pub async fn post_message(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let r: PostMessageRequest = parse(body.into_inner())?;
-    let accepted = state.commands.post_message(&me.caller, *id, PostMessage { id: r.id, content: r.content }).await?;
+    let accepted = state.commands.post_message(&me.caller, *id, PostMessage { id: r.id, content: r.content, model: r.model }).await?;
     Ok(answer(StatusCode::CREATED, accepted))
 }
 

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conversations;
 pub mod health;
+pub mod models;
 pub mod users;
 
 use actix_web::web;
@@ -42,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1")
             .configure(auth::configure)
             .configure(users::configure)
-            .configure(conversations::configure),
+            .configure(conversations::configure)
+            .configure(models::configure),
     );
 }
