@@ -71,7 +71,7 @@ impl SmolTokenizer {
             .filter(|(_, kind)| **kind == TOKEN_TYPE_CONTROL)
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
-        tokenizer.add_special_tokens(&specials);
+        tokenizer.add_special_tokens(specials).map_err(tokenizer_error)?;
 
         let chars = byte_level_chars();
         let token_bytes = tokens
