@@ -53,7 +53,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("load (with Q4_1 -> Q4_0): {:.2} s", load.as_secs_f64());
     println!("prompt: {} tokens", generation.input_tokens);
     println!("time to first token: {:.3} s", first_token.as_secs_f64());
-    println!("answer: {} tokens in {:.2} s, finish {:?}", generation.output_tokens, total.as_secs_f64(), generation.finish);
+    println!(
+        "answer: {} tokens in {:.2} s, finish {:?}",
+        generation.output_tokens,
+        total.as_secs_f64(),
+        generation.finish
+    );
     println!("generation: {rate:.1} tokens/s (after the first token)");
     println!("---\n{text}");
     Ok(())

@@ -100,8 +100,11 @@ impl ChatProvider for LocalChat {
             let tx = generation_tx;
             let seed = RandomState::new().build_hasher().finish();
             let mut on_token = |text: &str| {
-                let delivered =
-                    if text.is_empty() { !tx.is_closed() } else { tx.blocking_send(Ok(StreamItem::Delta(text.to_owned()))).is_ok() };
+                let delivered = if text.is_empty() {
+                    !tx.is_closed()
+                } else {
+                    tx.blocking_send(Ok(StreamItem::Delta(text.to_owned()))).is_ok()
+                };
                 if delivered {
                     ControlFlow::Continue(())
                 } else {

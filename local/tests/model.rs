@@ -2,6 +2,8 @@
 //! (`COLLOQUY_MODELS_DIR`, else `<workspace>/.colloquy/models`), which `scripts/models.sh`
 //! fills; CI runs it first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -39,7 +41,12 @@ fn params(max_tokens: u32, temperature: f32) -> Parameters {
     Parameters { max_tokens: Some(max_tokens), temperature: Some(temperature), top_p: None }
 }
 
-fn generate(model: &SmolLm, messages: &[ChatMessage], params: &Parameters, seed: u64) -> (String, colloquy_local::Generation) {
+fn generate(
+    model: &SmolLm,
+    messages: &[ChatMessage],
+    params: &Parameters,
+    seed: u64,
+) -> (String, colloquy_local::Generation) {
     let mut text = String::new();
     let generation = model
         .generate(messages, params, seed, &mut |piece| {
@@ -129,7 +136,11 @@ fn the_prompt_counts_are_those_of_the_rendered_template() {
 }
 
 fn request(question: &str, max_tokens: u32) -> ChatRequest {
-    ChatRequest { model: "smollm2-135m-instruct".to_owned(), messages: prompt(question), parameters: params(max_tokens, 0.0) }
+    ChatRequest {
+        model: "smollm2-135m-instruct".to_owned(),
+        messages: prompt(question),
+        parameters: params(max_tokens, 0.0),
+    }
 }
 
 #[tokio::test]
@@ -138,8 +149,7 @@ async fn the_stream_yields_deltas_then_usage_then_finished() {
     assert_eq!(provider.kind(), "local");
     let request = request("What is the capital of France?", 8);
     let expected_input = provider.count_tokens(&request.messages).unwrap();
-    let items: Vec<StreamItem> =
-        provider.stream_chat(request).await.unwrap().map(|item| item.unwrap()).collect().await;
+    let items: Vec<StreamItem> = provider.stream_chat(request).await.unwrap().map(|item| item.unwrap()).collect().await;
 
     let deltas = items.iter().take_while(|item| matches!(item, StreamItem::Delta(_))).count();
     assert!(deltas >= 1, "{items:?}");
@@ -148,7 +158,8 @@ async fn the_stream_yields_deltas_then_usage_then_finished() {
     assert_eq!(usage.input_tokens as usize, expected_input);
     assert!((1..=8).contains(&usage.output_tokens), "{usage:?}");
     assert!(matches!(&items[deltas + 1], StreamItem::Finished(FinishReason::Stop | FinishReason::Length)), "{items:?}");
-    let text: String = items.iter().filter_map(|item| if let StreamItem::Delta(t) = item { Some(t.as_str()) } else { None }).collect();
+    let text: String =
+        items.iter().filter_map(|item| if let StreamItem::Delta(t) = item { Some(t.as_str()) } else { None }).collect();
     assert!(!text.trim().is_empty(), "{text:?}");
 }
 
