@@ -148,7 +148,7 @@ impl ChatProvider for Anthropic {
         if !response.status().is_success() {
             return Err(error_from_response(response, error_body).await);
         }
-        Ok(Box::pin(events(response.bytes_stream().eventsource())))
+        Ok(Box::pin(events(Box::pin(response.bytes_stream().eventsource()))))
     }
 }
 

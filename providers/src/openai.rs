@@ -107,6 +107,8 @@ impl OpenAiCompatible {
         Ok(data.into_iter().map(|e| e.embedding).collect())
     }
 
+    // `max_tokens` is deprecated by OpenAI, and still what compatible servers read.
+    #[allow(deprecated)]
     fn request(&self, request: &ChatRequest) -> Result<CreateChatCompletionRequest, ProviderError> {
         let messages: Vec<ChatCompletionRequestMessage> = request.messages.iter().map(message).collect();
         let mut args = CreateChatCompletionRequestArgs::default();
@@ -124,7 +126,6 @@ impl OpenAiCompatible {
         if let Some(max) = request.parameters.max_tokens {
             match self.max_completion_tokens {
                 true => built.max_completion_tokens = Some(max),
-                #[allow(deprecated)]
                 false => built.max_tokens = Some(max),
             }
         }
@@ -218,7 +219,7 @@ impl ChatProvider for OpenAiCompatible {
         if !response.status().is_success() {
             return Err(error_from_response(response, openai_error_body).await);
         }
-        let events = response.bytes_stream().eventsource();
+        let events = Box::pin(response.bytes_stream().eventsource());
         Ok(Box::pin(chunks(events)))
     }
 

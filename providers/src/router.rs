@@ -297,7 +297,7 @@ impl Metrics {
 
     fn error(&self, provider: &str, model: &str, class: ErrorClass) {
         let class = serde_json::to_value(class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        self.errors.with_label_values(&[provider, model, &class]).inc();
+        self.errors.with_label_values(&[provider, model, class.as_str()]).inc();
     }
 }
 
