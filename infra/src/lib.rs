@@ -2,6 +2,7 @@
 //! (clients and the CloudEvents codec), the event store's SQL, Redis, password hashing,
 //! metrics and the operations listener every process offers.
 
+pub mod assistant_settings;
 pub mod cloudevents;
 pub mod event_store;
 pub mod kafka;

@@ -32,6 +32,9 @@ pub struct Settings {
     pub projection: ProjectionSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The assistant: model providers, models and their fallback routes, retries, circuit
+    /// breaker, the local model.
+    pub assistant: crate::assistant_settings::AssistantSettings,
 }
 
 /// PostgreSQL settings.

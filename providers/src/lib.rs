@@ -6,6 +6,18 @@
 //! Cancel is uniform: dropping a [`ChatStream`] stops the upstream work (an HTTP provider's
 //! connection is closed, the local model's generation loop stops at its next token).
 
+pub mod anthropic;
+mod http;
+pub mod openai;
+pub mod router;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tokens;
+
+pub use anthropic::Anthropic;
+pub use openai::OpenAiCompatible;
+pub use router::{http_providers, Attempt, AttemptOutcome, ModelInfo, RouteFailure, RoutedReply, Router, RouterError};
+
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -163,4 +175,33 @@ pub trait ChatProvider: Send + Sync {
     /// Starts a streamed reply. Returns once the provider accepted the request (the HTTP
     /// status is known); text arrives on the stream.
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError>;
+
+    /// Tokens `messages` take in `model`'s prompt, counted with the model's own tokenizer,
+    /// when this provider knows it (`None`: the caller estimates).
+    fn count_tokens(&self, model: &str, messages: &[ChatMessage]) -> Option<usize> {
+        let _ = (model, messages);
+        None
+    }
+}
+
+/// A provider entry that could not be built from its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderBuildError {
+    /// A configured header name or value is not a valid HTTP header (the value is not
+    /// repeated: it may be a secret).
+    #[error("provider `{provider}`: header `{header}` is not a valid HTTP header")]
+    InvalidHeader {
+        /// The provider entry.
+        provider: String,
+        /// The header's name.
+        header: String,
+    },
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("provider `{provider}`: cannot build its HTTP client: {message}")]
+    Client {
+        /// The provider entry.
+        provider: String,
+        /// What went wrong.
+        message: String,
+    },
 }
