@@ -143,8 +143,7 @@ impl ChatProvider for Anthropic {
     }
 
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let response =
-            self.http.post(&self.url).json(&body(&request)).send().await.map_err(|e| transport_error(&e))?;
+        let response = self.http.post(&self.url).json(&body(&request)).send().await.map_err(|e| transport_error(&e))?;
         if !response.status().is_success() {
             return Err(error_from_response(response, error_body).await);
         }
@@ -187,7 +186,8 @@ where
                 Err(_) if event.event == "ping" => continue,
                 Err(e) => {
                     state.done = true;
-                    let error = ProviderError::new(ErrorClass::Protocol, format!("unreadable `{}` event: {e}", event.event));
+                    let error =
+                        ProviderError::new(ErrorClass::Protocol, format!("unreadable `{}` event: {e}", event.event));
                     return Some((Err(error), state));
                 }
             };

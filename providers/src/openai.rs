@@ -17,11 +17,10 @@ use std::time::Duration;
 use async_openai::config::{Config, OpenAIConfig};
 use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
-    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
-    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions,
-    CreateChatCompletionRequest, CreateChatCompletionRequestArgs, CreateChatCompletionStreamResponse,
-    FinishReason as OpenAiFinishReason,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs, CreateChatCompletionStreamResponse, FinishReason as OpenAiFinishReason,
 };
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use colloquy_infra::assistant_settings::ProviderSettings;
@@ -185,7 +184,9 @@ fn map_openai_error(error: &OpenAIError) -> ProviderError {
             };
             ProviderError::new(class, http::truncate(&api.to_string()))
         }
-        OpenAIError::JSONDeserialize(_, _) => ProviderError::new(ErrorClass::Protocol, http::truncate(&error.to_string())),
+        OpenAIError::JSONDeserialize(_, _) => {
+            ProviderError::new(ErrorClass::Protocol, http::truncate(&error.to_string()))
+        }
         other => ProviderError::new(ErrorClass::Protocol, http::truncate(&other.to_string())),
     }
 }
@@ -262,7 +263,8 @@ where
                     match state.finish.take() {
                         Some(reason) => return Some((Ok(StreamItem::Finished(reason)), state)),
                         None => {
-                            let error = ProviderError::new(ErrorClass::Connection, "the stream ended without a finish reason");
+                            let error =
+                                ProviderError::new(ErrorClass::Connection, "the stream ended without a finish reason");
                             return Some((Err(error), state));
                         }
                     }
@@ -320,7 +322,8 @@ mod tests {
 
     #[test]
     fn error_bodies_are_read() {
-        let body = serde_json::json!({"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}});
+        let body =
+            serde_json::json!({"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}});
         assert_eq!(openai_error_body(&body), Some(("slow down".into(), None)));
         let quota = serde_json::json!({"error": {"message": "no money", "type": "insufficient_quota"}});
         assert_eq!(openai_error_body(&quota), Some(("no money".into(), Some(ErrorClass::Auth))));

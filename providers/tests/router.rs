@@ -1,5 +1,6 @@
 //! The router against two fake provider servers: fallback, retries, `Retry-After`, the
 //! circuit breaker, first-token timeouts and cancel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,7 +39,11 @@ async fn setup(kind_a: ProviderKind, tune: impl FnOnce(&mut AssistantSettings)) 
     settings.providers.insert("b".into(), entry(ProviderKind::Openai, &b));
     settings.models.insert(
         MODEL.into(),
-        ModelSettings { route: vec!["a/model-a".into(), "b/model-b".into()], context_window: 4096, max_output_tokens: 100 },
+        ModelSettings {
+            route: vec!["a/model-a".into(), "b/model-b".into()],
+            context_window: 4096,
+            max_output_tokens: 100,
+        },
     );
     settings.retry = RetrySettings { max_attempts: 1, base_delay_ms: 10, max_delay_ms: 50, max_retry_after_ms: 5_000 };
     tune(&mut settings);
@@ -105,7 +110,10 @@ async fn a_failure_before_the_first_token_falls_back_to_the_next_target() {
     assert_eq!(s.b.requests()[0].body["max_tokens"], 100);
     assert_eq!(s.b.requests()[0].body["model"], "model-b");
     assert_eq!(metric(&s.registry, "colloquy_provider_fallbacks_total", &[("provider", "a")]), 1.0);
-    assert_eq!(metric(&s.registry, "colloquy_provider_errors_total", &[("provider", "a"), ("class", "server_error")]), 1.0);
+    assert_eq!(
+        metric(&s.registry, "colloquy_provider_errors_total", &[("provider", "a"), ("class", "server_error")]),
+        1.0
+    );
     assert_eq!(metric(&s.registry, "colloquy_provider_requests_total", &[("provider", "b")]), 1.0);
 }
 
@@ -217,7 +225,8 @@ async fn the_circuit_opens_after_the_threshold_and_closes_after_one_probe() {
 
 #[tokio::test]
 async fn a_refused_request_does_not_open_the_circuit() {
-    let s = setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms: 60_000 }).await;
+    let s =
+        setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms: 60_000 }).await;
     s.a.push(Route::ChatCompletions, Script::status(400));
     let reply = ask(&s.router).await;
     assert_eq!(outcomes(&reply.attempts)[0], ("a".into(), AttemptOutcome::Failed, Some(ErrorClass::BadRequest)));
@@ -303,7 +312,10 @@ async fn counting_tokens_uses_the_first_targets_tokenizer() {
     let messages = prompt();
     assert_eq!(s.router.count_tokens(MODEL, &messages), colloquy_providers::tokens::count_openai("model-a", &messages));
     let local_only = Router::new(AssistantSettings::default(), HashMap::new(), &prometheus::Registry::new()).unwrap();
-    assert_eq!(local_only.count_tokens("local/smollm2-135m", &messages), colloquy_providers::tokens::estimate(&messages));
+    assert_eq!(
+        local_only.count_tokens("local/smollm2-135m", &messages),
+        colloquy_providers::tokens::estimate(&messages)
+    );
 }
 
 async fn wait_for_disconnect(fake: &FakeProvider) -> colloquy_providers::testing::Disconnect {

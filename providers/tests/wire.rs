@@ -1,5 +1,6 @@
 //! The HTTP providers against the fake provider server: the real client code reads the
 //! real wire formats.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use colloquy_infra::assistant_settings::{ProviderKind, ProviderSettings};
 use colloquy_providers::testing::{fake_embedding, FakeProvider, Route, Script};
@@ -12,7 +13,13 @@ use futures::StreamExt;
 fn entry(kind: ProviderKind, fake: &FakeProvider) -> ProviderSettings {
     let mut headers = std::collections::BTreeMap::new();
     headers.insert("X-Extra".to_string(), "extra-value".to_string());
-    ProviderSettings { kind, base_url: fake.base_url(), api_key: Some("sk-test".into()), headers, ..ProviderSettings::default() }
+    ProviderSettings {
+        kind,
+        base_url: fake.base_url(),
+        api_key: Some("sk-test".into()),
+        headers,
+        ..ProviderSettings::default()
+    }
 }
 
 fn request(model: &str) -> ChatRequest {
