@@ -328,3 +328,39 @@ async fn wait_for_disconnect(fake: &FakeProvider) -> colloquy_providers::testing
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_half_open_circuit_lets_exactly_one_probe_through() {
+    let open_ms = 300;
+    let s = setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms }).await;
+    s.a.push(Route::ChatCompletions, Script::status(500));
+    assert_eq!(ask(&s.router).await.provider, "b");
+    tokio::time::sleep(Duration::from_millis(open_ms + 100)).await;
+    // The probe is slow to its first token; a reply asked meanwhile does not call `a`.
+    s.a.push(Route::ChatCompletions, Script::reply(&["probe"]).with_delay(Duration::from_millis(800)));
+    let (probe, meanwhile) = tokio::join!(ask(&s.router), async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.a.requests().len() < 2 {
+            assert!(Instant::now() < deadline, "the probe never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ask(&s.router).await
+    });
+    assert_eq!((probe.provider.as_str(), probe.first.as_str()), ("a", "probe"));
+    assert_eq!(meanwhile.provider, "b");
+    assert_eq!(outcomes(&meanwhile.attempts)[0], ("a".into(), AttemptOutcome::Skipped, Some(ErrorClass::CircuitOpen)));
+    assert_eq!(s.a.requests().len(), 2);
+    assert_eq!(metric(&s.registry, "colloquy_provider_circuit_state", &[("provider", "a")]), 0.0);
+}
+
+#[tokio::test]
+async fn usage_reported_by_the_caller_is_counted() {
+    let s = setup(ProviderKind::Openai, |_| {}).await;
+    s.router.record_usage("b", "model-b", colloquy_providers::Usage { input_tokens: 10, output_tokens: 4 });
+    s.router.record_usage("b", "model-b", colloquy_providers::Usage { input_tokens: 5, output_tokens: 1 });
+    assert_eq!(
+        metric(&s.registry, "colloquy_provider_input_tokens_total", &[("provider", "b"), ("model", "model-b")]),
+        15.0
+    );
+    assert_eq!(metric(&s.registry, "colloquy_provider_output_tokens_total", &[("provider", "b")]), 5.0);
+}
