@@ -173,14 +173,7 @@ fn map_openai_error(error: &OpenAIError) -> ProviderError {
             let kind = api.r#type.as_deref().or(api.code.as_deref()).unwrap_or_default();
             let class = match kind {
                 "" if api.param.is_none() => ErrorClass::ServerError,
-                k if k.contains("rate_limit") || k == "requests" || k == "tokens" => ErrorClass::RateLimited,
-                "insufficient_quota" | "invalid_api_key" | "authentication_error" | "permission_error" => {
-                    ErrorClass::Auth
-                }
-                "model_not_found" | "not_found_error" => ErrorClass::NotFound,
-                "server_error" | "api_error" => ErrorClass::ServerError,
-                "overloaded_error" | "engine_overloaded" => ErrorClass::Overloaded,
-                _ => ErrorClass::BadRequest,
+                kind => class_of_error_type(kind),
             };
             ProviderError::new(class, http::truncate(&api.to_string()))
         }
@@ -188,6 +181,19 @@ fn map_openai_error(error: &OpenAIError) -> ProviderError {
             ProviderError::new(ErrorClass::Protocol, http::truncate(&error.to_string()))
         }
         other => ProviderError::new(ErrorClass::Protocol, http::truncate(&other.to_string())),
+    }
+}
+
+/// The class of an OpenAI(-compatible) error `type` or `code`, for errors that come
+/// without a usable status (inside a stream, or from the embeddings client).
+fn class_of_error_type(kind: &str) -> ErrorClass {
+    match kind {
+        k if k.contains("rate_limit") || k == "requests" || k == "tokens" => ErrorClass::RateLimited,
+        "insufficient_quota" | "invalid_api_key" | "authentication_error" | "permission_error" => ErrorClass::Auth,
+        "model_not_found" | "not_found_error" => ErrorClass::NotFound,
+        "overloaded_error" | "engine_overloaded" | "server_overloaded" => ErrorClass::Overloaded,
+        "invalid_request_error" | "context_length_exceeded" => ErrorClass::BadRequest,
+        _ => ErrorClass::ServerError,
     }
 }
 
@@ -287,8 +293,10 @@ where
             if event.event == "error" || data.starts_with("{\"error\"") {
                 state.done = true;
                 let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                let (message, class) = openai_error_body(&value).unwrap_or_else(|| (http::truncate(data), None));
-                return Some((Err(ProviderError::new(class.unwrap_or(ErrorClass::ServerError), message)), state));
+                let kind =
+                    ["type", "code"].iter().find_map(|field| value["error"][field].as_str()).unwrap_or("server_error");
+                let message = openai_error_body(&value).map_or_else(|| http::truncate(data), |(m, _)| m);
+                return Some((Err(ProviderError::new(class_of_error_type(kind), message)), state));
             }
             let chunk: CreateChatCompletionStreamResponse = match serde_json::from_str(data) {
                 Ok(chunk) => chunk,

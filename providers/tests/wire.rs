@@ -72,6 +72,7 @@ async fn openai_failures_carry_status_class_and_retry_after() {
     fake.push(Route::ChatCompletions, Script::rate_limited(7));
     fake.push(Route::ChatCompletions, Script::status(400));
     fake.push(Route::ChatCompletions, Script::cut_after(&["partial"]));
+    fake.push(Route::ChatCompletions, Script::overloaded_after(&["So"]));
     let provider = OpenAiCompatible::new("openai", &entry(ProviderKind::Openai, &fake)).unwrap();
     let Err(error) = provider.stream_chat(request("gpt-4o")).await else { panic!("a 429 is an error") };
     assert_eq!((error.class, error.status), (ErrorClass::RateLimited, Some(429)));
@@ -81,6 +82,12 @@ async fn openai_failures_carry_status_class_and_retry_after() {
     assert_eq!((error.class, error.status, error.retry_after), (ErrorClass::BadRequest, Some(400), None));
     let items = collect(&provider, request("gpt-4o")).await;
     assert_eq!(items, vec![Ok(StreamItem::Delta("partial".into())), Err(ErrorClass::Connection)]);
+    let items = collect(&provider, request("gpt-4o")).await;
+    assert_eq!(
+        items,
+        vec![Ok(StreamItem::Delta("So".into())), Err(ErrorClass::Overloaded)],
+        "an error inside the stream"
+    );
 }
 
 #[tokio::test]
