@@ -372,7 +372,8 @@ mod tests {
                 ..ModelSettings::default()
             },
         );
-        s.models.insert("claude".into(), ModelSettings { route: vec!["anthropic/claude-3".into()], ..Default::default() });
+        s.models
+            .insert("claude".into(), ModelSettings { route: vec!["anthropic/claude-3".into()], ..Default::default() });
         s.models.insert("empty".into(), ModelSettings::default());
         s.default_model = "gpt-5".into();
         let errors = s.check().unwrap_err();

@@ -18,6 +18,9 @@ use crate::{
 /// The API version sent as `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
 
+/// Anthropic's API, used when an `anthropic` entry names no base URL of its own.
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
+
 /// `max_tokens` when the caller gives none (Anthropic requires one).
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
@@ -51,7 +54,13 @@ impl Anthropic {
             headers.insert("x-api-key", value);
         }
         let http = http::client(name, settings, headers)?;
-        let url = format!("{}/messages", settings.base_url.trim_end_matches('/'));
+        // An entry that left `base_url` alone has the default of every entry, OpenAI's.
+        let base = match settings.base_url.as_str() {
+            "" => DEFAULT_BASE_URL,
+            base if base == ProviderSettings::default().base_url => DEFAULT_BASE_URL,
+            base => base,
+        };
+        let url = format!("{}/messages", base.trim_end_matches('/'));
         Ok(Self { name: name.to_string(), url, http })
     }
 
@@ -143,8 +152,7 @@ impl ChatProvider for Anthropic {
     }
 
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
-        let response =
-            self.http.post(&self.url).json(&body(&request)).send().await.map_err(|e| transport_error(&e))?;
+        let response = self.http.post(&self.url).json(&body(&request)).send().await.map_err(|e| transport_error(&e))?;
         if !response.status().is_success() {
             return Err(error_from_response(response, error_body).await);
         }
@@ -187,7 +195,8 @@ where
                 Err(_) if event.event == "ping" => continue,
                 Err(e) => {
                     state.done = true;
-                    let error = ProviderError::new(ErrorClass::Protocol, format!("unreadable `{}` event: {e}", event.event));
+                    let error =
+                        ProviderError::new(ErrorClass::Protocol, format!("unreadable `{}` event: {e}", event.event));
                     return Some((Err(error), state));
                 }
             };
@@ -266,6 +275,17 @@ mod tests {
         assert_eq!(json["messages"].as_array().unwrap().len(), 3);
         assert_eq!(json["messages"][0], serde_json::json!({"role": "user", "content": "hi"}));
         assert!(json.get("temperature").is_none());
+    }
+
+    #[test]
+    fn an_entry_without_a_base_url_talks_to_anthropic() {
+        let settings = ProviderSettings {
+            kind: colloquy_infra::assistant_settings::ProviderKind::Anthropic,
+            ..Default::default()
+        };
+        assert_eq!(Anthropic::new("claude", &settings).unwrap().url, "https://api.anthropic.com/v1/messages");
+        let own = ProviderSettings { base_url: "http://127.0.0.1:9/v1/".into(), ..settings };
+        assert_eq!(Anthropic::new("claude", &own).unwrap().url, "http://127.0.0.1:9/v1/messages");
     }
 
     #[test]

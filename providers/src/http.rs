@@ -70,12 +70,13 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
+/// Reads a provider's JSON error body: its message, and its class when the body says more
+/// than the status.
+pub(crate) type ErrorBodyReader = fn(&serde_json::Value) -> Option<(String, Option<ErrorClass>)>;
+
 /// A failed response as an error: its status, class, `Retry-After` and (a bounded part of)
 /// its body. `message_of` digs the provider's own message out of a JSON error body.
-pub(crate) async fn error_from_response(
-    response: reqwest::Response,
-    message_of: fn(&serde_json::Value) -> Option<(String, Option<ErrorClass>)>,
-) -> ProviderError {
+pub(crate) async fn error_from_response(response: reqwest::Response, message_of: ErrorBodyReader) -> ProviderError {
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = response.text().await.unwrap_or_default();

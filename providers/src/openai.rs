@@ -17,11 +17,10 @@ use std::time::Duration;
 use async_openai::config::{Config, OpenAIConfig};
 use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
-    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
-    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions,
-    CreateChatCompletionRequest, CreateChatCompletionRequestArgs, CreateChatCompletionStreamResponse,
-    FinishReason as OpenAiFinishReason,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs, CreateChatCompletionStreamResponse, FinishReason as OpenAiFinishReason,
 };
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use colloquy_infra::assistant_settings::ProviderSettings;
@@ -174,19 +173,27 @@ fn map_openai_error(error: &OpenAIError) -> ProviderError {
             let kind = api.r#type.as_deref().or(api.code.as_deref()).unwrap_or_default();
             let class = match kind {
                 "" if api.param.is_none() => ErrorClass::ServerError,
-                k if k.contains("rate_limit") || k == "requests" || k == "tokens" => ErrorClass::RateLimited,
-                "insufficient_quota" | "invalid_api_key" | "authentication_error" | "permission_error" => {
-                    ErrorClass::Auth
-                }
-                "model_not_found" | "not_found_error" => ErrorClass::NotFound,
-                "server_error" | "api_error" => ErrorClass::ServerError,
-                "overloaded_error" | "engine_overloaded" => ErrorClass::Overloaded,
-                _ => ErrorClass::BadRequest,
+                kind => class_of_error_type(kind),
             };
             ProviderError::new(class, http::truncate(&api.to_string()))
         }
-        OpenAIError::JSONDeserialize(_, _) => ProviderError::new(ErrorClass::Protocol, http::truncate(&error.to_string())),
+        OpenAIError::JSONDeserialize(_, _) => {
+            ProviderError::new(ErrorClass::Protocol, http::truncate(&error.to_string()))
+        }
         other => ProviderError::new(ErrorClass::Protocol, http::truncate(&other.to_string())),
+    }
+}
+
+/// The class of an OpenAI(-compatible) error `type` or `code`, for errors that come
+/// without a usable status (inside a stream, or from the embeddings client).
+fn class_of_error_type(kind: &str) -> ErrorClass {
+    match kind {
+        k if k.contains("rate_limit") || k == "requests" || k == "tokens" => ErrorClass::RateLimited,
+        "insufficient_quota" | "invalid_api_key" | "authentication_error" | "permission_error" => ErrorClass::Auth,
+        "model_not_found" | "not_found_error" => ErrorClass::NotFound,
+        "overloaded_error" | "engine_overloaded" | "server_overloaded" => ErrorClass::Overloaded,
+        "invalid_request_error" | "context_length_exceeded" => ErrorClass::BadRequest,
+        _ => ErrorClass::ServerError,
     }
 }
 
@@ -262,7 +269,8 @@ where
                     match state.finish.take() {
                         Some(reason) => return Some((Ok(StreamItem::Finished(reason)), state)),
                         None => {
-                            let error = ProviderError::new(ErrorClass::Connection, "the stream ended without a finish reason");
+                            let error =
+                                ProviderError::new(ErrorClass::Connection, "the stream ended without a finish reason");
                             return Some((Err(error), state));
                         }
                     }
@@ -285,8 +293,10 @@ where
             if event.event == "error" || data.starts_with("{\"error\"") {
                 state.done = true;
                 let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                let (message, class) = openai_error_body(&value).unwrap_or_else(|| (http::truncate(data), None));
-                return Some((Err(ProviderError::new(class.unwrap_or(ErrorClass::ServerError), message)), state));
+                let kind =
+                    ["type", "code"].iter().find_map(|field| value["error"][field].as_str()).unwrap_or("server_error");
+                let message = openai_error_body(&value).map_or_else(|| http::truncate(data), |(m, _)| m);
+                return Some((Err(ProviderError::new(class_of_error_type(kind), message)), state));
             }
             let chunk: CreateChatCompletionStreamResponse = match serde_json::from_str(data) {
                 Ok(chunk) => chunk,
@@ -320,7 +330,8 @@ mod tests {
 
     #[test]
     fn error_bodies_are_read() {
-        let body = serde_json::json!({"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}});
+        let body =
+            serde_json::json!({"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}});
         assert_eq!(openai_error_body(&body), Some(("slow down".into(), None)));
         let quota = serde_json::json!({"error": {"message": "no money", "type": "insufficient_quota"}});
         assert_eq!(openai_error_body(&quota), Some(("no money".into(), Some(ErrorClass::Auth))));

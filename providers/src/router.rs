@@ -251,7 +251,10 @@ impl Metrics {
                 &pm,
             )?,
             errors: IntCounterVec::new(
-                Opts::new("colloquy_provider_errors_total", "Failed provider calls, by provider, model and error class."),
+                Opts::new(
+                    "colloquy_provider_errors_total",
+                    "Failed provider calls, by provider, model and error class.",
+                ),
                 &["provider", "model", "class"],
             )?,
             fallbacks: IntCounterVec::new(
@@ -262,17 +265,26 @@ impl Metrics {
                 &pm,
             )?,
             circuit: IntGaugeVec::new(
-                Opts::new("colloquy_provider_circuit_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open."),
+                Opts::new(
+                    "colloquy_provider_circuit_state",
+                    "Circuit breaker per provider: 0 closed, 1 open, 2 half-open.",
+                ),
                 &["provider"],
             )?,
             latency: HistogramVec::new(
-                HistogramOpts::new("colloquy_provider_call_duration_seconds", "Whole provider calls, to the end of the stream.")
-                    .buckets(buckets.clone()),
+                HistogramOpts::new(
+                    "colloquy_provider_call_duration_seconds",
+                    "Whole provider calls, to the end of the stream.",
+                )
+                .buckets(buckets.clone()),
                 &pm,
             )?,
             first_token: HistogramVec::new(
-                HistogramOpts::new("colloquy_provider_time_to_first_token_seconds", "Provider calls to their first token.")
-                    .buckets(buckets),
+                HistogramOpts::new(
+                    "colloquy_provider_time_to_first_token_seconds",
+                    "Provider calls to their first token.",
+                )
+                .buckets(buckets),
                 &pm,
             )?,
             tokens_in: IntCounterVec::new(
@@ -343,7 +355,10 @@ impl Router {
             .chain(providers.keys())
             .map(|name| {
                 metrics.circuit.with_label_values(&[name]).set(0);
-                (name.clone(), Circuit { provider: name.clone(), state: Mutex::new(CircuitState::Closed { failures: 0 }) })
+                (
+                    name.clone(),
+                    Circuit { provider: name.clone(), state: Mutex::new(CircuitState::Closed { failures: 0 }) },
+                )
             })
             .collect();
         Ok(Self { settings, providers, circuits, metrics })
@@ -425,7 +440,11 @@ impl Router {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let request = ChatRequest { model: upstream.to_string(), messages: messages.clone(), parameters: parameters.clone() };
+                let request = ChatRequest {
+                    model: upstream.to_string(),
+                    messages: messages.clone(),
+                    parameters: parameters.clone(),
+                };
                 let (attempt, outcome) = self.attempt(provider_name, upstream, request).await;
                 attempts.push(attempt);
                 let error = match outcome {
@@ -456,8 +475,9 @@ impl Router {
                 self.metrics.fallbacks.with_label_values(&[provider_name, upstream]).inc();
             }
         }
-        let error = last_error
-            .unwrap_or_else(|| ProviderError::new(ErrorClass::NotFound, format!("model `{model}` has no usable target")));
+        let error = last_error.unwrap_or_else(|| {
+            ProviderError::new(ErrorClass::NotFound, format!("model `{model}` has no usable target"))
+        });
         Err(RouteFailure { attempts, error })
     }
 
@@ -499,18 +519,24 @@ impl Router {
             );
             attempt
         };
-        let (Some(provider), Some(circuit)) = (self.providers.get(provider_name), self.circuits.get(provider_name)) else {
-            let error = ProviderError::new(ErrorClass::NotFound, format!("provider `{provider_name}` is not available"));
+        let (Some(provider), Some(circuit)) = (self.providers.get(provider_name), self.circuits.get(provider_name))
+        else {
+            let error =
+                ProviderError::new(ErrorClass::NotFound, format!("provider `{provider_name}` is not available"));
             return (record(AttemptOutcome::Failed, Some(&error), Duration::ZERO), Outcome::Failed(error));
         };
         let Some(permit) = circuit.admit(&self.metrics) else {
-            let error = ProviderError::new(ErrorClass::CircuitOpen, format!("the circuit of `{provider_name}` is open"));
+            let error =
+                ProviderError::new(ErrorClass::CircuitOpen, format!("the circuit of `{provider_name}` is open"));
             return (record(AttemptOutcome::Skipped, Some(&error), Duration::ZERO), Outcome::Failed(error));
         };
         let labels = [provider_name, upstream];
         self.metrics.requests.with_label_values(&labels).inc();
         let timeout = Duration::from_millis(
-            self.settings.providers.get(provider_name).map_or(DEFAULT_FIRST_TOKEN_TIMEOUT_MS, |p| p.first_token_timeout_ms),
+            self.settings
+                .providers
+                .get(provider_name)
+                .map_or(DEFAULT_FIRST_TOKEN_TIMEOUT_MS, |p| p.first_token_timeout_ms),
         );
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, first_delta(provider.as_ref(), request)).await {
@@ -530,7 +556,12 @@ impl Router {
             }
             Err(error) => {
                 let counts = error.class.is_retryable();
-                circuit.failed(permit, counts, self.settings.circuit.failure_threshold.max(1), Duration::from_millis(self.settings.circuit.open_ms));
+                circuit.failed(
+                    permit,
+                    counts,
+                    self.settings.circuit.failure_threshold.max(1),
+                    Duration::from_millis(self.settings.circuit.open_ms),
+                );
                 self.metrics.error(provider_name, upstream, error.class);
                 self.metrics.latency.with_label_values(&labels).observe(latency.as_secs_f64());
                 (record(AttemptOutcome::Failed, Some(&error), latency), Outcome::Failed(error))
@@ -566,8 +597,13 @@ impl Router {
                 self.end(None);
             }
         }
-        let mut watch =
-            Watch { metrics: self.metrics.clone(), provider: provider.to_string(), model: model.to_string(), started, observed: false };
+        let mut watch = Watch {
+            metrics: self.metrics.clone(),
+            provider: provider.to_string(),
+            model: model.to_string(),
+            started,
+            observed: false,
+        };
         Box::pin(rest.inspect(move |item| match item {
             Ok(StreamItem::Finished(_)) => watch.end(None),
             Err(e) => watch.end(Some(e.class)),
@@ -610,7 +646,8 @@ mod tests {
 
     #[test]
     fn backoff_is_jittered_capped_and_honours_retry_after() {
-        let r = router(RetrySettings { max_attempts: 5, base_delay_ms: 100, max_delay_ms: 300, max_retry_after_ms: 2_000 });
+        let r =
+            router(RetrySettings { max_attempts: 5, base_delay_ms: 100, max_delay_ms: 300, max_retry_after_ms: 2_000 });
         for tries in 1..=6 {
             let cap = (100u64 << (tries - 1)).min(300);
             for _ in 0..50 {

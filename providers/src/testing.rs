@@ -138,7 +138,11 @@ impl Script {
 
     /// An `overloaded_error` inside the stream after these chunks.
     pub fn overloaded_after(texts: &[&str]) -> Self {
-        Self::ErrorEvent { chunks: chunks_of(texts), error_type: "overloaded_error".into(), message: "Overloaded".into() }
+        Self::ErrorEvent {
+            chunks: chunks_of(texts),
+            error_type: "overloaded_error".into(),
+            message: "Overloaded".into(),
+        }
     }
 
     /// These chunks, then the connection is cut.
@@ -159,9 +163,10 @@ impl Script {
     /// Every chunk of this script waits `delay` before it is sent.
     pub fn with_delay(mut self, delay: Duration) -> Self {
         match &mut self {
-            Self::Reply { chunks, .. } | Self::ErrorEvent { chunks, .. } | Self::Cut { chunks } | Self::Hold { chunks } => {
-                chunks.iter_mut().for_each(|c| c.delay = delay)
-            }
+            Self::Reply { chunks, .. }
+            | Self::ErrorEvent { chunks, .. }
+            | Self::Cut { chunks }
+            | Self::Hold { chunks } => chunks.iter_mut().for_each(|c| c.delay = delay),
             Self::Echo { delay: d } => *d = delay,
             Self::Status { .. } => {}
         }
@@ -422,7 +427,9 @@ async fn serve(socket: TcpStream, shared: Arc<Mutex<Shared>>) {
     };
     let mut conn = Conn { reader, writer };
     let Some(route) = route else {
-        let _ = respond(&mut conn, 404, None, r#"{"error":{"message":"no such route","type":"invalid_request_error"}}"#).await;
+        let _ =
+            respond(&mut conn, 404, None, r#"{"error":{"message":"no such route","type":"invalid_request_error"}}"#)
+                .await;
         return;
     };
     let mut sent = 0;
@@ -480,7 +487,9 @@ fn default_error_body(route: Route, status: u16) -> String {
     };
     match route {
         Route::Messages => json!({"type": "error", "error": {"type": anthropic_type, "message": message}}).to_string(),
-        _ => json!({"error": {"message": message, "type": openai_type, "param": null, "code": openai_type}}).to_string(),
+        _ => {
+            json!({"error": {"message": message, "type": openai_type, "param": null, "code": openai_type}}).to_string()
+        }
     }
 }
 
@@ -535,10 +544,8 @@ fn plan(script: &Script, body: &Value) -> (Vec<Chunk>, Ending) {
         Script::Hold { chunks } => (chunks.clone(), Ending::Hold),
         Script::Echo { delay } => {
             let text = last_user_text(body);
-            let words: Vec<Chunk> = text
-                .split_inclusive(' ')
-                .map(|w| Chunk { delay: *delay, text: w.to_string() })
-                .collect();
+            let words: Vec<Chunk> =
+                text.split_inclusive(' ').map(|w| Chunk { delay: *delay, text: w.to_string() }).collect();
             let chunks = match words.is_empty() {
                 true => vec![Chunk { delay: *delay, text: "(nothing to echo)".into() }],
                 false => words,
@@ -590,15 +597,19 @@ async fn openai_stream(conn: &mut Conn, script: &Script, body: &Value, id: u64, 
             conn.event(None, &chunk(json!({}), json!(reason), None)).await?;
             if include_usage {
                 let (input, output) = usage.unwrap_or((prompt_words(body), u32::try_from(chunks.len()).unwrap_or(0)));
-                let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+                let usage =
+                    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
                 conn.event(None, &chunk(Value::Null, Value::Null, Some(usage))).await?;
             }
             conn.event(None, "[DONE]").await?;
             end_sse(conn).await
         }
         Ending::Error(kind, message) => {
-            conn.event(None, &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string())
-                .await?;
+            conn.event(
+                None,
+                &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string(),
+            )
+            .await?;
             end_sse(conn).await
         }
         Ending::Cut => Ok(()),
@@ -606,7 +617,13 @@ async fn openai_stream(conn: &mut Conn, script: &Script, body: &Value, id: u64, 
     }
 }
 
-async fn anthropic_stream(conn: &mut Conn, script: &Script, body: &Value, id: u64, sent: &mut usize) -> Result<(), Gone> {
+async fn anthropic_stream(
+    conn: &mut Conn,
+    script: &Script,
+    body: &Value,
+    id: u64,
+    sent: &mut usize,
+) -> Result<(), Gone> {
     let (chunks, ending) = plan(script, body);
     let model = body["model"].as_str().unwrap_or("fake").to_string();
     let (input, output) = match &ending {

@@ -15,7 +15,9 @@ const REPLY_PRIMING: usize = 3;
 /// Whether `model` (an OpenAI model name) uses `o200k_base`.
 pub fn uses_o200k(model: &str) -> bool {
     let model = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
-    ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "o1", "o3", "o4"].iter().any(|prefix| model.starts_with(prefix))
+    ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "o1", "o3", "o4"]
+        .iter()
+        .any(|prefix| model.starts_with(prefix))
 }
 
 fn encoder(model: &str) -> &'static CoreBPE {

@@ -1,5 +1,6 @@
 //! The router against two fake provider servers: fallback, retries, `Retry-After`, the
 //! circuit breaker, first-token timeouts and cancel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,7 +39,11 @@ async fn setup(kind_a: ProviderKind, tune: impl FnOnce(&mut AssistantSettings)) 
     settings.providers.insert("b".into(), entry(ProviderKind::Openai, &b));
     settings.models.insert(
         MODEL.into(),
-        ModelSettings { route: vec!["a/model-a".into(), "b/model-b".into()], context_window: 4096, max_output_tokens: 100 },
+        ModelSettings {
+            route: vec!["a/model-a".into(), "b/model-b".into()],
+            context_window: 4096,
+            max_output_tokens: 100,
+        },
     );
     settings.retry = RetrySettings { max_attempts: 1, base_delay_ms: 10, max_delay_ms: 50, max_retry_after_ms: 5_000 };
     tune(&mut settings);
@@ -105,7 +110,10 @@ async fn a_failure_before_the_first_token_falls_back_to_the_next_target() {
     assert_eq!(s.b.requests()[0].body["max_tokens"], 100);
     assert_eq!(s.b.requests()[0].body["model"], "model-b");
     assert_eq!(metric(&s.registry, "colloquy_provider_fallbacks_total", &[("provider", "a")]), 1.0);
-    assert_eq!(metric(&s.registry, "colloquy_provider_errors_total", &[("provider", "a"), ("class", "server_error")]), 1.0);
+    assert_eq!(
+        metric(&s.registry, "colloquy_provider_errors_total", &[("provider", "a"), ("class", "server_error")]),
+        1.0
+    );
     assert_eq!(metric(&s.registry, "colloquy_provider_requests_total", &[("provider", "b")]), 1.0);
 }
 
@@ -217,7 +225,8 @@ async fn the_circuit_opens_after_the_threshold_and_closes_after_one_probe() {
 
 #[tokio::test]
 async fn a_refused_request_does_not_open_the_circuit() {
-    let s = setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms: 60_000 }).await;
+    let s =
+        setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms: 60_000 }).await;
     s.a.push(Route::ChatCompletions, Script::status(400));
     let reply = ask(&s.router).await;
     assert_eq!(outcomes(&reply.attempts)[0], ("a".into(), AttemptOutcome::Failed, Some(ErrorClass::BadRequest)));
@@ -303,7 +312,10 @@ async fn counting_tokens_uses_the_first_targets_tokenizer() {
     let messages = prompt();
     assert_eq!(s.router.count_tokens(MODEL, &messages), colloquy_providers::tokens::count_openai("model-a", &messages));
     let local_only = Router::new(AssistantSettings::default(), HashMap::new(), &prometheus::Registry::new()).unwrap();
-    assert_eq!(local_only.count_tokens("local/smollm2-135m", &messages), colloquy_providers::tokens::estimate(&messages));
+    assert_eq!(
+        local_only.count_tokens("local/smollm2-135m", &messages),
+        colloquy_providers::tokens::estimate(&messages)
+    );
 }
 
 async fn wait_for_disconnect(fake: &FakeProvider) -> colloquy_providers::testing::Disconnect {
@@ -315,4 +327,40 @@ async fn wait_for_disconnect(fake: &FakeProvider) -> colloquy_providers::testing
         assert!(Instant::now() < deadline, "the upstream connection was not closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_half_open_circuit_lets_exactly_one_probe_through() {
+    let open_ms = 300;
+    let s = setup(ProviderKind::Openai, |s| s.circuit = CircuitSettings { failure_threshold: 1, open_ms }).await;
+    s.a.push(Route::ChatCompletions, Script::status(500));
+    assert_eq!(ask(&s.router).await.provider, "b");
+    tokio::time::sleep(Duration::from_millis(open_ms + 100)).await;
+    // The probe is slow to its first token; a reply asked meanwhile does not call `a`.
+    s.a.push(Route::ChatCompletions, Script::reply(&["probe"]).with_delay(Duration::from_millis(800)));
+    let (probe, meanwhile) = tokio::join!(ask(&s.router), async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.a.requests().len() < 2 {
+            assert!(Instant::now() < deadline, "the probe never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ask(&s.router).await
+    });
+    assert_eq!((probe.provider.as_str(), probe.first.as_str()), ("a", "probe"));
+    assert_eq!(meanwhile.provider, "b");
+    assert_eq!(outcomes(&meanwhile.attempts)[0], ("a".into(), AttemptOutcome::Skipped, Some(ErrorClass::CircuitOpen)));
+    assert_eq!(s.a.requests().len(), 2);
+    assert_eq!(metric(&s.registry, "colloquy_provider_circuit_state", &[("provider", "a")]), 0.0);
+}
+
+#[tokio::test]
+async fn usage_reported_by_the_caller_is_counted() {
+    let s = setup(ProviderKind::Openai, |_| {}).await;
+    s.router.record_usage("b", "model-b", colloquy_providers::Usage { input_tokens: 10, output_tokens: 4 });
+    s.router.record_usage("b", "model-b", colloquy_providers::Usage { input_tokens: 5, output_tokens: 1 });
+    assert_eq!(
+        metric(&s.registry, "colloquy_provider_input_tokens_total", &[("provider", "b"), ("model", "model-b")]),
+        15.0
+    );
+    assert_eq!(metric(&s.registry, "colloquy_provider_output_tokens_total", &[("provider", "b")]), 5.0);
 }

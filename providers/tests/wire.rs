@@ -1,5 +1,6 @@
 //! The HTTP providers against the fake provider server: the real client code reads the
 //! real wire formats.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use colloquy_infra::assistant_settings::{ProviderKind, ProviderSettings};
 use colloquy_providers::testing::{fake_embedding, FakeProvider, Route, Script};
@@ -12,7 +13,13 @@ use futures::StreamExt;
 fn entry(kind: ProviderKind, fake: &FakeProvider) -> ProviderSettings {
     let mut headers = std::collections::BTreeMap::new();
     headers.insert("X-Extra".to_string(), "extra-value".to_string());
-    ProviderSettings { kind, base_url: fake.base_url(), api_key: Some("sk-test".into()), headers, ..ProviderSettings::default() }
+    ProviderSettings {
+        kind,
+        base_url: fake.base_url(),
+        api_key: Some("sk-test".into()),
+        headers,
+        ..ProviderSettings::default()
+    }
 }
 
 fn request(model: &str) -> ChatRequest {
@@ -65,6 +72,7 @@ async fn openai_failures_carry_status_class_and_retry_after() {
     fake.push(Route::ChatCompletions, Script::rate_limited(7));
     fake.push(Route::ChatCompletions, Script::status(400));
     fake.push(Route::ChatCompletions, Script::cut_after(&["partial"]));
+    fake.push(Route::ChatCompletions, Script::overloaded_after(&["So"]));
     let provider = OpenAiCompatible::new("openai", &entry(ProviderKind::Openai, &fake)).unwrap();
     let Err(error) = provider.stream_chat(request("gpt-4o")).await else { panic!("a 429 is an error") };
     assert_eq!((error.class, error.status), (ErrorClass::RateLimited, Some(429)));
@@ -74,6 +82,12 @@ async fn openai_failures_carry_status_class_and_retry_after() {
     assert_eq!((error.class, error.status, error.retry_after), (ErrorClass::BadRequest, Some(400), None));
     let items = collect(&provider, request("gpt-4o")).await;
     assert_eq!(items, vec![Ok(StreamItem::Delta("partial".into())), Err(ErrorClass::Connection)]);
+    let items = collect(&provider, request("gpt-4o")).await;
+    assert_eq!(
+        items,
+        vec![Ok(StreamItem::Delta("So".into())), Err(ErrorClass::Overloaded)],
+        "an error inside the stream"
+    );
 }
 
 #[tokio::test]
