@@ -16,4 +16,7 @@ mod tokenizer;
 
 pub use error::LocalError;
 pub use provider::{LocalChat, STREAM_BUFFER};
-pub use smollm::{Generation, SmolLm, CANCELLED, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MODEL_FILE};
+pub use smollm::{
+    Generation, SmolLm, CANCELLED, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MODEL_FILE, REPEAT_LAST_N,
+    REPEAT_PENALTY,
+};

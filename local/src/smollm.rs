@@ -11,6 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use candle_transformers::utils::apply_repeat_penalty;
 use colloquy_providers::{ChatMessage, FinishReason, Parameters};
 
 use crate::error::LocalError;
@@ -28,6 +29,14 @@ pub const DEFAULT_TOP_P: f32 = 0.9;
 
 /// Most tokens of an answer when the request names no `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// Logits of tokens among the answer's last [`REPEAT_LAST_N`] are divided by this (as
+/// llama.cpp and candle's examples do): a 135M model at a low temperature otherwise loops on
+/// one phrase ("the only sound the sound of the wind, the only sound ...").
+pub const REPEAT_PENALTY: f32 = 1.1;
+
+/// How many of the answer's last tokens [`REPEAT_PENALTY`] looks back on.
+pub const REPEAT_LAST_N: usize = 64;
 
 /// The finish reason of a generation stopped by its caller (`on_token` returned `Break`).
 pub const CANCELLED: &str = "cancelled";
@@ -158,12 +167,18 @@ impl SmolLm {
         let mut model = self.weights.clone();
         let mut logits = model.forward(&Tensor::new(prompt.as_slice(), &self.device)?.unsqueeze(0)?, 0)?.squeeze(0)?;
         let mut text = Utf8Stream::default();
+        let mut answer: Vec<u32> = Vec::with_capacity(max_tokens);
         let mut output_tokens = 0;
         let finish = loop {
+            let recent = &answer[answer.len().saturating_sub(REPEAT_LAST_N)..];
+            if !recent.is_empty() {
+                logits = apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)?;
+            }
             let next = sampler.sample(&logits)?;
             if self.tokenizer.is_control(next) {
                 break FinishReason::Stop;
             }
+            answer.push(next);
             output_tokens += 1;
             if on_token(&text.push(self.tokenizer.bytes(next))).is_break() {
                 return done(output_tokens, FinishReason::Other(CANCELLED.to_owned()));

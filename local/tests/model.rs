@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use colloquy_local::{LocalChat, LocalError, SmolLm, CANCELLED, STREAM_BUFFER};
-use colloquy_providers::{ChatMessage, ChatProvider, ChatRequest, FinishReason, Parameters, Role, StreamItem};
+use colloquy_providers::{
+    ChatMessage, ChatProvider, ChatRequest, ErrorClass, FinishReason, Parameters, Role, StreamItem,
+};
 use futures::StreamExt;
 
 fn models_dir() -> PathBuf {
@@ -191,4 +193,17 @@ async fn dropping_the_stream_stops_the_generation_and_frees_its_slot() {
     // With max_concurrent = 1 the next request proceeds only because the slot was freed.
     let next: Vec<_> = provider.stream_chat(request("Say hello.", 4)).await.unwrap().collect().await;
     assert!(matches!(next.last(), Some(Ok(StreamItem::Finished(_)))), "{next:?}");
+}
+
+#[tokio::test]
+async fn a_prompt_that_fills_the_context_window_is_refused_as_a_bad_request() {
+    let provider = LocalChat::new(model(), 1);
+    let long = "word ".repeat(provider.model().context_window());
+    let error =
+        provider.model().generate(&prompt(&long), &params(8, 0.0), 1, &mut |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(error, LocalError::PromptTooLong { context_window: 4096, .. }), "{error:?}");
+
+    let items: Vec<_> = provider.stream_chat(request(&long, 8)).await.unwrap().collect().await;
+    assert!(matches!(items.as_slice(), [Err(e)] if e.class == ErrorClass::BadRequest), "{items:?}");
+    assert_eq!(provider.generations_in_flight(), 0);
 }
