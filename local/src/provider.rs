@@ -82,6 +82,12 @@ impl ChatProvider for LocalChat {
         "local"
     }
 
+    /// The rendered prompt's tokens, with SmolLM2's own tokenizer and chat template (one
+    /// local chat model: the name is not needed).
+    fn count_tokens(&self, _model: &str, messages: &[ChatMessage]) -> Option<usize> {
+        LocalChat::count_tokens(self, messages)
+    }
+
     /// Waits for a free slot, then starts the generation on a blocking thread. Dropping the
     /// stream stops the generation at its next token and frees the slot.
     async fn stream_chat(&self, request: ChatRequest) -> Result<ChatStream, ProviderError> {
