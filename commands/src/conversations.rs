@@ -193,6 +193,7 @@ impl Commands {
                     actor_id: caller.user,
                     message_id,
                     content: input.content.clone(),
+                    model: None,
                 };
                 match self.execute_charged(caller, conversation_id, command, &charges).await {
                     Ok(committed) => Ok(MessageAccepted { conversation_id, message_id, version: committed.version }),
