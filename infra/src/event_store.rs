@@ -737,3 +737,7 @@ impl SeenOnKafka {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "event_store_tests.rs"]
+mod tests;

@@ -149,7 +149,12 @@ struct ReplyEnd<'a> {
     error: Option<&'a ReplyFailure>,
 }
 
-async fn end_reply(conn: &mut PgConnection, table: &str, conversation: Uuid, end: ReplyEnd<'_>) -> Result<(), ApplyError> {
+async fn end_reply(
+    conn: &mut PgConnection,
+    table: &str,
+    conversation: Uuid,
+    end: ReplyEnd<'_>,
+) -> Result<(), ApplyError> {
     // Provider and model stay those of the start when the end names none (a failure before
     // any provider answered, a cancel before the first token).
     sqlx::query(&format!(
@@ -281,7 +286,10 @@ impl Projection for MessagesProjection {
                     .execute(&mut *conn)
                     .await?;
             }
-            E::ConversationStarted(_) | E::ConversationRenamed(_) | E::ConversationArchived(_) | E::ConversationUnarchived(_) => {}
+            E::ConversationStarted(_)
+            | E::ConversationRenamed(_)
+            | E::ConversationArchived(_)
+            | E::ConversationUnarchived(_) => {}
         }
         Ok(None)
     }
@@ -311,7 +319,12 @@ pub async fn list(
 
 /// The reply `reply_id` of `owner`'s conversation (another owner's is `None`, like a
 /// missing one), in whatever state the read model has it.
-pub async fn reply(pool: &PgPool, owner: Uuid, conversation: Uuid, reply_id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+pub async fn reply(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    reply_id: Uuid,
+) -> Result<Option<Message>, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {ROW_COLUMNS} FROM rm_messages
           WHERE conversation_id = $1 AND message_id = $2 AND owner_id = $3 AND role = 'assistant'"

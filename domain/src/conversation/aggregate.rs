@@ -135,7 +135,8 @@ fn title(raw: &str) -> Result<String, ConversationError> {
 }
 
 fn model(raw: &str) -> Result<String, ConversationError> {
-    values::model_name(raw).map_err(text_error(TextField::Model, ConversationError::InvalidModel { max: MODEL_NAME_MAX }))
+    values::model_name(raw)
+        .map_err(text_error(TextField::Model, ConversationError::InvalidModel { max: MODEL_NAME_MAX }))
 }
 
 fn system_prompt(raw: &str) -> Result<String, ConversationError> {

@@ -255,7 +255,12 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 content: "Hello".into(),
                 model: Some("gpt-4o-mini".into()),
             }),
-            Self::UserMessagePosted(UserMessagePosted { message_id: id, author_id: id, content: "Hi".into(), model: None }),
+            Self::UserMessagePosted(UserMessagePosted {
+                message_id: id,
+                author_id: id,
+                content: "Hi".into(),
+                model: None,
+            }),
             Self::ReplyStarted(ReplyStarted {
                 reply_id: reply,
                 in_reply_to: id,
