@@ -754,6 +754,7 @@ mod tests {
                 message_id: MSG,
                 author_id: OWNER,
                 content,
+                model: None,
             })],
         );
     }
