@@ -222,7 +222,8 @@ async fn the_history_and_the_lookups_use_indexes_in_a_long_conversation() {
     sqlx::query("ANALYZE events").execute(&db.pool).await.unwrap();
 
     let history = plan(&db.pool, RECENT_MESSAGES.as_str(), conv, None, &[5_000, 40]).await;
-    let backward = history.contains(r#""Scan Direction":"Backward""#) && history.contains(r#""Index Name":"events_pkey""#);
+    let backward =
+        history.contains(r#""Scan Direction":"Backward""#) && history.contains(r#""Index Name":"events_pkey""#);
     assert!(backward, "{history}");
     assert!(!history.contains("Seq Scan") && !history.contains("\"Sort\""), "{history}");
     let got = recent_messages(&db.pool, conv, 5_000, 40).await.unwrap();

@@ -58,8 +58,9 @@ pub struct UserMessagePosted {
     pub author_id: Uuid,
     /// The text.
     pub content: String,
-    /// The model the poster asked to answer with (version 1.1; absent in 1.0 payloads):
-    /// `None` leaves the choice to the conversation, the user's default, or configuration.
+    /// The model the poster asked to answer with (added in version 1.1; absent from 1.0
+    /// payloads). Null leaves the choice to the conversation, the user's default, or the
+    /// configuration.
     #[serde(default)]
     pub model: Option<String>,
 }
@@ -116,7 +117,8 @@ pub struct ReplyFailure {
 /// The assistant began answering a user message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReplyStarted {
-    /// The reply's id: [`reply_id_for`](super::reply_id_for) of the message it answers.
+    /// The reply's id, derived from the id of the message it answers (UUID v5, see
+    /// `reply_id_for`).
     pub reply_id: Uuid,
     /// The user message it answers.
     pub in_reply_to: Uuid,
