@@ -49,7 +49,8 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     for i in 0..messages {
         let message_id = Uuid::new_v4();
         first_message.get_or_insert(message_id);
-        let cmd = ConversationCommand::PostUserMessage { actor_id: owner, message_id, content: format!("m{i}") };
+        let cmd =
+            ConversationCommand::PostUserMessage { actor_id: owner, message_id, content: format!("m{i}"), model: None };
         let committed = service.execute(&id.to_string(), cmd, &meta).await.unwrap();
         assert_eq!(committed.version, i as i64 + 2);
     }
@@ -58,6 +59,7 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
         actor_id: owner,
         message_id: first_message.unwrap(),
         content: "again".into(),
+        model: None,
     };
     let rejected = service.execute(&id.to_string(), again, &meta).await;
     assert!(
@@ -223,8 +225,12 @@ async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
     let app = TestApp::spawn_with(isolated_settings(), Processes::default()).await;
     let patient = conversation_service(&app);
     let (conv, owner, meta) = started(&patient).await;
-    let post =
-        || ConversationCommand::PostUserMessage { actor_id: owner, message_id: Uuid::new_v4(), content: "mine".into() };
+    let post = || ConversationCommand::PostUserMessage {
+        actor_id: owner,
+        message_id: Uuid::new_v4(),
+        content: "mine".into(),
+        model: None,
+    };
 
     // With retries: the command loses the race for sequence 2, decides again on fresh state
     // and lands at 3.

@@ -162,6 +162,11 @@ impl Coded for ConversationError {
             Self::InvalidMessage { .. } => ErrorCode::InvalidMessage,
             Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
             Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
+            // Reply rejections (issue 7), on existing codes until the API gives them their own.
+            Self::ReplyIdMismatch => ErrorCode::InvalidRequest,
+            Self::MessageNotFound => ErrorCode::NotFound,
+            Self::ReplyInProgress => ErrorCode::RequestInProgress,
+            Self::ReplyAlreadyFinished | Self::ReplyNotOpen => ErrorCode::ConcurrentModification,
         }
     }
 }

@@ -4,6 +4,9 @@ mod aggregate;
 mod commands;
 mod errors;
 mod events;
+mod replies;
+#[cfg(test)]
+mod reply_tests;
 mod services;
 
 pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
@@ -11,8 +14,10 @@ pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
     ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
-    ConversationStarted, ConversationUnarchived, UserMessagePosted,
+    ConversationStarted, ConversationUnarchived, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
+    ReplyFailure, ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted,
 };
+pub use replies::{reply_id_for, REPLY_NAMESPACE};
 pub use services::{ConversationServices, MessageLookup};
 
 /// Longest accepted user message, in characters.

@@ -1,7 +1,8 @@
 //! The event store's SQL: every statement on `events` that is not postgres-es's own lives
 //! here. Ordered reads shared by the relay, projections (gap filling and rebuilds) and the
-//! audit tooling; the lookups decisions need (message ids, whether an aggregate exists);
-//! and the integrity checks `colloquy verify` runs.
+//! audit tooling; the lookups decisions need (message and reply ids, whether an aggregate
+//! exists); the conversation history the assistant builds prompts from; and the integrity
+//! checks `colloquy verify` runs.
 //!
 //! Reads in commit order sit behind a fence: only rows written by transactions older than
 //! the oldest one still running (`pg_snapshot_xmin`) are returned, ordered by
@@ -13,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use colloquy_domain::conversation::{ConversationEvent, ConversationStarted, MessageLookup, UserMessagePosted};
+use colloquy_domain::conversation::{
+    ConversationEvent, ConversationStarted, MessageLookup, ReplyStarted, UserMessagePosted,
+};
 use colloquy_domain::decision::PortError;
 use colloquy_domain::Conversation;
 use cqrs_es::Aggregate;
@@ -397,6 +400,10 @@ pub async fn aggregate_version<'e>(
     Ok(v.unwrap_or(0))
 }
 
+/// The event type that starts a reply: the only event whose `reply_id` claims an id (the
+/// partial index `events_reply_id` names it too).
+const REPLY_STARTED: &str = "ReplyStarted";
+
 /// The message-id lookup's statement. The aggregate type is spelled into the SQL (not
 /// bound) so the planner can use the partial index `events_message_id`, whose predicate
 /// names it.
@@ -409,17 +416,44 @@ static MESSAGE_EVENT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static MESSAGE_EXISTS: LazyLock<String> = LazyLock::new(|| {
+/// The reply-id lookup's statement: the `ReplyStarted` of a reply, through the partial
+/// index `events_reply_id` (aggregate and event type spelled in, as its predicate).
+static REPLY_EVENT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT EXISTS (SELECT 1 FROM events
-                         WHERE aggregate_type = '{}' AND aggregate_id = $1
-                           AND (payload -> event_type ->> 'message_id') = $2)",
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = '{}' AND event_type = '{REPLY_STARTED}' AND aggregate_id = $1
+            AND (payload -> event_type ->> 'reply_id') = $2
+          ORDER BY sequence LIMIT 1",
         Conversation::TYPE
     )
 });
 
-/// Whether any event of the conversation carries `message_id` in its payload (served by
-/// the `events_message_id` index).
+/// Whether an id is taken by a user message (`message_id`, index `events_message_id`) or
+/// by a reply (`reply_id` of a `ReplyStarted`, index `events_reply_id`).
+static MESSAGE_EXISTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM events
+                         WHERE aggregate_type = '{0}' AND aggregate_id = $1
+                           AND (payload -> event_type ->> 'message_id') = $2)
+             OR EXISTS (SELECT 1 FROM events
+                         WHERE aggregate_type = '{0}' AND event_type = '{REPLY_STARTED}' AND aggregate_id = $1
+                           AND (payload -> event_type ->> 'reply_id') = $2)",
+        Conversation::TYPE
+    )
+});
+
+static REPLY_EXISTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM events
+                         WHERE aggregate_type = '{}' AND event_type = '{REPLY_STARTED}' AND aggregate_id = $1
+                           AND (payload -> event_type ->> 'reply_id') = $2)",
+        Conversation::TYPE
+    )
+});
+
+/// Whether `message_id` names a message of the conversation: a user message, or a reply
+/// (user messages and replies share one id space; served by the `events_message_id` and
+/// `events_reply_id` indexes).
 pub async fn message_exists<'e>(
     db: impl PgExecutor<'e>,
     conversation_id: Uuid,
@@ -431,6 +465,126 @@ pub async fn message_exists<'e>(
         .fetch_one(db)
         .await?;
     Ok(exists)
+}
+
+/// Whether the reply `reply_id` was started in the conversation (finished or not; served
+/// by the `events_reply_id` index).
+pub async fn reply_exists<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    reply_id: Uuid,
+) -> Result<bool, EventStoreError> {
+    let exists: bool = sqlx::query_scalar(REPLY_EXISTS.as_str())
+        .bind(conversation_id.to_string())
+        .bind(reply_id.to_string())
+        .fetch_one(db)
+        .await?;
+    Ok(exists)
+}
+
+/// How the reply `reply_id` was started, with the sequence of its `ReplyStarted` (served by
+/// the `events_reply_id` index): what a worker taking over an abandoned reply needs.
+pub async fn reply_started<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    reply_id: Uuid,
+) -> Result<Option<(i64, ReplyStarted)>, EventStoreError> {
+    let Some(row) = sqlx::query(REPLY_EVENT.as_str())
+        .bind(conversation_id.to_string())
+        .bind(reply_id.to_string())
+        .fetch_optional(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match domain_event(&event)? {
+        ConversationEvent::ReplyStarted(started) => Ok(Some((event.sequence, started))),
+        _ => Err(malformed(event, "a ReplyStarted row holds another event", None)),
+    }
+}
+
+/// Who wrote a message of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRole {
+    /// The owner (`UserMessagePosted`).
+    User,
+    /// The assistant (a reply's end).
+    Assistant,
+}
+
+impl MessageRole {
+    /// `user` or `assistant`, as chat APIs name the roles.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation's history, as the assistant puts it into a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationMessage {
+    /// The conversation version that recorded it (a reply's is that of its end).
+    pub sequence: i64,
+    /// The message id; for an assistant message, the reply id.
+    pub message_id: Uuid,
+    /// Who wrote it.
+    pub role: MessageRole,
+    /// The text (a failed or cancelled reply's partial text).
+    pub content: String,
+}
+
+/// The event types that carry message text, and the condition for each: user messages,
+/// completed replies, and failed or cancelled replies that kept some text.
+static RECENT_MESSAGES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence <= $2
+            AND (event_type IN ('UserMessagePosted', 'ReplyCompleted')
+                 OR (event_type IN ('ReplyFailed', 'ReplyCancelled')
+                     AND (payload -> event_type ->> 'partial_content') <> ''))
+          ORDER BY sequence DESC
+          LIMIT $3",
+        Conversation::TYPE
+    )
+});
+
+/// The conversation's messages at or before sequence `up_to`, newest first, at most
+/// `limit`: user messages (`UserMessagePosted`) and assistant messages (`ReplyCompleted`;
+/// `ReplyFailed` and `ReplyCancelled` with non-empty partial text), each with its id (the
+/// reply id for assistant messages), role and text.
+///
+/// One backward walk of the primary key `(aggregate_type, aggregate_id, sequence)` from
+/// `up_to`, filtering event types as it goes and stopping after `limit` matches: the cost
+/// follows `limit`, not the length of the conversation.
+pub async fn recent_messages<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<ConversationMessage>, EventStoreError> {
+    let rows = sqlx::query(RECENT_MESSAGES.as_str())
+        .bind(conversation_id.to_string())
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (event, _) = decode(row)?;
+        let (message_id, role, content) = match domain_event(&event)? {
+            ConversationEvent::UserMessagePosted(m) => (m.message_id, MessageRole::User, m.content),
+            ConversationEvent::ReplyCompleted(r) => (r.reply_id, MessageRole::Assistant, r.content),
+            ConversationEvent::ReplyFailed(r) => (r.reply_id, MessageRole::Assistant, r.partial_content),
+            ConversationEvent::ReplyCancelled(r) => (r.reply_id, MessageRole::Assistant, r.partial_content),
+            _ => return Err(malformed(event, "not a message-carrying event", None)),
+        };
+        messages.push(ConversationMessage { sequence: event.sequence, message_id, role, content });
+    }
+    Ok(messages)
 }
 
 /// [`MessageLookup`] over the event store.
@@ -450,6 +604,10 @@ impl EventStoreMessages {
 impl MessageLookup for EventStoreMessages {
     async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, PortError> {
         message_exists(&self.pool, conversation_id, message_id).await.map_err(|e| PortError::new("message lookup", e))
+    }
+
+    async fn reply_exists(&self, conversation_id: Uuid, reply_id: Uuid) -> Result<bool, PortError> {
+        reply_exists(&self.pool, conversation_id, reply_id).await.map_err(|e| PortError::new("message lookup", e))
     }
 }
 
@@ -579,3 +737,7 @@ impl SeenOnKafka {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "event_store_tests.rs"]
+mod tests;

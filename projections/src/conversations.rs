@@ -1,5 +1,10 @@
 //! The conversations read model (`rm_conversations`): one row per live conversation with
 //! its message count and last activity, listed per owner with keyset pagination.
+//!
+//! `message_count` counts the messages the owner posted, as the Conversation aggregate
+//! does; assistant replies are not counted (they are listed by the messages query, with
+//! their status). Every event, a reply's start and end included, is activity: it moves
+//! `last_activity_at` and `version`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,7 +41,7 @@ pub struct ConversationSummary {
     pub system_prompt: Option<String>,
     /// Whether archived.
     pub archived: bool,
-    /// Number of messages.
+    /// Number of messages the owner posted (replies are not counted).
     pub message_count: i64,
     /// The aggregate version this row reflects.
     pub version: i64,
@@ -96,13 +101,14 @@ impl Projection for ConversationsProjection {
                         .await?;
                 return Ok(owner);
             }
-            E::ConversationRenamed(r) => ("title = $4", Some(r.title)),
-            E::ConversationArchived(_) => ("archived = true", None),
-            E::ConversationUnarchived(_) => ("archived = false", None),
-            E::UserMessagePosted(_) => ("message_count = message_count + 1", None),
+            E::ConversationRenamed(r) => ("title = $4,", Some(r.title)),
+            E::ConversationArchived(_) => ("archived = true,", None),
+            E::ConversationUnarchived(_) => ("archived = false,", None),
+            E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
+            E::ReplyStarted(_) | E::ReplyCompleted(_) | E::ReplyFailed(_) | E::ReplyCancelled(_) => ("", None),
         };
         let owner = sqlx::query_scalar(&format!(
-            "UPDATE {table} SET {set}, version = $2, last_activity_at = $3
+            "UPDATE {table} SET {set} version = $2, last_activity_at = $3
               WHERE conversation_id = $1 AND version < $2 RETURNING owner_id"
         ))
         .bind(id)

@@ -1,8 +1,11 @@
-//! The messages read model (`rm_messages`): every message of every live conversation.
+//! The messages read model (`rm_messages`): every message of every live conversation, user
+//! messages and assistant replies alike. A reply's row appears when it starts (`streaming`,
+//! empty text) and is updated once when it ends (`completed`, `failed` or `cancelled`, with
+//! its text or the partial text, the provider and model actually used, and its usage).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use colloquy_domain::conversation::ConversationEvent;
+use colloquy_domain::conversation::{reply_id_for, ConversationEvent, ReplyFailure, TokenUsage};
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store::StoredEvent;
 use cqrs_es::Aggregate;
@@ -18,21 +21,162 @@ pub struct MessagesProjection;
 /// The projection's name.
 pub const NAME: &str = "messages";
 
+/// A message's status: a user message is `completed` when posted; a reply is `streaming`
+/// until it ends `completed`, `failed` or `cancelled`.
+pub mod status {
+    /// Posted, or generated to its end.
+    pub const COMPLETED: &str = "completed";
+    /// A reply being generated (its text is in the reply's stream, not here).
+    pub const STREAMING: &str = "streaming";
+    /// A reply that could not be produced; its partial text is kept.
+    pub const FAILED: &str = "failed";
+    /// A reply stopped on request; its partial text is kept.
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// Tokens a reply consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageUsage {
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Generated tokens.
+    pub output_tokens: i64,
+}
+
+/// Why a reply failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageError {
+    /// Stable snake_case code (`provider_error`, `all_providers_failed`, `worker_lost`, ...).
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
 /// One message as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
-    /// The id.
+    /// The id (a reply's is its reply id).
     pub message_id: Uuid,
     /// Its conversation.
     pub conversation_id: Uuid,
-    /// The conversation version that added it (orders messages).
+    /// The conversation version that added it (orders messages; a reply's is its start's).
     pub sequence: i64,
-    /// `user` (assistant replies come with the assistant worker).
+    /// `user` or `assistant`.
     pub role: String,
-    /// The text.
+    /// The text (a reply's partial text when it failed or was cancelled; empty while it
+    /// streams).
     pub content: String,
-    /// When posted.
+    /// When posted (a reply: when it started).
     pub created_at: DateTime<Utc>,
+    /// `completed`, `streaming`, `failed` or `cancelled` (see [`status`]).
+    pub status: String,
+    /// On a user message: the id of the reply that answers it (streamable once started).
+    pub reply_id: Option<Uuid>,
+    /// On a reply: the user message it answers.
+    pub in_reply_to: Option<Uuid>,
+    /// On a user message: the model it asked for, if any. On a reply: the model as
+    /// configured while streaming, then the upstream model that produced it.
+    pub model: Option<String>,
+    /// On a reply: the provider tried first while streaming, then the one that produced it.
+    pub provider: Option<String>,
+    /// On a finished reply: the tokens it consumed.
+    pub usage: Option<MessageUsage>,
+    /// On a completed reply: why generation stopped (`stop`, `length`, ...).
+    pub finish_reason: Option<String>,
+    /// On a failed reply: why.
+    pub error: Option<MessageError>,
+}
+
+/// A row of `rm_messages` as stored.
+#[derive(sqlx::FromRow)]
+struct Row {
+    message_id: Uuid,
+    conversation_id: Uuid,
+    sequence: i64,
+    role: String,
+    content: String,
+    created_at: DateTime<Utc>,
+    status: String,
+    reply_id: Option<Uuid>,
+    in_reply_to: Option<Uuid>,
+    model: Option<String>,
+    provider: Option<String>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    finish_reason: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+impl From<Row> for Message {
+    fn from(r: Row) -> Self {
+        let usage = match (r.input_tokens, r.output_tokens) {
+            (Some(input_tokens), Some(output_tokens)) => Some(MessageUsage { input_tokens, output_tokens }),
+            _ => None,
+        };
+        let error = r.error_code.map(|code| MessageError { code, message: r.error_message.unwrap_or_default() });
+        Self {
+            message_id: r.message_id,
+            conversation_id: r.conversation_id,
+            sequence: r.sequence,
+            role: r.role,
+            content: r.content,
+            created_at: r.created_at,
+            status: r.status,
+            reply_id: r.reply_id,
+            in_reply_to: r.in_reply_to,
+            model: r.model,
+            provider: r.provider,
+            usage,
+            finish_reason: r.finish_reason,
+            error,
+        }
+    }
+}
+
+const ROW_COLUMNS: &str = "message_id, conversation_id, sequence, role, content, created_at, status, reply_id, \
+     in_reply_to, model, provider, input_tokens, output_tokens, finish_reason, error_code, error_message";
+
+/// How a reply ended, as one UPDATE of its row.
+struct ReplyEnd<'a> {
+    reply_id: Uuid,
+    status: &'static str,
+    content: &'a str,
+    provider: Option<&'a str>,
+    model: Option<&'a str>,
+    usage: TokenUsage,
+    finish_reason: Option<&'a str>,
+    error: Option<&'a ReplyFailure>,
+}
+
+async fn end_reply(
+    conn: &mut PgConnection,
+    table: &str,
+    conversation: Uuid,
+    end: ReplyEnd<'_>,
+) -> Result<(), ApplyError> {
+    // Provider and model stay those of the start when the end names none (a failure before
+    // any provider answered, a cancel before the first token).
+    sqlx::query(&format!(
+        "UPDATE {table}
+            SET status = $3, content = $4, provider = coalesce($5, provider), model = coalesce($6, model),
+                input_tokens = $7, output_tokens = $8, finish_reason = $9, error_code = $10, error_message = $11
+          WHERE conversation_id = $1 AND message_id = $2"
+    ))
+    .bind(conversation)
+    .bind(end.reply_id)
+    .bind(end.status)
+    .bind(end.content)
+    .bind(end.provider)
+    .bind(end.model)
+    .bind(i64::from(end.usage.input_tokens))
+    .bind(i64::from(end.usage.output_tokens))
+    .bind(end.finish_reason)
+    .bind(end.error.map(|e| e.code.as_str()))
+    .bind(end.error.map(|e| e.message.as_str()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -50,13 +194,15 @@ impl Projection for MessagesProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
+        use ConversationEvent as E;
         let id: Uuid =
             e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
         match domain_event::<ConversationEvent>(e)? {
-            ConversationEvent::UserMessagePosted(m) => {
+            E::UserMessagePosted(m) => {
                 sqlx::query(&format!(
-                    "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at)
-                     VALUES ($1, $2, $3, $4, 'user', $5, $6)"
+                    "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
+                                          status, reply_id, model)
+                     VALUES ($1, $2, $3, $4, 'user', $5, $6, $7, $8, $9)"
                 ))
                 .bind(m.message_id)
                 .bind(id)
@@ -64,16 +210,86 @@ impl Projection for MessagesProjection {
                 .bind(e.sequence)
                 .bind(&m.content)
                 .bind(e.recorded_at)
+                .bind(status::COMPLETED)
+                .bind(reply_id_for(m.message_id))
+                .bind(&m.model)
                 .execute(&mut *conn)
                 .await?;
             }
-            ConversationEvent::ConversationDeleted(_) => {
+            E::ReplyStarted(r) => {
+                // The owner is the answered message's: the reply lives in its conversation.
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
+                                          status, in_reply_to, model, provider)
+                     SELECT $1, $2, owner_id, $3, 'assistant', '', $4, $5, $6, $7, $8
+                       FROM {table} WHERE conversation_id = $2 AND message_id = $6"
+                ))
+                .bind(r.reply_id)
+                .bind(id)
+                .bind(e.sequence)
+                .bind(e.recorded_at)
+                .bind(status::STREAMING)
+                .bind(r.in_reply_to)
+                .bind(&r.model)
+                .bind(&r.provider)
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() != 1 {
+                    return Err(ApplyError::poison(format!(
+                        "reply {} answers message {}, which the conversation does not hold",
+                        r.reply_id, r.in_reply_to
+                    )));
+                }
+            }
+            E::ReplyCompleted(r) => {
+                let end = ReplyEnd {
+                    reply_id: r.reply_id,
+                    status: status::COMPLETED,
+                    content: &r.content,
+                    provider: Some(&r.provider),
+                    model: Some(&r.model),
+                    usage: r.usage,
+                    finish_reason: Some(&r.finish_reason),
+                    error: None,
+                };
+                end_reply(conn, table, id, end).await?;
+            }
+            E::ReplyFailed(r) => {
+                let end = ReplyEnd {
+                    reply_id: r.reply_id,
+                    status: status::FAILED,
+                    content: &r.partial_content,
+                    provider: r.provider.as_deref(),
+                    model: r.model.as_deref(),
+                    usage: r.usage,
+                    finish_reason: None,
+                    error: Some(&r.reason),
+                };
+                end_reply(conn, table, id, end).await?;
+            }
+            E::ReplyCancelled(r) => {
+                let end = ReplyEnd {
+                    reply_id: r.reply_id,
+                    status: status::CANCELLED,
+                    content: &r.partial_content,
+                    provider: r.provider.as_deref(),
+                    model: r.model.as_deref(),
+                    usage: r.usage,
+                    finish_reason: None,
+                    error: None,
+                };
+                end_reply(conn, table, id, end).await?;
+            }
+            E::ConversationDeleted(_) => {
                 sqlx::query(&format!("DELETE FROM {table} WHERE conversation_id = $1"))
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
             }
-            _ => {}
+            E::ConversationStarted(_)
+            | E::ConversationRenamed(_)
+            | E::ConversationArchived(_)
+            | E::ConversationUnarchived(_) => {}
         }
         Ok(None)
     }
@@ -87,15 +303,46 @@ pub async fn list(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Message>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT message_id, conversation_id, sequence, role, content, created_at FROM rm_messages
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM rm_messages
           WHERE conversation_id = $1 AND owner_id = $2 AND sequence > $3
-          ORDER BY sequence LIMIT $4",
-    )
+          ORDER BY sequence LIMIT $4"
+    ))
     .bind(conversation)
     .bind(owner)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Message::from).collect())
+}
+
+/// The reply `reply_id` of `owner`'s conversation (another owner's is `None`, like a
+/// missing one), in whatever state the read model has it.
+pub async fn reply(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    reply_id: Uuid,
+) -> Result<Option<Message>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM rm_messages
+          WHERE conversation_id = $1 AND message_id = $2 AND owner_id = $3 AND role = 'assistant'"
+    ))
+    .bind(conversation)
+    .bind(reply_id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Message::from))
+}
+
+/// The reply to user message `message_id` of `owner`'s conversation, once it has started.
+pub async fn reply_for_message(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    message_id: Uuid,
+) -> Result<Option<Message>, sqlx::Error> {
+    reply(pool, owner, conversation, reply_id_for(message_id)).await
 }

@@ -26,9 +26,13 @@ pub enum ConversationStatus {
     Deleted,
 }
 
-/// A conversation. Holds only what its decisions need, and nothing that grows with the
-/// conversation (message ids are looked up through [`MessageLookup`]), so loading a
-/// conversation of thousands of messages costs what loading a new one does.
+/// A conversation. Holds only what its decisions (and the assistant's prompts) need, and
+/// nothing that grows with the conversation (message and finished reply ids are looked up
+/// through [`MessageLookup`]; only replies in flight are kept), so loading a conversation
+/// of thousands of messages costs what loading a new one does.
+///
+/// Fields added after the first release carry `#[serde(default)]`: snapshots written
+/// before them still load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     /// The id, once started.
@@ -39,8 +43,18 @@ pub struct Conversation {
     pub title: String,
     /// Lifecycle state.
     pub status: ConversationStatus,
-    /// Messages posted so far.
+    /// User messages posted so far (replies are not counted).
     pub message_count: u64,
+    /// The model chosen when the conversation started.
+    #[serde(default)]
+    pub model: String,
+    /// The system prompt chosen when the conversation started.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Replies started and not yet completed, failed or cancelled: at most a few at a
+    /// time, whatever the length of the conversation.
+    #[serde(default)]
+    pub open_replies: Vec<Uuid>,
 }
 
 impl Conversation {
@@ -52,6 +66,58 @@ impl Conversation {
             (ConversationStatus::Deleted, _) => Err(ConversationError::Deleted),
             _ => Ok(()),
         }
+    }
+
+    /// Checks the conversation exists and is not deleted, for the assistant's commands
+    /// (which name no actor; archived conversations still get their replies).
+    fn ensure_live(&self) -> Result<Uuid, ConversationError> {
+        match (self.status, self.id) {
+            (ConversationStatus::Deleted, _) => Err(ConversationError::Deleted),
+            (ConversationStatus::New, _) | (_, None) => Err(ConversationError::NotFound),
+            (_, Some(id)) => Ok(id),
+        }
+    }
+
+    /// Checks `reply_id` is in flight: started and not finished.
+    fn ensure_open(&self, reply_id: Uuid) -> Result<(), ConversationError> {
+        self.ensure_live()?;
+        match self.open_replies.contains(&reply_id) {
+            true => Ok(()),
+            false => Err(ConversationError::ReplyNotOpen),
+        }
+    }
+
+    /// Decides whether reply `reply_id` to `in_reply_to` may start.
+    async fn check_reply_start(
+        &self,
+        reply_id: Uuid,
+        in_reply_to: Uuid,
+        services: &ConversationServices,
+    ) -> Result<(), Refusal<ConversationError>> {
+        let id = self.ensure_live()?;
+        if reply_id != reply_id_for(in_reply_to) {
+            return Err(ConversationError::ReplyIdMismatch.into());
+        }
+        if self.open_replies.contains(&reply_id) {
+            return Err(ConversationError::ReplyInProgress.into());
+        }
+        let lookup = &services.messages;
+        // A user message: an id that is taken and is not a reply's.
+        let is_message = lookup.message_exists(id, in_reply_to).await.map_err(Refusal::PortFailed)?
+            && !lookup.reply_exists(id, in_reply_to).await.map_err(Refusal::PortFailed)?;
+        if !is_message {
+            return Err(ConversationError::MessageNotFound.into());
+        }
+        if lookup.message_exists(id, reply_id).await.map_err(Refusal::PortFailed)? {
+            // Started before and no longer open: finished. Otherwise a user message took the
+            // id first (clients choose message ids); the reply cannot have it.
+            return Err(match lookup.reply_exists(id, reply_id).await.map_err(Refusal::PortFailed)? {
+                true => ConversationError::ReplyAlreadyFinished,
+                false => ConversationError::DuplicateMessage,
+            }
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -69,7 +135,8 @@ fn title(raw: &str) -> Result<String, ConversationError> {
 }
 
 fn model(raw: &str) -> Result<String, ConversationError> {
-    values::model_name(raw).map_err(text_error(TextField::Model, ConversationError::InvalidModel { max: MODEL_NAME_MAX }))
+    values::model_name(raw)
+        .map_err(text_error(TextField::Model, ConversationError::InvalidModel { max: MODEL_NAME_MAX }))
 }
 
 fn system_prompt(raw: &str) -> Result<String, ConversationError> {
@@ -143,17 +210,84 @@ impl Aggregate for Conversation {
                 self.ensure_owned_by(actor_id)?;
                 E::ConversationDeleted(ConversationDeleted {})
             }
-            C::PostUserMessage { actor_id, message_id, content } => {
+            C::PostUserMessage { actor_id, message_id, content, model: m } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status == ConversationStatus::Archived {
                     return Err(ConversationError::Archived.into());
                 }
                 message(&content)?;
+                let model = m.as_deref().map(model).transpose()?;
                 let id = self.id.ok_or(ConversationError::NotFound)?;
                 if services.messages.message_exists(id, message_id).await.map_err(Refusal::PortFailed)? {
                     return Err(ConversationError::DuplicateMessage.into());
                 }
-                E::UserMessagePosted(UserMessagePosted { message_id, author_id: actor_id, content })
+                E::UserMessagePosted(UserMessagePosted { message_id, author_id: actor_id, content, model })
+            }
+            C::StartReply {
+                reply_id,
+                in_reply_to,
+                model: m,
+                provider,
+                route,
+                system_prompt,
+                context,
+                parameters,
+                worker,
+            } => {
+                self.ensure_live()?;
+                let model = model(&m)?;
+                self.check_reply_start(reply_id, in_reply_to, services).await?;
+                E::ReplyStarted(ReplyStarted {
+                    reply_id,
+                    in_reply_to,
+                    model,
+                    provider,
+                    route,
+                    system_prompt,
+                    context,
+                    parameters,
+                    worker,
+                })
+            }
+            C::CompleteReply {
+                reply_id,
+                provider,
+                model,
+                content,
+                usage,
+                latency_ms,
+                time_to_first_token_ms,
+                finish_reason,
+                attempts,
+            } => {
+                self.ensure_open(reply_id)?;
+                E::ReplyCompleted(ReplyCompleted {
+                    reply_id,
+                    provider,
+                    model,
+                    content,
+                    usage,
+                    latency_ms,
+                    time_to_first_token_ms,
+                    finish_reason,
+                    attempts,
+                })
+            }
+            C::FailReply { reply_id, reason, attempts, partial_content, provider, model, usage } => {
+                self.ensure_open(reply_id)?;
+                E::ReplyFailed(ReplyFailed { reply_id, reason, attempts, partial_content, provider, model, usage })
+            }
+            C::CancelReply { reply_id, cancelled_by, partial_content, usage, attempts, provider, model } => {
+                self.ensure_open(reply_id)?;
+                E::ReplyCancelled(ReplyCancelled {
+                    reply_id,
+                    cancelled_by,
+                    partial_content,
+                    usage,
+                    attempts,
+                    provider,
+                    model,
+                })
             }
         };
         sink.write(event, self).await;
@@ -167,6 +301,8 @@ impl Aggregate for Conversation {
                 self.id = Some(e.conversation_id);
                 self.owner_id = Some(e.owner_id);
                 self.title = e.title;
+                self.model = e.model;
+                self.system_prompt = e.system_prompt;
                 self.status = ConversationStatus::Active;
             }
             E::ConversationRenamed(e) => self.title = e.title,
@@ -174,6 +310,10 @@ impl Aggregate for Conversation {
             E::ConversationUnarchived(_) => self.status = ConversationStatus::Active,
             E::ConversationDeleted(_) => self.status = ConversationStatus::Deleted,
             E::UserMessagePosted(_) => self.message_count += 1,
+            E::ReplyStarted(e) => self.open_replies.push(e.reply_id),
+            E::ReplyCompleted(ReplyCompleted { reply_id, .. })
+            | E::ReplyFailed(ReplyFailed { reply_id, .. })
+            | E::ReplyCancelled(ReplyCancelled { reply_id, .. }) => self.open_replies.retain(|r| *r != reply_id),
         }
     }
 }
@@ -201,6 +341,10 @@ mod tests {
         async fn message_exists(&self, conversation_id: Uuid, message_id: Uuid) -> Result<bool, PortError> {
             Ok(self.0.lock().unwrap().contains(&(conversation_id, message_id)))
         }
+
+        async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            Ok(false)
+        }
     }
 
     struct Unreachable;
@@ -208,6 +352,10 @@ mod tests {
     #[async_trait]
     impl MessageLookup for Unreachable {
         async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            Err(PortError::new("message lookup", "event store unreachable"))
+        }
+
+        async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
             Err(PortError::new("message lookup", "event store unreachable"))
         }
     }
@@ -257,6 +405,7 @@ mod tests {
             message_id: MSG,
             author_id: OWNER,
             content: "hi".into(),
+            model: None,
         })
     }
 
@@ -288,7 +437,7 @@ mod tests {
     }
 
     fn post(actor: Uuid, content: &str) -> ConversationCommand {
-        ConversationCommand::PostUserMessage { actor_id: actor, message_id: MSG, content: content.into() }
+        ConversationCommand::PostUserMessage { actor_id: actor, message_id: MSG, content: content.into(), model: None }
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
@@ -592,6 +741,7 @@ mod tests {
                 message_id: MSG,
                 author_id: OWNER,
                 content: "  hi\n\n  there ".into(),
+                model: None,
             })]);
     }
 
@@ -604,6 +754,7 @@ mod tests {
                 message_id: MSG,
                 author_id: OWNER,
                 content,
+                model: None,
             })],
         );
     }
@@ -641,6 +792,7 @@ mod tests {
                 message_id: MSG,
                 author_id: OWNER,
                 content: "again".into(),
+                model: None,
             })]);
     }
 
@@ -692,6 +844,7 @@ mod tests {
                 message_id: MSG,
                 author_id: OWNER,
                 content: content.into(),
+                model: None,
             })],
         );
     }
@@ -773,7 +926,7 @@ mod tests {
                         0 => ConversationCommand::ArchiveConversation { actor_id: OWNER },
                         1 => ConversationCommand::UnarchiveConversation { actor_id: OWNER },
                         2 => ConversationCommand::DeleteConversation { actor_id: OWNER },
-                        _ => ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: Uuid::from_u128(100 + i as u128), content: "m".into() },
+                        _ => ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: Uuid::from_u128(100 + i as u128), content: "m".into(), model: None },
                     };
                     let is_post = *op >= 3;
                     if conv.handle(cmd, &services, &sink).await.is_ok() && is_post {

@@ -1,10 +1,12 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::ConversationKind;
+use super::{ConversationKind, ReplyAttempt, ReplyFailure, ReplyParameters, TokenUsage};
 
-/// What can be asked of a Conversation. Every command names its actor: only the owner may
-/// act on a conversation, and to anyone else it does not exist.
+/// What can be asked of a Conversation. Every command the owner sends names its actor:
+/// only the owner may act on a conversation, and to anyone else it does not exist. The
+/// reply commands come from the assistant worker (a system actor) after the application
+/// layer has authorised whatever asked for them (a cancel, say), so they name no actor.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum ConversationCommand {
     /// Create the conversation.
@@ -52,5 +54,83 @@ pub enum ConversationCommand {
         message_id: Uuid,
         /// The text.
         content: String,
+        /// The model to answer with, if the poster chose one (validated as a model name).
+        model: Option<String>,
+    },
+    /// Begin the reply to a user message.
+    StartReply {
+        /// [`reply_id_for`](super::reply_id_for)`(in_reply_to)`.
+        reply_id: Uuid,
+        /// The user message it answers.
+        in_reply_to: Uuid,
+        /// The model name as configured.
+        model: String,
+        /// The first provider of the route.
+        provider: String,
+        /// `provider/upstream-model`, in the order they will be tried.
+        route: Vec<String>,
+        /// The system prompt used.
+        system_prompt: Option<String>,
+        /// The messages included in the prompt, oldest first.
+        context: Vec<Uuid>,
+        /// The generation parameters.
+        parameters: ReplyParameters,
+        /// The worker producing it.
+        worker: String,
+    },
+    /// Record a reply generated to its end.
+    CompleteReply {
+        /// The reply.
+        reply_id: Uuid,
+        /// The provider that produced it.
+        provider: String,
+        /// The upstream model used.
+        model: String,
+        /// The text.
+        content: String,
+        /// Tokens consumed.
+        usage: TokenUsage,
+        /// From start to the last token, in milliseconds.
+        latency_ms: u64,
+        /// From start to the first token, in milliseconds.
+        time_to_first_token_ms: u64,
+        /// Why generation stopped.
+        finish_reason: String,
+        /// Every attempt, in order.
+        attempts: Vec<ReplyAttempt>,
+    },
+    /// Record that a reply could not be produced.
+    FailReply {
+        /// The reply.
+        reply_id: Uuid,
+        /// Why.
+        reason: ReplyFailure,
+        /// Every attempt, in order.
+        attempts: Vec<ReplyAttempt>,
+        /// The text generated before the failure.
+        partial_content: String,
+        /// The provider that was streaming, if any.
+        provider: Option<String>,
+        /// The upstream model that was streaming, if any.
+        model: Option<String>,
+        /// Tokens consumed.
+        usage: TokenUsage,
+    },
+    /// Record that a reply was stopped on request.
+    CancelReply {
+        /// The reply.
+        reply_id: Uuid,
+        /// Who asked to stop it.
+        cancelled_by: Uuid,
+        /// The text generated before the stop.
+        partial_content: String,
+        /// Tokens consumed.
+        usage: TokenUsage,
+        /// Every attempt, in order.
+        attempts: Vec<ReplyAttempt>,
+        /// The provider that was streaming, if any.
+        provider: Option<String>,
+        /// The upstream model that was streaming, if any.
+        model: Option<String>,
     },
 }

@@ -62,4 +62,21 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
+    /// The reply id is not the one derived from the message it answers
+    /// ([`reply_id_for`](super::reply_id_for)).
+    #[error("the reply id does not belong to the message it answers")]
+    ReplyIdMismatch,
+    /// The message a reply answers is not a user message of this conversation.
+    #[error("the message to reply to does not exist in this conversation")]
+    MessageNotFound,
+    /// The reply was started and has not finished yet.
+    #[error("the reply is already in progress")]
+    ReplyInProgress,
+    /// The reply already completed, failed or was cancelled.
+    #[error("the reply has already finished")]
+    ReplyAlreadyFinished,
+    /// Complete, fail or cancel of a reply that is not in progress (never started, or
+    /// already finished).
+    #[error("the reply is not in progress")]
+    ReplyNotOpen,
 }

@@ -58,6 +58,145 @@ pub struct UserMessagePosted {
     pub author_id: Uuid,
     /// The text.
     pub content: String,
+    /// The model the poster asked to answer with (added in version 1.1; absent from 1.0
+    /// payloads). Null leaves the choice to the conversation, the user's default, or the
+    /// configuration.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// The generation parameters a reply was asked with; `None` leaves a parameter to the
+/// provider's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyParameters {
+    /// Most tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f32>,
+}
+
+/// Tokens a reply consumed, as the provider counted them (zero where it did not say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Generated tokens.
+    pub output_tokens: u32,
+}
+
+/// One try of one provider while producing a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyAttempt {
+    /// The provider tried.
+    pub provider: String,
+    /// The upstream model asked for.
+    pub model: String,
+    /// `succeeded`, `failed` or `skipped` (an open circuit).
+    pub outcome: String,
+    /// The class of the error (`rate_limited`, `server_error`, `timeout`, ...), if it failed.
+    pub error_class: Option<String>,
+    /// The error as reported, if it failed.
+    pub error: Option<String>,
+    /// The HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// How long the attempt took, in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// Why a reply failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyFailure {
+    /// Stable snake_case code: `provider_error`, `all_providers_failed`, `worker_lost`, ...
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// The assistant began answering a user message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyStarted {
+    /// The reply's id, derived from the id of the message it answers (UUID v5, see
+    /// `reply_id_for`).
+    pub reply_id: Uuid,
+    /// The user message it answers.
+    pub in_reply_to: Uuid,
+    /// The model name as configured (`gpt-4o-mini`, `local/smollm2-135m`).
+    pub model: String,
+    /// The first provider of the route.
+    pub provider: String,
+    /// The providers to try, in order, each as `provider/upstream-model`.
+    pub route: Vec<String>,
+    /// The system prompt the prompt was built with, if any.
+    pub system_prompt: Option<String>,
+    /// The ids of the messages included in the prompt, oldest first.
+    pub context: Vec<Uuid>,
+    /// The generation parameters.
+    pub parameters: ReplyParameters,
+    /// The worker producing it.
+    pub worker: String,
+}
+
+/// A reply was generated to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyCompleted {
+    /// The reply.
+    pub reply_id: Uuid,
+    /// The provider that produced it.
+    pub provider: String,
+    /// The upstream model used.
+    pub model: String,
+    /// The text.
+    pub content: String,
+    /// Tokens consumed.
+    pub usage: TokenUsage,
+    /// From start to the last token, in milliseconds.
+    pub latency_ms: u64,
+    /// From start to the first token, in milliseconds.
+    pub time_to_first_token_ms: u64,
+    /// Why generation stopped: `stop`, `length`, `content_filter`, ...
+    pub finish_reason: String,
+    /// Every attempt, in order, the successful one last.
+    pub attempts: Vec<ReplyAttempt>,
+}
+
+/// A reply could not be produced; what was generated before the failure is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyFailed {
+    /// The reply.
+    pub reply_id: Uuid,
+    /// Why.
+    pub reason: ReplyFailure,
+    /// Every attempt, in order.
+    pub attempts: Vec<ReplyAttempt>,
+    /// The text generated before the failure (empty when none reached anyone).
+    pub partial_content: String,
+    /// The provider that was streaming, if one had started.
+    pub provider: Option<String>,
+    /// The upstream model that was streaming, if one had started.
+    pub model: Option<String>,
+    /// Tokens consumed.
+    pub usage: TokenUsage,
+}
+
+/// A reply was stopped on request; what was generated so far is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyCancelled {
+    /// The reply.
+    pub reply_id: Uuid,
+    /// Who asked to stop it.
+    pub cancelled_by: Uuid,
+    /// The text generated before the stop.
+    pub partial_content: String,
+    /// Tokens consumed.
+    pub usage: TokenUsage,
+    /// Every attempt, in order.
+    pub attempts: Vec<ReplyAttempt>,
+    /// The provider that was streaming, if one had started.
+    pub provider: Option<String>,
+    /// The upstream model that was streaming, if one had started.
+    pub model: Option<String>,
 }
 
 crate::domain_events! {
@@ -74,13 +213,31 @@ crate::domain_events! {
         /// See [`ConversationDeleted`].
         ConversationDeleted(ConversationDeleted) = "1.0",
         /// See [`UserMessagePosted`].
-        UserMessagePosted(UserMessagePosted) = "1.0",
+        UserMessagePosted(UserMessagePosted) = "1.1",
+        /// See [`ReplyStarted`].
+        ReplyStarted(ReplyStarted) = "1.0",
+        /// See [`ReplyCompleted`].
+        ReplyCompleted(ReplyCompleted) = "1.0",
+        /// See [`ReplyFailed`].
+        ReplyFailed(ReplyFailed) = "1.0",
+        /// See [`ReplyCancelled`].
+        ReplyCancelled(ReplyCancelled) = "1.0",
     }
 }
 
 impl crate::event_catalog::EventExamples for ConversationEvent {
     fn examples() -> Vec<Self> {
         let id = Uuid::from_u128(1);
+        let reply = super::reply_id_for(id);
+        let failed_attempt = ReplyAttempt {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            outcome: "failed".into(),
+            error_class: Some("rate_limited".into()),
+            error: Some("429 Too Many Requests".into()),
+            status: Some(429),
+            latency_ms: 40,
+        };
         vec![
             Self::ConversationStarted(ConversationStarted {
                 conversation_id: id,
@@ -94,7 +251,69 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
             Self::ConversationArchived(ConversationArchived {}),
             Self::ConversationUnarchived(ConversationUnarchived {}),
             Self::ConversationDeleted(ConversationDeleted {}),
-            Self::UserMessagePosted(UserMessagePosted { message_id: id, author_id: id, content: "Hello".into() }),
+            Self::UserMessagePosted(UserMessagePosted {
+                message_id: id,
+                author_id: id,
+                content: "Hello".into(),
+                model: Some("gpt-4o-mini".into()),
+            }),
+            Self::UserMessagePosted(UserMessagePosted {
+                message_id: id,
+                author_id: id,
+                content: "Hi".into(),
+                model: None,
+            }),
+            Self::ReplyStarted(ReplyStarted {
+                reply_id: reply,
+                in_reply_to: id,
+                model: "gpt-4o-mini".into(),
+                provider: "openai".into(),
+                route: vec!["openai/gpt-4o-mini".into(), "local/smollm2-135m".into()],
+                system_prompt: Some("Be brief.".into()),
+                context: vec![Uuid::from_u128(2), id],
+                parameters: ReplyParameters { max_tokens: Some(512), temperature: Some(0.7), top_p: None },
+                worker: "assistant-1".into(),
+            }),
+            Self::ReplyCompleted(ReplyCompleted {
+                reply_id: reply,
+                provider: "local".into(),
+                model: "smollm2-135m".into(),
+                content: "Hello! How can I help?".into(),
+                usage: TokenUsage { input_tokens: 12, output_tokens: 7 },
+                latency_ms: 640,
+                time_to_first_token_ms: 480,
+                finish_reason: "stop".into(),
+                attempts: vec![
+                    failed_attempt.clone(),
+                    ReplyAttempt {
+                        provider: "local".into(),
+                        model: "smollm2-135m".into(),
+                        outcome: "succeeded".into(),
+                        error_class: None,
+                        error: None,
+                        status: None,
+                        latency_ms: 600,
+                    },
+                ],
+            }),
+            Self::ReplyFailed(ReplyFailed {
+                reply_id: reply,
+                reason: ReplyFailure { code: "all_providers_failed".into(), message: "every provider failed".into() },
+                attempts: vec![failed_attempt.clone()],
+                partial_content: String::new(),
+                provider: None,
+                model: None,
+                usage: TokenUsage::default(),
+            }),
+            Self::ReplyCancelled(ReplyCancelled {
+                reply_id: reply,
+                cancelled_by: id,
+                partial_content: "Hello! How".into(),
+                usage: TokenUsage { input_tokens: 12, output_tokens: 3 },
+                attempts: vec![],
+                provider: Some("local".into()),
+                model: Some("smollm2-135m".into()),
+            }),
         ]
     }
 }

@@ -1,0 +1,256 @@
+//! The event store's reply lookups and the conversation history, on a real database (the
+//! statements are private; tests sit next to them to read their plans too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use colloquy_domain::conversation::{
+    reply_id_for, ConversationEvent, ConversationKind, ConversationStarted, ReplyCancelled, ReplyCompleted,
+    ReplyFailed, ReplyFailure, ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted, REPLY_NAMESPACE,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::*;
+use crate::testing::TestDatabase;
+
+const OWNER: Uuid = Uuid::from_u128(1);
+
+fn started(conversation: Uuid) -> ConversationEvent {
+    ConversationEvent::ConversationStarted(ConversationStarted {
+        conversation_id: conversation,
+        owner_id: OWNER,
+        title: "Trip".into(),
+        kind: ConversationKind::Chat,
+        model: "gpt-4o-mini".into(),
+        system_prompt: None,
+    })
+}
+
+fn posted(message: Uuid, content: &str) -> ConversationEvent {
+    ConversationEvent::UserMessagePosted(UserMessagePosted {
+        message_id: message,
+        author_id: OWNER,
+        content: content.into(),
+        model: None,
+    })
+}
+
+fn start_of(message: Uuid) -> ConversationEvent {
+    ConversationEvent::ReplyStarted(ReplyStarted {
+        reply_id: reply_id_for(message),
+        in_reply_to: message,
+        model: "gpt-4o-mini".into(),
+        provider: "openai".into(),
+        route: vec!["openai/gpt-4o-mini".into()],
+        system_prompt: None,
+        context: vec![message],
+        parameters: ReplyParameters::default(),
+        worker: "w1".into(),
+    })
+}
+
+fn completed(message: Uuid, content: &str) -> ConversationEvent {
+    ConversationEvent::ReplyCompleted(ReplyCompleted {
+        reply_id: reply_id_for(message),
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        content: content.into(),
+        usage: TokenUsage { input_tokens: 3, output_tokens: 4 },
+        latency_ms: 10,
+        time_to_first_token_ms: 5,
+        finish_reason: "stop".into(),
+        attempts: vec![],
+    })
+}
+
+fn failed(message: Uuid, partial: &str) -> ConversationEvent {
+    ConversationEvent::ReplyFailed(ReplyFailed {
+        reply_id: reply_id_for(message),
+        reason: ReplyFailure { code: "provider_error".into(), message: "cut".into() },
+        attempts: vec![],
+        partial_content: partial.into(),
+        provider: None,
+        model: None,
+        usage: TokenUsage::default(),
+    })
+}
+
+fn cancelled(message: Uuid, partial: &str) -> ConversationEvent {
+    ConversationEvent::ReplyCancelled(ReplyCancelled {
+        reply_id: reply_id_for(message),
+        cancelled_by: OWNER,
+        partial_content: partial.into(),
+        usage: TokenUsage::default(),
+        attempts: vec![],
+        provider: None,
+        model: None,
+    })
+}
+
+/// Appends `events` to the conversation as sequences 1..=n, in one statement.
+async fn append(pool: &PgPool, conversation: Uuid, events: &[ConversationEvent]) {
+    let payloads: Vec<Value> = events.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+    let types: Vec<String> = payloads.iter().map(|p| p.as_object().unwrap().keys().next().unwrap().clone()).collect();
+    let texts: Vec<String> = payloads.iter().map(Value::to_string).collect();
+    let sequences: Vec<i64> = (1..=events.len() as i64).collect();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'Conversation', $1, s, t, '1.0', p::json, '{}'
+           FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS u(s, t, p)",
+    )
+    .bind(conversation.to_string())
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&texts)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The plan of `sql` run with `binds` (conversation id, then numbers), as JSON text.
+async fn plan(pool: &PgPool, sql: &str, conversation: Uuid, second: Option<String>, numbers: &[i64]) -> String {
+    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    let mut query = sqlx::query_scalar::<_, Value>(&explain).bind(conversation.to_string());
+    if let Some(second) = second {
+        query = query.bind(second);
+    }
+    for n in numbers {
+        query = query.bind(*n);
+    }
+    query.fetch_one(pool).await.unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_ids_share_the_message_id_space() {
+    let db = TestDatabase::create().await;
+    let conv = Uuid::new_v4();
+    let (m1, m2) = (Uuid::new_v4(), Uuid::new_v4());
+    append(&db.pool, conv, &[started(conv), posted(m1, "hi"), start_of(m1), completed(m1, "hello"), posted(m2, "x")])
+        .await;
+
+    assert!(message_exists(&db.pool, conv, m1).await.unwrap());
+    assert!(message_exists(&db.pool, conv, reply_id_for(m1)).await.unwrap(), "a reply id is taken");
+    assert!(!message_exists(&db.pool, conv, reply_id_for(m2)).await.unwrap(), "not started yet");
+    assert!(!message_exists(&db.pool, Uuid::new_v4(), m1).await.unwrap(), "another conversation");
+
+    assert!(reply_exists(&db.pool, conv, reply_id_for(m1)).await.unwrap());
+    assert!(!reply_exists(&db.pool, conv, m1).await.unwrap(), "a user message is not a reply");
+    assert!(!reply_exists(&db.pool, conv, reply_id_for(m2)).await.unwrap());
+
+    let (sequence, start) = reply_started(&db.pool, conv, reply_id_for(m1)).await.unwrap().unwrap();
+    assert_eq!(sequence, 3);
+    assert_eq!(ConversationEvent::ReplyStarted(start), start_of(m1));
+    assert_eq!(reply_started(&db.pool, conv, reply_id_for(m2)).await.unwrap(), None);
+
+    let port = EventStoreMessages::new(db.pool.clone());
+    assert!(MessageLookup::reply_exists(&port, conv, reply_id_for(m1)).await.unwrap());
+    assert!(MessageLookup::message_exists(&port, conv, reply_id_for(m1)).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_messages_are_user_messages_and_replies_with_text_newest_first() {
+    let db = TestDatabase::create().await;
+    let conv = Uuid::new_v4();
+    let m: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    append(
+        &db.pool,
+        conv,
+        &[
+            started(conv),                 // 1
+            posted(m[0], "one"),           // 2
+            start_of(m[0]),                // 3
+            completed(m[0], "answer one"), // 4
+            posted(m[1], "two"),           // 5
+            start_of(m[1]),                // 6
+            failed(m[1], ""),              // 7: nothing reached anyone: not a message
+            posted(m[2], "three"),         // 8
+            start_of(m[2]),                // 9
+            cancelled(m[2], "answer thr"), // 10
+            posted(m[3], "four"),          // 11
+            start_of(m[3]),                // 12
+            failed(m[3], "answer fo"),     // 13
+            posted(m[4], "five"),          // 14
+            start_of(m[4]),                // 15: still streaming: not a message yet
+        ],
+    )
+    .await;
+    let got = recent_messages(&db.pool, conv, i64::MAX, 100).await.unwrap();
+    let seen: Vec<(i64, Uuid, MessageRole, &str)> =
+        got.iter().map(|c| (c.sequence, c.message_id, c.role, c.content.as_str())).collect();
+    let (user, assistant) = (MessageRole::User, MessageRole::Assistant);
+    assert_eq!(
+        seen,
+        [
+            (14, m[4], user, "five"),
+            (13, reply_id_for(m[3]), assistant, "answer fo"),
+            (11, m[3], user, "four"),
+            (10, reply_id_for(m[2]), assistant, "answer thr"),
+            (8, m[2], user, "three"),
+            (5, m[1], user, "two"),
+            (4, reply_id_for(m[0]), assistant, "answer one"),
+            (2, m[0], user, "one"),
+        ]
+    );
+    // Up to a sequence (the prompt of the message posted at 8), at most a few.
+    let upto: Vec<i64> = recent_messages(&db.pool, conv, 8, 3).await.unwrap().iter().map(|c| c.sequence).collect();
+    assert_eq!(upto, [8, 5, 4]);
+    assert_eq!(recent_messages(&db.pool, conv, 1, 10).await.unwrap(), []);
+    assert_eq!(recent_messages(&db.pool, Uuid::new_v4(), i64::MAX, 10).await.unwrap(), []);
+    assert_eq!((MessageRole::User.as_str(), MessageRole::Assistant.as_str()), ("user", "assistant"));
+}
+
+// A 2,000-message conversation (6,001 events with its replies) among others: the history
+// read walks the primary key backwards from `up_to` and stops after `limit` matches, and
+// the id lookups use their partial indexes; no plan scans the table or sorts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_and_the_lookups_use_indexes_in_a_long_conversation() {
+    let db = TestDatabase::create().await;
+    let conv = Uuid::new_v4();
+    let mut events = vec![started(conv)];
+    let mut messages = Vec::new();
+    for i in 0..2_000 {
+        let message = Uuid::new_v4();
+        messages.push(message);
+        events.extend([posted(message, &format!("m{i}")), start_of(message), completed(message, &format!("r{i}"))]);
+    }
+    append(&db.pool, conv, &events).await;
+    for _ in 0..20 {
+        let other = Uuid::new_v4();
+        let message = Uuid::new_v4();
+        append(&db.pool, other, &[started(other), posted(message, "x"), start_of(message)]).await;
+    }
+    sqlx::query("ANALYZE events").execute(&db.pool).await.unwrap();
+
+    let history = plan(&db.pool, RECENT_MESSAGES.as_str(), conv, None, &[5_000, 40]).await;
+    let backward =
+        history.contains(r#""Scan Direction":"Backward""#) && history.contains(r#""Index Name":"events_pkey""#);
+    assert!(backward, "{history}");
+    assert!(!history.contains("Seq Scan") && !history.contains("\"Sort\""), "{history}");
+    let got = recent_messages(&db.pool, conv, 5_000, 40).await.unwrap();
+    assert_eq!(got.len(), 40);
+    assert!(got.windows(2).all(|w| w[0].sequence > w[1].sequence));
+    assert!(got.iter().all(|c| c.sequence <= 5_000));
+
+    let probe = Some(reply_id_for(messages[7]).to_string());
+    let exists = plan(&db.pool, MESSAGE_EXISTS.as_str(), conv, probe.clone(), &[]).await;
+    assert!(exists.contains("events_message_id") && exists.contains("events_reply_id"), "{exists}");
+    assert!(!exists.contains("Seq Scan"), "{exists}");
+    let reply = plan(&db.pool, REPLY_EXISTS.as_str(), conv, probe, &[]).await;
+    assert!(reply.contains("events_reply_id") && !reply.contains("Seq Scan"), "{reply}");
+    assert!(reply_exists(&db.pool, conv, reply_id_for(messages[7])).await.unwrap());
+}
+
+// The migration derives pre-existing user rows' reply ids in SQL; it must agree with Rust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_derives_the_same_reply_ids() {
+    let db = TestDatabase::create().await;
+    for message in [Uuid::nil(), Uuid::from_u128(u128::MAX), Uuid::new_v4(), Uuid::new_v4()] {
+        let sql: Uuid = sqlx::query_scalar("SELECT uuid_generate_v5($1, $2::text)")
+            .bind(REPLY_NAMESPACE)
+            .bind(message)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(sql, reply_id_for(message), "{message}");
+    }
+}
