@@ -33,6 +33,10 @@ pub enum ConversationError {
         /// The limit.
         max: usize,
     },
+    /// A model that is not configured (see `GET /api/v1/models`). Decided by the use case,
+    /// which knows the configuration; the aggregate only checks the name's form.
+    #[error("this model is not available")]
+    UnknownModel,
     /// Empty or overlong system prompt.
     #[error("the system prompt must be between 1 and {max} characters")]
     InvalidSystemPrompt {
