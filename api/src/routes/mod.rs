@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod conversations;
 pub mod health;
+pub mod replies;
 pub mod users;
+pub mod ws;
 
 use actix_web::web;
 use serde::Deserialize;
@@ -42,6 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1")
             .configure(auth::configure)
             .configure(users::configure)
-            .configure(conversations::configure),
+            .configure(conversations::configure)
+            .configure(replies::configure)
+            .configure(ws::configure),
     );
 }
