@@ -416,7 +416,10 @@ async fn a_slow_websocket_client_is_dropped_while_the_server_stays_healthy() {
     let streams = streams(&app);
     // Connected, then never read from.
     let slow = websocket(&app, &reply.token, true).await;
-    assert_eq!(metric(&app, "colloquy_ws_sessions_active").await, Some(1.0));
+    eventually("the session to count", || async {
+        (metric(&app, "colloquy_ws_sessions_active").await == Some(1.0)).then_some(())
+    })
+    .await;
     let big = "x".repeat(256 * 1024);
     streams.append(&reply.target, &started()).await.unwrap();
     eventually("the slow client to be dropped", || async {

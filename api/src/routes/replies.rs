@@ -59,7 +59,8 @@ async fn check_target(state: &AppState, user: Uuid, conversation_id: Uuid, reply
 #[utoipa::path(get, path = "/api/v1/conversations/{conversation_id}/replies/{reply_id}/stream", tag = "replies",
     params(("conversation_id" = Uuid, Path, description = "The conversation"), ("reply_id" = Uuid, Path, description = "The reply"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
-    responses((status = 200, content_type = "text/event-stream", description = "chat.completion.chunk events, then [DONE]")),
+    responses((status = 200, content_type = "text/event-stream", description = "chat.completion.chunk events, then [DONE]"),
+        (status = 404, body = crate::errors::ErrorBody, description = "no such conversation or reply for this user")),
     security(("bearer" = [])))]
 pub async fn get_reply_stream(
     state: web::Data<AppState>,
@@ -92,7 +93,9 @@ pub async fn get_reply_stream(
 /// text. 409 `reply_finished` once the reply ended.
 #[utoipa::path(post, path = "/api/v1/conversations/{conversation_id}/replies/{reply_id}/cancel", tag = "replies",
     params(("conversation_id" = Uuid, Path, description = "The conversation"), ("reply_id" = Uuid, Path, description = "The reply")),
-    responses((status = 202, body = CancelAccepted), (status = 409, body = crate::errors::ErrorBody)),
+    responses((status = 202, body = CancelAccepted),
+        (status = 404, body = crate::errors::ErrorBody, description = "no such conversation or reply for this user"),
+        (status = 409, body = crate::errors::ErrorBody, description = "`reply_finished`: the reply has already ended")),
     security(("bearer" = [])))]
 pub async fn post_cancel(
     state: web::Data<AppState>,

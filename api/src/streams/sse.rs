@@ -234,7 +234,7 @@ impl SseRelay {
 
     /// Reads what the client has not had yet from Redis. `Err` ends the stream (without
     /// `[DONE]`, so the client reconnects with its `Last-Event-ID`).
-    async fn catch_up(&mut self) -> Result<Option<Bytes>, redis::RedisError> {
+    async fn read_missed(&mut self) -> Result<Option<Bytes>, redis::RedisError> {
         let after = self.last.as_ref().map(|(_, raw)| raw.clone());
         let entries = self.streams.read_after(self.reply_id, after.as_deref()).await?;
         if !self.started {
@@ -268,7 +268,7 @@ impl SseRelay {
             }
             if self.catch_up {
                 self.catch_up = false;
-                match self.catch_up().await {
+                match self.read_missed().await {
                     Ok(Some(bytes)) => return Some(bytes),
                     Ok(None) => {}
                     Err(e) => {
@@ -305,7 +305,7 @@ impl SseRelay {
                     let now = Instant::now();
                     if !self.started && now >= self.wait_until {
                         // One last look before giving up.
-                        match self.catch_up().await {
+                        match self.read_missed().await {
                             Ok(Some(bytes)) => return Some(bytes),
                             Ok(None) if self.started => {}
                             Ok(None) => return self.end_not_found(),

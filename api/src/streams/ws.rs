@@ -123,7 +123,7 @@ impl Relay {
     }
 }
 
-async fn relay(relay: &mut Relay, messages: &mut MessageStream, sub: &mut Subscription, ping: Duration, timeout: Duration) -> End {
+async fn serve(relay: &mut Relay, messages: &mut MessageStream, sub: &mut Subscription, ping: Duration, timeout: Duration) -> End {
     let mut heard = Instant::now();
     let mut pings = tokio::time::interval_at(Instant::now() + ping, ping);
     loop {
@@ -185,7 +185,7 @@ pub async fn run(session: Session, mut messages: MessageStream, mut sub: Subscri
     let mut state = Relay { queue, streams, replies: HashMap::new() };
     let ping = Duration::from_secs(settings.ws_ping_secs.max(1));
     let timeout = Duration::from_secs(settings.ws_timeout_secs.max(1));
-    let end = relay(&mut state, &mut messages, &mut sub, ping, timeout).await;
+    let end = serve(&mut state, &mut messages, &mut sub, ping, timeout).await;
     // Nothing more is queued: the writer sends what is queued, then hands the session back.
     drop(state);
     drop(sub);
