@@ -263,7 +263,7 @@ async fn a_late_client_gets_the_text_so_far_then_the_rest() {
     }
     assert_eq!(text_of(&so_far), "The story so far");
     streams.append(&reply.target, &delta(", and more.")).await.unwrap();
-    streams.append(&reply.target, &completed()).await.unwrap();
+    let end = streams.append(&reply.target, &completed()).await.unwrap();
     let rest = sse.until_done().await;
     assert_eq!(text_of(&rest), ", and more.");
 
@@ -272,6 +272,11 @@ async fn a_late_client_gets_the_text_so_far_then_the_rest() {
     let all = latest.until_done().await;
     assert_eq!(text_of(&all), "The story so far, and more.");
     assert_eq!(all[all.len() - 2].json()["usage"]["total_tokens"], 15);
+    // One that had everything but `[DONE]` gets just that.
+    let mut last = Sse::open(&app, &reply.token, &reply.path("stream"), Some(&end)).await;
+    let tail = last.until_done().await;
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    assert!(tail[0].is_done());
 }
 
 #[tokio::test]

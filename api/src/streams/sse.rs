@@ -22,6 +22,8 @@ use super::Active;
 
 /// The keepalive comment.
 const PING: &[u8] = b": ping\n\n";
+/// The end of every stream.
+const DONE: &str = "data: [DONE]\n\n";
 
 /// Turns a reply's entries into SSE events in OpenAI's chunk format.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ fn event(out: &mut String, id: Option<&str>, data: &Value) {
 }
 
 fn done(out: &mut String) {
-    out.push_str("data: [DONE]\n\n");
+    out.push_str(DONE);
 }
 
 /// The end of a stream whose reply does not exist (or is not the caller's).
@@ -253,10 +255,21 @@ impl SseRelay {
             self.started = true;
         }
         if !self.knows_start {
+            // A resumed client: the model and time come from the reply's start, and a
+            // client that had everything but `[DONE]` gets just that.
+            self.knows_start = true;
             if let Some((_, first)) = self.streams.first(self.reply_id).await? {
                 self.formatter.learn(&first);
             }
-            self.knows_start = true;
+            if entries.is_empty() {
+                let ended = self.streams.last(self.reply_id).await?.is_some_and(|(id, entry)| {
+                    entry.is_terminal() && EntryId::parse(&id).zip(self.last.as_ref()).is_some_and(|(id, (l, _))| id <= *l)
+                });
+                if ended {
+                    self.finished = true;
+                    return Ok(Some(Bytes::from_static(DONE.as_bytes())));
+                }
+            }
         }
         Ok(self.emit(&entries))
     }
