@@ -166,7 +166,7 @@ fn text_of(events: &[Event]) -> String {
     events.iter().filter(|e| !e.is_done()).map(Event::content).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sse_relays_a_reply_as_openai_chunks_ending_with_done() {
     let app = api(isolated_settings()).await;
     let reply = Reply::new(&app).await;
@@ -206,7 +206,7 @@ async fn sse_relays_a_reply_as_openai_chunks_ending_with_done() {
     assert_eq!(sent[6], ids[5]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_resuming_with_last_event_id_loses_and_repeats_nothing() {
     let app = api(isolated_settings()).await;
     let reply = Reply::new(&app).await;
@@ -247,7 +247,7 @@ async fn a_client_resuming_with_last_event_id_loses_and_repeats_nothing() {
     assert!(after[0].json()["choices"][0]["delta"].get("role").is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_client_gets_the_text_so_far_then_the_rest() {
     let app = api(isolated_settings()).await;
     let reply = Reply::new(&app).await;
@@ -279,7 +279,7 @@ async fn a_late_client_gets_the_text_so_far_then_the_rest() {
     assert!(tail[0].is_done());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_api_instance_serves_any_stream() {
     let a = api(isolated_settings()).await;
     let b = TestApp::attach(a.settings.clone(), api_only()).await;
@@ -298,7 +298,7 @@ async fn any_api_instance_serves_any_stream() {
     assert_eq!(text_of(&sse.until_done().await), "served by B");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reply_that_never_starts_ends_as_not_found_after_the_wait() {
     let mut settings = isolated_settings();
     settings.streams.wait_for_start_secs = 2;
@@ -356,7 +356,7 @@ where
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_websocket_client_receives_every_entry_of_the_users_replies() {
     let app = api(isolated_settings()).await;
     let reply = Reply::new(&app).await;
@@ -411,7 +411,7 @@ async fn metric(client: &ApiClient, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_websocket_client_is_dropped_while_the_server_stays_healthy() {
     let mut settings = isolated_settings();
     settings.streams.ws_buffer = 2;
@@ -451,7 +451,7 @@ async fn a_slow_websocket_client_is_dropped_while_the_server_stays_healthy() {
     assert_eq!((m["text"].as_str(), m["id"].as_str()), (Some("still here"), Some(id.as_str())));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_users_reply_is_not_found() {
     let app = api(isolated_settings()).await;
     let alice = Reply::new(&app).await;
@@ -497,7 +497,7 @@ async fn another_users_reply_is_not_found() {
     assert_eq!(body["error"]["code"], "invalid_last_event_id");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_is_accepted_until_the_reply_ends() {
     let app = api(isolated_settings()).await;
     let reply = Reply::new(&app).await;
