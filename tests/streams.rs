@@ -128,7 +128,8 @@ impl Sse {
                 }
                 return Some(Item::Event(event));
             }
-            let chunk = tokio::time::timeout(READ_TIMEOUT, self.res.chunk()).await.expect("SSE read timed out").unwrap();
+            let chunk =
+                tokio::time::timeout(READ_TIMEOUT, self.res.chunk()).await.expect("SSE read timed out").unwrap();
             match chunk {
                 Some(bytes) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
                 None => return None,
@@ -377,8 +378,7 @@ async fn a_websocket_client_receives_every_entry_of_the_users_replies() {
         while got.len() < 4 {
             got.push(next_json(ws).await);
         }
-        let (conversation, reply_id) =
-            (reply.target.conversation_id.to_string(), reply.target.reply_id.to_string());
+        let (conversation, reply_id) = (reply.target.conversation_id.to_string(), reply.target.reply_id.to_string());
         for (m, id) in got.iter().zip(&ids) {
             assert_eq!(m["conversation_id"], conversation.as_str());
             assert_eq!(m["reply_id"], reply_id.as_str());
@@ -527,7 +527,8 @@ async fn cancel_is_accepted_until_the_reply_ends() {
     let (status, body) = app.post_json(&other.path("cancel"), Some(&other.token), json!({})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "reply_finished");
-    let finished = Reply { token: reply.token.clone(), target: ReplyTarget { reply_id: Uuid::new_v4(), ..reply.target } };
+    let finished =
+        Reply { token: reply.token.clone(), target: ReplyTarget { reply_id: Uuid::new_v4(), ..reply.target } };
     streams.append(&finished.target, &started()).await.unwrap();
     streams.append(&finished.target, &completed()).await.unwrap();
     let (status, body) = app.post_json(&finished.path("cancel"), Some(&finished.token), json!({})).await;

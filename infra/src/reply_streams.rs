@@ -358,9 +358,7 @@ impl ReplyStreams {
     /// own (one `PSUBSCRIBE`), from the moment this returns. Unreadable messages are skipped.
     /// The stream ends when the connection is lost: entries published meanwhile are not
     /// delivered, so a caller that reconnects must read what it missed from the streams.
-    pub async fn user_messages(
-        &self,
-    ) -> Result<impl Stream<Item = (Uuid, ReplyMessage)> + Send + 'static, RedisError> {
+    pub async fn user_messages(&self) -> Result<impl Stream<Item = (Uuid, ReplyMessage)> + Send + 'static, RedisError> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.psubscribe(self.user_channel_pattern()).await?;
         let this = self.clone();

@@ -240,7 +240,8 @@ impl SseRelay {
         let after = self.last.as_ref().map(|(_, raw)| raw.clone());
         let entries = self.streams.read_after(self.reply_id, after.as_deref()).await?;
         if !self.started {
-            let exists = !entries.is_empty() || (self.last.is_some() && self.streams.last(self.reply_id).await?.is_some());
+            let exists =
+                !entries.is_empty() || (self.last.is_some() && self.streams.last(self.reply_id).await?.is_some());
             if !exists {
                 return Ok(None);
             }
@@ -263,7 +264,8 @@ impl SseRelay {
             }
             if entries.is_empty() {
                 let ended = self.streams.last(self.reply_id).await?.is_some_and(|(id, entry)| {
-                    entry.is_terminal() && EntryId::parse(&id).zip(self.last.as_ref()).is_some_and(|(id, (l, _))| id <= *l)
+                    entry.is_terminal()
+                        && EntryId::parse(&id).zip(self.last.as_ref()).is_some_and(|(id, (l, _))| id <= *l)
                 });
                 if ended {
                     self.finished = true;

@@ -123,7 +123,13 @@ impl Relay {
     }
 }
 
-async fn serve(relay: &mut Relay, messages: &mut MessageStream, sub: &mut Subscription, ping: Duration, timeout: Duration) -> End {
+async fn serve(
+    relay: &mut Relay,
+    messages: &mut MessageStream,
+    sub: &mut Subscription,
+    ping: Duration,
+    timeout: Duration,
+) -> End {
     let mut heard = Instant::now();
     let mut pings = tokio::time::interval_at(Instant::now() + ping, ping);
     loop {
@@ -177,7 +183,13 @@ async fn serve(relay: &mut Relay, messages: &mut MessageStream, sub: &mut Subscr
 
 /// Runs a session until the client leaves, times out or falls behind. Spawn it on the
 /// request's runtime (`actix_web::rt::spawn`).
-pub async fn run(session: Session, mut messages: MessageStream, mut sub: Subscription, streams: ReplyStreams, metrics: Metrics) {
+pub async fn run(
+    session: Session,
+    mut messages: MessageStream,
+    mut sub: Subscription,
+    streams: ReplyStreams,
+    metrics: Metrics,
+) {
     let _active = Active::new(&metrics.ws_sessions_active);
     let settings = streams.settings().clone();
     let (queue, pending) = mpsc::channel(settings.ws_buffer.max(1));
