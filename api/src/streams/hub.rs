@@ -140,6 +140,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use colloquy_infra::reply_streams::StreamEntry;
 
     use super::*;
@@ -187,6 +189,85 @@ mod tests {
         // Nobody listening: delivering is a no-op.
         hub.deliver(user, message());
         assert_eq!(hub.users(), 0);
+    }
+
+    /// A TCP proxy to the local Redis whose connections can be cut, as a network or a
+    /// server restart would.
+    struct Proxy {
+        port: u16,
+        connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+        _accept: tokio::task::JoinHandle<()>,
+    }
+
+    impl Proxy {
+        async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+            let registry = connections.clone();
+            let accept = tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:6379").await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    registry.lock().unwrap().push(task);
+                }
+            });
+            Self { port, connections, _accept: accept }
+        }
+
+        fn cut(&self) {
+            for task in self.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    async fn next_entry(sub: &mut Subscription) -> HubEvent {
+        tokio::time::timeout(Duration::from_secs(20), sub.recv()).await.expect("no event").expect("lagged")
+    }
+
+    #[tokio::test]
+    async fn the_hub_relays_redis_and_resubscribes_after_losing_its_connection() {
+        use colloquy_infra::redis_store::RedisStore;
+        use colloquy_infra::reply_streams::ReplyTarget;
+        use colloquy_infra::settings::{RedisSettings, StreamSettings};
+
+        let prefix = format!("colloquy_test_{}:", &Uuid::new_v4().simple().to_string()[..12]);
+        let direct =
+            RedisStore::connect(&RedisSettings { key_prefix: prefix.clone(), ..Default::default() }).await.unwrap();
+        let writer = ReplyStreams::new(&direct, &StreamSettings::default());
+        let proxy = Proxy::start().await;
+        let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+        let proxied =
+            RedisStore::connect(&RedisSettings { url, key_prefix: prefix, ..Default::default() }).await.unwrap();
+        let hub = Hub::new();
+        let user = Uuid::new_v4();
+        let mut sub = hub.subscribe(user);
+        let shutdown = CancellationToken::new();
+        let task = hub.spawn(ReplyStreams::new(&proxied, &StreamSettings::default()), shutdown.clone());
+        // Every (re)subscription announces itself.
+        assert!(matches!(next_entry(&mut sub).await, HubEvent::Resync));
+        let target = ReplyTarget { reply_id: Uuid::new_v4(), conversation_id: Uuid::new_v4(), owner_id: user };
+        let id = writer.append(&target, &StreamEntry::Delta { text: "before".into() }).await.unwrap();
+        match next_entry(&mut sub).await {
+            HubEvent::Entry(m) => assert_eq!((m.id.as_str(), m.reply_id), (id.as_str(), target.reply_id)),
+            other => panic!("{other:?}"),
+        }
+
+        proxy.cut();
+        assert!(matches!(next_entry(&mut sub).await, HubEvent::Resync), "no resubscription");
+        let id = writer.append(&target, &StreamEntry::Delta { text: "after".into() }).await.unwrap();
+        match next_entry(&mut sub).await {
+            HubEvent::Entry(m) => assert_eq!(m.id, id),
+            other => panic!("{other:?}"),
+        }
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("the hub did not stop").unwrap();
+        direct.delete_prefixed("").await.unwrap();
     }
 
     #[tokio::test]
