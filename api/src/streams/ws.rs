@@ -16,7 +16,7 @@ use actix_web::web::Bytes;
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use bytestring::ByteString;
 use colloquy_infra::metrics::Metrics;
-use colloquy_infra::reply_streams::{ReplyMessage, ReplyStreams, StreamEntry};
+use colloquy_infra::reply_streams::{EntryId, ReplyMessage, ReplyStreams, StreamEntry};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -27,7 +27,8 @@ use uuid::Uuid;
 use super::hub::{HubEvent, Subscription};
 use super::Active;
 
-/// Unfinished replies a session remembers, to catch up on them after a hub reconnection.
+/// Replies a session remembers, to catch up on them after a hub reconnection and never send
+/// an entry twice.
 const TRACKED_REPLIES: usize = 1000;
 
 /// How long a closing handshake may take before the connection is just dropped.
@@ -75,11 +76,19 @@ async fn write(mut session: Session, mut queue: mpsc::Receiver<Out>) -> Option<S
     Some(session)
 }
 
+/// What a session sent of one reply.
+struct Seen {
+    conversation_id: Uuid,
+    last: EntryId,
+    finished: bool,
+}
+
 struct Relay {
     queue: mpsc::Sender<Out>,
     streams: ReplyStreams,
-    /// Unfinished replies seen: conversation and last entry id sent.
-    replies: HashMap<Uuid, (Uuid, String)>,
+    /// Replies seen (at most [`TRACKED_REPLIES`]): after a hub reconnection the unfinished
+    /// ones are caught up on, and nothing is sent twice.
+    replies: HashMap<Uuid, Seen>,
 }
 
 impl Relay {
@@ -88,13 +97,26 @@ impl Relay {
         self.queue.try_send(out).is_ok()
     }
 
-    fn entry(&mut self, reply_id: Uuid, conversation_id: Uuid, id: &str, entry: &StreamEntry) -> bool {
-        if entry.is_terminal() {
-            self.replies.remove(&reply_id);
-        } else if self.replies.len() < TRACKED_REPLIES || self.replies.contains_key(&reply_id) {
-            self.replies.insert(reply_id, (conversation_id, id.to_string()));
+    /// Sends one entry unless it was sent already; false when the client cannot keep up.
+    fn entry(&mut self, reply_id: Uuid, conversation_id: Uuid, raw: &str, entry: &StreamEntry) -> bool {
+        let Some(id) = EntryId::parse(raw) else { return true };
+        match self.replies.get_mut(&reply_id) {
+            Some(seen) if id <= seen.last => return true,
+            Some(seen) => {
+                seen.last = id;
+                seen.finished = entry.is_terminal();
+            }
+            None => {
+                if self.replies.len() >= TRACKED_REPLIES {
+                    self.replies.retain(|_, seen| !seen.finished);
+                }
+                if self.replies.len() < TRACKED_REPLIES {
+                    let seen = Seen { conversation_id, last: id, finished: entry.is_terminal() };
+                    self.replies.insert(reply_id, seen);
+                }
+            }
         }
-        match message_text(reply_id, conversation_id, id, entry) {
+        match message_text(reply_id, conversation_id, raw, entry) {
             Some(text) => self.send(Out::Text(text.into())),
             None => true,
         }
@@ -106,8 +128,13 @@ impl Relay {
 
     /// After the hub lost its subscription: what the unfinished replies got meanwhile.
     async fn resync(&mut self) -> bool {
-        let replies: Vec<(Uuid, (Uuid, String))> = self.replies.iter().map(|(r, v)| (*r, v.clone())).collect();
-        for (reply_id, (conversation_id, last)) in replies {
+        let unfinished: Vec<(Uuid, Uuid, String)> = self
+            .replies
+            .iter()
+            .filter(|(_, seen)| !seen.finished)
+            .map(|(reply_id, seen)| (*reply_id, seen.conversation_id, seen.last.to_string()))
+            .collect();
+        for (reply_id, conversation_id, last) in unfinished {
             match self.streams.read_after(reply_id, Some(&last)).await {
                 Ok(entries) => {
                     for (id, entry) in entries {
@@ -221,10 +248,65 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use colloquy_infra::reply_streams::StreamUsage;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use colloquy_infra::redis_store::RedisStore;
+    use colloquy_infra::reply_streams::{ReplyTarget, StreamUsage};
+    use colloquy_infra::settings::{RedisSettings, StreamSettings};
     use serde_json::json;
 
     use super::*;
+
+    fn queued_ids(pending: &mut mpsc::Receiver<Out>) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(out) = pending.try_recv() {
+            if let Out::Text(text) = out {
+                ids.push(serde_json::from_str::<Value>(&text).unwrap()["id"].as_str().unwrap().to_string());
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_session_sends_each_entry_once_and_catches_up_after_a_resync() {
+        let prefix = format!("colloquy_test_{}:", &Uuid::new_v4().simple().to_string()[..12]);
+        let redis = RedisStore::connect(&RedisSettings { key_prefix: prefix, ..Default::default() }).await.unwrap();
+        let streams = ReplyStreams::new(&redis, &StreamSettings::default());
+        let target =
+            ReplyTarget { reply_id: Uuid::new_v4(), conversation_id: Uuid::new_v4(), owner_id: Uuid::new_v4() };
+        let mut appended = Vec::new();
+        for text in ["a", "b", "c"] {
+            let entry = StreamEntry::Delta { text: text.into() };
+            appended.push((streams.append(&target, &entry).await.unwrap(), entry));
+        }
+        let (queue, mut pending) = mpsc::channel(16);
+        let mut relay = Relay { queue, streams: streams.clone(), replies: HashMap::new() };
+        let send = |relay: &mut Relay, i: usize| {
+            let (id, entry): &(String, StreamEntry) = &appended[i];
+            relay.entry(target.reply_id, target.conversation_id, id, entry)
+        };
+        assert!(send(&mut relay, 0));
+        assert!(send(&mut relay, 0), "a repeat is skipped, not a failure");
+        assert_eq!(queued_ids(&mut pending), [appended[0].0.clone()]);
+        // The hub reconnected: "b" and "c" were missed live.
+        assert!(relay.resync().await);
+        assert_eq!(queued_ids(&mut pending), [appended[1].0.clone(), appended[2].0.clone()]);
+        // ... and "c" then arrives live too: not sent again.
+        assert!(send(&mut relay, 2));
+        assert!(queued_ids(&mut pending).is_empty());
+        redis.delete_prefixed("").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_means_the_client_is_too_slow() {
+        let redis = RedisStore::connect(&RedisSettings::default()).await.unwrap();
+        let (queue, _pending) = mpsc::channel(1);
+        let mut relay =
+            Relay { queue, streams: ReplyStreams::new(&redis, &StreamSettings::default()), replies: HashMap::new() };
+        let (reply, conversation) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(relay.entry(reply, conversation, "1-0", &StreamEntry::Delta { text: "a".into() }));
+        assert!(!relay.entry(reply, conversation, "1-1", &StreamEntry::Delta { text: "b".into() }));
+    }
 
     #[test]
     fn entries_become_typed_messages_naming_their_reply() {
