@@ -394,6 +394,10 @@ async fn a_websocket_client_receives_every_entry_of_the_users_replies() {
     by_query.send(WsMessage::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
     assert_eq!(next_json(&mut by_query).await, json!({"type": "pong"}));
 
+    // A plain GET is no WebSocket.
+    let (status, body, _) = app.send(reqwest::Method::GET, "/ws", Some(&reply.token), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("websocket_required")), "{body}");
+
     // Without a token there is no WebSocket.
     let anonymous = client_url_ws(&app).into_client_request().unwrap();
     match tokio_tungstenite::connect_async(anonymous).await {
