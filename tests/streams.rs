@@ -456,6 +456,38 @@ async fn a_slow_websocket_client_is_dropped_while_the_server_stays_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_websocket_client_is_closed_after_the_timeout() {
+    let mut settings = isolated_settings();
+    settings.streams.ws_ping_secs = 1;
+    settings.streams.ws_timeout_secs = 2;
+    let app = api(settings).await;
+    let (_, token) = app.user().await;
+    let began = Instant::now();
+    // Never read, so never answers the server's pings.
+    let mut silent = websocket(&app, &token, true).await;
+    eventually("the silent session to end", || async {
+        (metric(&app, "colloquy_ws_sessions_active").await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(began.elapsed() >= Duration::from_secs(2), "closed before the timeout");
+    // What the server sent meanwhile: pings, then a close frame naming the policy.
+    let mut pings = 0;
+    loop {
+        let msg = tokio::time::timeout(READ_TIMEOUT, silent.next()).await.expect("no close frame");
+        match msg {
+            Some(Ok(WsMessage::Ping(_))) => pings += 1,
+            Some(Ok(WsMessage::Close(frame))) => {
+                let frame = frame.expect("a close reason");
+                assert_eq!(u16::from(frame.code), 1008);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 1, "the server never pinged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_users_reply_is_not_found() {
     let app = api(isolated_settings()).await;
     let alice = Reply::new(&app).await;
