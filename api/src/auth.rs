@@ -33,13 +33,25 @@ impl FromRequest for Authenticated {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        Self::authenticate(req, bearer_token(req))
+    }
+}
+
+/// The token of the request's `Authorization: Bearer` header.
+pub fn bearer_token(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string())
+}
+
+impl Authenticated {
+    /// Authenticates `req` with `token`, taken from wherever its route accepts one (the
+    /// WebSocket route also takes `?access_token=`, which browsers can set): the same checks
+    /// as every other route.
+    pub fn authenticate(req: &HttpRequest, token: Option<String>) -> <Self as FromRequest>::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(|t| t.trim().to_string());
         let key = match req.headers().get(IDEMPOTENCY_HEADER) {
             None => Ok(None),
             Some(raw) => raw.to_str().ok().and_then(IdempotencyKey::parse).map(Some).ok_or_else(|| {

@@ -28,6 +28,10 @@ pub enum ErrorCode {
     InvalidMinVersion,
     /// `min_version` on the list needs `conversation_id`.
     MinVersionNeedsConversationId,
+    /// `Last-Event-ID` is not an event id of a reply stream.
+    InvalidLastEventId,
+    /// The route speaks WebSocket only: the request was no WebSocket upgrade.
+    WebsocketRequired,
     /// The body is larger than the limit.
     PayloadTooLarge,
     /// The body is not `application/json`.
@@ -69,6 +73,8 @@ pub enum ErrorCode {
     NotArchived,
     /// A message with this id exists in the conversation.
     DuplicateMessage,
+    /// The reply has already ended (completed, failed or cancelled).
+    ReplyFinished,
     /// The title is empty or too long.
     InvalidTitle,
     /// The model name is empty or too long.
@@ -119,6 +125,8 @@ impl ErrorCode {
         Self::InvalidCursor,
         Self::InvalidMinVersion,
         Self::MinVersionNeedsConversationId,
+        Self::InvalidLastEventId,
+        Self::WebsocketRequired,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::NotFound,
@@ -138,6 +146,7 @@ impl ErrorCode {
         Self::AlreadyArchived,
         Self::NotArchived,
         Self::DuplicateMessage,
+        Self::ReplyFinished,
         Self::InvalidTitle,
         Self::InvalidModel,
         Self::InvalidSystemPrompt,
@@ -166,7 +175,9 @@ impl ErrorCode {
             | C::InvalidLimit
             | C::InvalidCursor
             | C::InvalidMinVersion
-            | C::MinVersionNeedsConversationId => StatusCode::BAD_REQUEST,
+            | C::MinVersionNeedsConversationId
+            | C::InvalidLastEventId
+            | C::WebsocketRequired => StatusCode::BAD_REQUEST,
             C::Unauthorized => StatusCode::UNAUTHORIZED,
             C::NotFound => StatusCode::NOT_FOUND,
             C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -179,6 +190,7 @@ impl ErrorCode {
             | C::AlreadyArchived
             | C::NotArchived
             | C::DuplicateMessage
+            | C::ReplyFinished
             | C::ConcurrentModification
             | C::RequestInProgress => StatusCode::CONFLICT,
             C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

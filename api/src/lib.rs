@@ -1,5 +1,5 @@
 //! The HTTP API (actix-web): command and query routes, authentication, rate limits,
-//! health, metrics and the OpenAPI document.
+//! reply streams over SSE and WebSocket, health, metrics and the OpenAPI document.
 
 pub mod auth;
 pub mod body;
@@ -10,6 +10,7 @@ pub mod rate_limit;
 pub mod requests;
 pub mod routes;
 pub mod state;
+pub mod streams;
 pub mod tokens;
 
 use std::net::TcpListener;
@@ -23,6 +24,7 @@ use colloquy_commands::models::ModelCatalog;
 use colloquy_commands::{CommandSettings, Commands};
 use colloquy_infra::ops::Scrape;
 use colloquy_infra::redis_store::RedisStore;
+use colloquy_infra::reply_streams::ReplyStreams;
 use colloquy_infra::Settings;
 use colloquy_projections::queries::Queries;
 use sqlx::PgPool;
@@ -43,12 +45,17 @@ pub enum StartError {
     /// `http.trusted_proxies` has an entry that is no address or network.
     #[error(transparent)]
     Proxies(#[from] requests::ProxyConfigError),
+    /// Built outside a Tokio runtime (the reply hub runs on it).
+    #[error("the API must be built inside a Tokio runtime")]
+    NoRuntime(#[from] tokio::runtime::TryCurrentError),
 }
 
 /// A bound, not yet awaited, API server.
 pub struct Application {
     port: u16,
     server: Server,
+    /// Stops the reply hub when the application is dropped (after serving, or unused).
+    _hub: tokio_util::sync::DropGuard,
 }
 
 impl Application {
@@ -57,6 +64,8 @@ impl Application {
         // Checked before binding anything: a process with a known key must not start.
         let tokens = tokens::Tokens::new(&settings.auth)?;
         let proxies = web::Data::new(requests::TrustedProxies::parse(&settings.http.trusted_proxies)?);
+        // The reply hub runs on the caller's runtime (not on an HTTP worker's).
+        tokio::runtime::Handle::try_current()?;
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
         let port = listener.local_addr()?.port();
         let metrics = scrape.metrics.clone();
@@ -67,6 +76,10 @@ impl Application {
             refresh_token_ttl_secs: settings.auth.refresh_token_ttl_secs,
         };
         let wait = Duration::from_millis(settings.http.min_version_wait_ms);
+        let streams = ReplyStreams::new(&redis, &settings.streams);
+        let hub = crate::streams::hub::Hub::new();
+        let hub_shutdown = tokio_util::sync::CancellationToken::new();
+        hub.spawn(streams.clone(), hub_shutdown.clone());
         let state = web::Data::new(AppState {
             commands: Commands::new(pool.clone(), metrics.clone(), command_settings)
                 .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs))
@@ -82,6 +95,8 @@ impl Application {
             scrape,
             pool,
             redis,
+            streams,
+            hub,
         });
         let json_limit = settings.http.json_limit_bytes;
         let mut server = HttpServer::new(move || {
@@ -130,7 +145,7 @@ impl Application {
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
         }
-        Ok(Self { port, server: server.run() })
+        Ok(Self { port, server: server.run(), _hub: hub_shutdown.drop_guard() })
     }
 
     /// The bound port.

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use actix_web::{web, HttpResponse};
 
 use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{auth, conversations, health, users};
+use crate::routes::{auth, conversations, health, replies, users, ws};
 
 struct BearerAuth;
 
@@ -102,6 +102,7 @@ impl Modify for CommonResponses {
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,
         conversations::get_events,
+        replies::get_reply_stream, replies::post_cancel, ws::get_ws,
         health::get_health, health::get_ready, health::get_metrics,
     )
 )]

@@ -156,6 +156,21 @@ pub fn client_address(req: &HttpRequest) -> ClientAddress {
     decide_client_address(proxies, req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
+/// The request target as logged: the value of an `access_token` query parameter (the
+/// WebSocket route accepts one, for browsers) becomes `***`.
+pub fn logged_target(uri: &actix_web::http::Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else { return path.to_string() };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("access_token", _)) => "access_token=***".to_string(),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
 /// The root span of every request: tracing-actix-web's fields, but with the client address
 /// decided by [`TrustedProxies`] (its default believes any `X-Forwarded-For`), which it
 /// also leaves in the request's extensions for the rate limits.
@@ -174,7 +189,7 @@ impl RootSpanBuilder for RootSpan {
             "HTTP request",
             http.method = %method,
             http.route = %route,
-            http.target = %request.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+            http.target = %logged_target(request.uri()),
             http.client_ip = %client,
             http.user_agent = %user_agent,
             http.status_code = tracing::field::Empty,
@@ -195,6 +210,15 @@ impl RootSpanBuilder for RootSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_tokens_in_query_strings_are_not_logged() {
+        let uri: actix_web::http::Uri = "/api/v1/ws?a=1&access_token=eyJsecret&b=2".parse().unwrap();
+        assert_eq!(logged_target(&uri), "/api/v1/ws?a=1&access_token=***&b=2");
+        let uri: actix_web::http::Uri = "/api/v1/conversations?limit=5".parse().unwrap();
+        assert_eq!(logged_target(&uri), "/api/v1/conversations?limit=5");
+        assert_eq!(logged_target(&"/health".parse().unwrap()), "/health");
+    }
 
     fn proxies(list: &[&str]) -> TrustedProxies {
         TrustedProxies::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()

@@ -2,11 +2,13 @@
 
 use colloquy_commands::Commands;
 use colloquy_infra::ops::Scrape;
+use colloquy_infra::reply_streams::ReplyStreams;
 use colloquy_infra::Settings;
 use colloquy_projections::queries::Queries;
 use sqlx::PgPool;
 
 use crate::rate_limit::RateLimiter;
+use crate::streams::hub::Hub;
 use crate::tokens::Tokens;
 
 /// Shared application state.
@@ -23,8 +25,13 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Metrics and their probes.
     pub scrape: Scrape,
-    /// Postgres, for the readiness check only.
+    /// Postgres: the readiness check, and conversation ownership checks of the reply routes
+    /// (one primary-key read of the event store).
     pub pool: PgPool,
     /// Redis, for the readiness check only.
     pub redis: colloquy_infra::redis_store::RedisStore,
+    /// The reply streams in Redis.
+    pub streams: ReplyStreams,
+    /// This instance's fan-out of reply entries to its SSE and WebSocket clients.
+    pub hub: Hub,
 }

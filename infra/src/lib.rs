@@ -12,6 +12,7 @@ pub mod ops;
 pub mod passwords;
 pub mod postgres;
 pub mod redis_store;
+pub mod reply_streams;
 pub mod settings;
 pub mod telemetry;
 #[cfg(feature = "testing")]

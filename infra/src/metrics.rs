@@ -34,6 +34,12 @@ pub struct Metrics {
     pub projection_retries: IntCounterVec,
     /// Queries currently waiting for a read model to reach their `min_version`.
     pub min_version_waiting: IntGauge,
+    /// SSE reply streams this API instance is serving.
+    pub sse_streams_active: IntGauge,
+    /// WebSocket sessions this API instance holds.
+    pub ws_sessions_active: IntGauge,
+    /// WebSocket clients closed because they could not keep up with their messages.
+    pub ws_slow_clients_dropped: prometheus::IntCounter,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -83,6 +89,12 @@ impl Metrics {
         ));
         let min_version_waiting =
             must(IntGauge::new("min_version_waiting", "Queries waiting for a read model to reach their min_version"));
+        let sse_streams_active = must(IntGauge::new("sse_streams_active", "SSE reply streams being served"));
+        let ws_sessions_active = must(IntGauge::new("ws_sessions_active", "WebSocket sessions open"));
+        let ws_slow_clients_dropped = must(prometheus::IntCounter::new(
+            "ws_slow_clients_dropped_total",
+            "WebSocket clients closed for falling behind their send buffer",
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -97,6 +109,9 @@ impl Metrics {
             Box::new(dlq_messages.clone()),
             Box::new(min_version_waiting.clone()),
             Box::new(projection_retries.clone()),
+            Box::new(sse_streams_active.clone()),
+            Box::new(ws_sessions_active.clone()),
+            Box::new(ws_slow_clients_dropped.clone()),
         ] {
             must(registry.register(c));
         }
@@ -115,6 +130,9 @@ impl Metrics {
             dlq_messages,
             projection_retries,
             min_version_waiting,
+            sse_streams_active,
+            ws_sessions_active,
+            ws_slow_clients_dropped,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::settings::{redact_url, RedisSettings};
 pub struct RedisStore {
     /// The connection; cheap to clone.
     pub conn: ConnectionManager,
+    client: redis::Client,
     prefix: String,
 }
 
@@ -51,13 +52,18 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(2)
             .set_max_delay(2_000);
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(error)?;
-        Ok(Self { conn, prefix: settings.key_prefix.clone() })
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await.map_err(error)?;
+        Ok(Self { conn, client, prefix: settings.key_prefix.clone() })
     }
 
     /// The full key for `parts`, e.g. `key(&["user", id])` → `colloquy:user:<id>`.
     pub fn key(&self, parts: &[&str]) -> String {
         format!("{}{}", self.prefix, parts.join(":"))
+    }
+
+    /// The client the connection was opened with, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// The prefix every key starts with.

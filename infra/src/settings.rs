@@ -35,6 +35,8 @@ pub struct Settings {
     /// The assistant: model providers, models and their fallback routes, retries, circuit
     /// breaker, the local model.
     pub assistant: crate::assistant_settings::AssistantSettings,
+    /// Reply streams (Redis) and their relay to clients over SSE and WebSocket.
+    pub streams: StreamSettings,
 }
 
 /// PostgreSQL settings.
@@ -529,6 +531,45 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+/// Reply streams: the Redis stream each reply's progress is written to, and how the API
+/// relays them to clients over SSE and WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamSettings {
+    /// Entries a reply's stream keeps (approximate trimming: never fewer).
+    pub max_len: u64,
+    /// Seconds a finished (completed, failed, cancelled) reply's stream stays readable.
+    pub ttl_after_finish_secs: u64,
+    /// Seconds a stream lives after its last entry while unfinished (its worker died).
+    pub idle_ttl_secs: u64,
+    /// Seconds between keepalive comments on an idle SSE stream.
+    pub sse_keepalive_secs: u64,
+    /// Seconds between the server's pings on a WebSocket.
+    pub ws_ping_secs: u64,
+    /// Seconds a WebSocket client may stay silent (no pong) before it is closed.
+    pub ws_timeout_secs: u64,
+    /// Messages queued for one WebSocket client; a client that falls this far behind is
+    /// closed.
+    pub ws_buffer: usize,
+    /// Seconds an SSE client waits for a reply's stream to start.
+    pub wait_for_start_secs: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_len: 10_000,
+            ttl_after_finish_secs: 600,
+            idle_ttl_secs: 3600,
+            sse_keepalive_secs: 15,
+            ws_ping_secs: 10,
+            ws_timeout_secs: 30,
+            ws_buffer: 256,
+            wait_for_start_secs: 60,
+        }
+    }
 }
 
 /// Errors reading settings. Its message names the key and what was wrong, never the value

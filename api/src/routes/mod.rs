@@ -4,7 +4,9 @@ pub mod auth;
 pub mod conversations;
 pub mod health;
 pub mod models;
+pub mod replies;
 pub mod users;
+pub mod ws;
 
 use actix_web::web;
 use serde::Deserialize;
@@ -44,6 +46,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(auth::configure)
             .configure(users::configure)
             .configure(conversations::configure)
-            .configure(models::configure),
+            .configure(models::configure)
+            .configure(replies::configure)
+            .configure(ws::configure),
     );
 }
