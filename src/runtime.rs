@@ -222,7 +222,10 @@ pub fn ops_port(settings: &Settings, which: Processes) -> u16 {
 /// when a route uses it (loaded from the data directory; nothing downloads).
 pub async fn router(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<Router>> {
     let assistant = &settings.assistant;
-    assistant.check().context("the assistant's configuration")?;
+    if let Err(problems) = assistant.check() {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::bail!("the assistant's configuration: {}", listed.join("; "));
+    }
     let mut providers: HashMap<String, Arc<dyn ChatProvider>> = http_providers(assistant)?;
     for (name, provider) in &assistant.providers {
         if provider.kind != ProviderKind::Local || !assistant.routes_use(name) {
@@ -234,7 +237,7 @@ pub async fn router(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Ar
             .with_context(|| format!("loading the local model of provider {name}"))?;
         providers.insert(name.clone(), Arc::new(local));
     }
-    Ok(Arc::new(Router::new(assistant, providers, metrics.registry())?))
+    Ok(Arc::new(Router::new(assistant.clone(), providers, metrics.registry())?))
 }
 
 async fn spawn_assistant(

@@ -163,7 +163,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     settings.rate_limit.per_minute = 1;
     settings.rate_limit.burst = 4;
     let app =
-        TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false })
+        TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false, assistant: false })
             .await;
     let (_, token) = app.user().await;
     let mut statuses = Vec::new();

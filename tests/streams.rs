@@ -22,7 +22,7 @@ use uuid::Uuid;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn api_only() -> Processes {
-    Processes { api: true, relay: false, projectors: false }
+    Processes { api: true, relay: false, projectors: false, assistant: false }
 }
 
 async fn api(settings: Settings) -> TestApp {

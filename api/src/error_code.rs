@@ -79,6 +79,8 @@ pub enum ErrorCode {
     InvalidTitle,
     /// The model name is empty or too long.
     InvalidModel,
+    /// The model is not one of `GET /api/v1/models`.
+    UnknownModel,
     /// The system prompt is empty or too long.
     InvalidSystemPrompt,
     /// The message is empty or too long.
@@ -149,6 +151,7 @@ impl ErrorCode {
         Self::ReplyFinished,
         Self::InvalidTitle,
         Self::InvalidModel,
+        Self::UnknownModel,
         Self::InvalidSystemPrompt,
         Self::InvalidMessage,
         Self::ControlCharacter,
@@ -202,6 +205,7 @@ impl ErrorCode {
             | C::EmptyUpdate
             | C::InvalidTitle
             | C::InvalidModel
+            | C::UnknownModel
             | C::InvalidSystemPrompt
             | C::InvalidMessage
             | C::ControlCharacter

@@ -158,11 +158,13 @@ impl Coded for ConversationError {
             Self::DuplicateMessage => ErrorCode::DuplicateMessage,
             Self::InvalidTitle { .. } => ErrorCode::InvalidTitle,
             Self::InvalidModel { .. } => ErrorCode::InvalidModel,
+            Self::UnknownModel => ErrorCode::UnknownModel,
             Self::InvalidSystemPrompt { .. } => ErrorCode::InvalidSystemPrompt,
             Self::InvalidMessage { .. } => ErrorCode::InvalidMessage,
             Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
             Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
-            // Reply rejections (issue 7), on existing codes until the API gives them their own.
+            // Reply rejections answer the assistant worker (its commands), never an HTTP
+            // client; these codes only matter if a route ever issues reply commands.
             Self::ReplyIdMismatch => ErrorCode::InvalidRequest,
             Self::MessageNotFound => ErrorCode::NotFound,
             Self::ReplyInProgress => ErrorCode::RequestInProgress,

@@ -56,7 +56,7 @@ fn start(title: &str) -> StartConversation {
 }
 
 fn message(content: &str) -> PostMessage {
-    PostMessage { id: None, content: content.into() }
+    PostMessage { id: None, content: content.into(), model: None }
 }
 
 async fn start_conversation(commands: &Commands, user: Uuid) -> Uuid {
@@ -455,7 +455,7 @@ async fn a_retried_post_whose_answer_was_lost_is_answered_like_the_first_attempt
     let user = register(&db.pool, "lost@example.com").await;
     let conversation = start_conversation(&commands, user).await;
     let id = Uuid::new_v4();
-    let post = |content: &str| PostMessage { id: Some(id), content: content.into() };
+    let post = |content: &str| PostMessage { id: Some(id), content: content.into(), model: None };
     let first = commands.post_message(&with_key(user, "p-1"), conversation, post("hello")).await.unwrap();
     forget_key(&db.pool, user, "p-1").await;
 

@@ -122,7 +122,7 @@ async fn a_refused_command_gives_its_reservation_back() {
 
     // A refused post (a NUL in it) counts neither a message nor its bytes.
     let bytes_before = commands.quotas().used(user, Quota::StoredBytes).await.unwrap();
-    let nul = PostMessage { id: None, content: "a\u{0}b".into() };
+    let nul = PostMessage { id: None, content: "a\u{0}b".into(), model: None };
     let refused = commands.post_message(&caller(user), conversation, nul).await;
     assert!(matches!(refused, Err(UseCaseError::Rejected { .. })), "{refused:?}");
     assert_eq!(commands.quotas().used(user, Quota::MessagesPerDay).await.unwrap(), 0);
@@ -131,11 +131,11 @@ async fn a_refused_command_gives_its_reservation_back() {
     // So the day's two messages are still both available, and the third is refused.
     for text in ["one", "two"] {
         commands
-            .post_message(&caller(user), conversation, PostMessage { id: None, content: text.into() })
+            .post_message(&caller(user), conversation, PostMessage { id: None, content: text.into(), model: None })
             .await
             .unwrap();
     }
-    let third = commands.post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into() }).await;
+    let third = commands.post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into(), model: None }).await;
     assert_eq!(exceeded(&third), Some(QuotaExceeded { quota: Quota::MessagesPerDay, limit: 2 }), "{third:?}");
     assert_eq!(commands.quotas().used(user, Quota::StoredBytes).await.unwrap(), bytes_before + 6);
 }
@@ -146,7 +146,7 @@ async fn a_stranger_posting_to_someone_elses_conversation_consumes_nothing() {
     let commands = commands(&db.pool, limits(10, 10, 1 << 20));
     let (owner, stranger) = (register(&db.pool).await, register(&db.pool).await);
     let conversation = commands.start_conversation(&caller(owner), start("Trip")).await.unwrap().value.conversation_id;
-    let post = PostMessage { id: None, content: "hello".into() };
+    let post = PostMessage { id: None, content: "hello".into(), model: None };
     let refused = commands.post_message(&caller(stranger), conversation, post).await;
     assert!(matches!(refused, Err(UseCaseError::Rejected { rejection: ConversationError::NotFound, .. })));
     assert_eq!(commands.quotas().used(stranger, Quota::MessagesPerDay).await.unwrap(), 0);
@@ -162,12 +162,12 @@ async fn stored_bytes_count_titles_prompts_and_messages() {
     let conversation = commands.start_conversation(&caller(user), input).await.unwrap().value.conversation_id;
     assert_eq!(commands.quotas().used(user, Quota::StoredBytes).await.unwrap(), 12);
     // "é" is two bytes: 4 × 2 = 8 would make 20 (allowed); 5 × 2 = 10 would not.
-    let over = PostMessage { id: None, content: "ééééé".into() };
+    let over = PostMessage { id: None, content: "ééééé".into(), model: None };
     let refused = commands.post_message(&caller(user), conversation, over).await;
     assert_eq!(exceeded(&refused), Some(QuotaExceeded { quota: Quota::StoredBytes, limit: 20 }), "{refused:?}");
     // All or nothing: the refused post did not keep its message-count reservation either.
     assert_eq!(commands.quotas().used(user, Quota::MessagesPerDay).await.unwrap(), 0);
-    let fits = PostMessage { id: None, content: "éééé".into() };
+    let fits = PostMessage { id: None, content: "éééé".into(), model: None };
     commands.post_message(&caller(user), conversation, fits).await.unwrap();
     assert_eq!(commands.quotas().used(user, Quota::StoredBytes).await.unwrap(), 20);
     let rename = commands.rename_conversation(&caller(user), conversation, "X".into()).await;
@@ -187,7 +187,7 @@ async fn a_replayed_answer_consumes_nothing() {
     assert_eq!(again.value, first.value);
     let conversation = first.value.conversation_id;
     let keyed = caller(user).with_idempotency_key(IdempotencyKey::parse("post-1"));
-    let post = PostMessage { id: None, content: "hello".into() };
+    let post = PostMessage { id: None, content: "hello".into(), model: None };
     let posted = commands.post_message(&keyed, conversation, post.clone()).await.unwrap();
     let replayed = commands.post_message(&keyed, conversation, post).await.unwrap();
     assert!(replayed.replayed);

@@ -50,7 +50,7 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
         .value
         .conversation_id;
     let post = |i: usize| {
-        let input = PostMessage { id: None, content: format!("message {i}") };
+        let input = PostMessage { id: None, content: format!("message {i}"), model: None };
         commands.post_message(&caller, id, input)
     };
     for i in 1..EVERY {

@@ -34,6 +34,47 @@ pub struct AssistantSettings {
     pub circuit: CircuitSettings,
     /// The local model runtime.
     pub local: LocalSettings,
+    /// The assistant worker (`colloquy assistant`).
+    pub worker: WorkerSettings,
+}
+
+/// The assistant worker's knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Replies running (or waiting their conversation's turn) in one worker, at most; past
+    /// that the worker stops taking messages from Kafka until one finishes.
+    pub max_concurrent_replies: usize,
+    /// How long a reply's lease lasts unless its worker renews it (it renews every third of
+    /// it). A worker that dies mid-reply leaves the reply to be ended by another worker
+    /// this long after its last renewal.
+    pub lease_ms: u64,
+    /// How often each worker looks for expired leases.
+    pub sweep_interval_ms: u64,
+    /// On shutdown, how long running replies may go on before they end as failed
+    /// (`worker_stopped`, partial text kept).
+    pub shutdown_grace_ms: u64,
+    /// Most earlier messages read to build a prompt (the context window trims further).
+    pub history_limit: i64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_replies: 32,
+            lease_ms: 30_000,
+            sweep_interval_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+            history_limit: 200,
+        }
+    }
+}
+
+impl AssistantSettings {
+    /// Whether a model's route goes through provider `name`.
+    pub fn routes_use(&self, name: &str) -> bool {
+        self.models.values().flat_map(|m| &m.route).any(|t| split_target(t).is_some_and(|(p, _)| p == name))
+    }
 }
 
 impl Default for AssistantSettings {
@@ -52,6 +93,7 @@ impl Default for AssistantSettings {
             retry: RetrySettings::default(),
             circuit: CircuitSettings::default(),
             local: LocalSettings::default(),
+            worker: WorkerSettings::default(),
         }
     }
 }

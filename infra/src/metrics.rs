@@ -32,6 +32,10 @@ pub struct Metrics {
     pub dlq_messages: IntCounterVec,
     /// Batches a projection had to retry (its database failed), by projection.
     pub projection_retries: IntCounterVec,
+    /// Replies this process's assistant is streaming.
+    pub assistant_active_replies: IntGauge,
+    /// Replies the assistant ended, by outcome (`completed`, `failed`, `cancelled`).
+    pub assistant_replies: IntCounterVec,
     /// Queries currently waiting for a read model to reach their `min_version`.
     pub min_version_waiting: IntGauge,
     /// SSE reply streams this API instance is serving.
@@ -51,6 +55,11 @@ fn must<T>(r: Result<T, prometheus::Error>) -> T {
 }
 
 impl Metrics {
+    /// The registry, for metrics other crates register (the provider router's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("colloquy".into()), None).unwrap_or_default();
@@ -95,7 +104,15 @@ impl Metrics {
             "ws_slow_clients_dropped_total",
             "WebSocket clients closed for falling behind their send buffer",
         ));
+        let assistant_active_replies =
+            must(IntGauge::new("assistant_active_replies", "Replies this process's assistant is streaming"));
+        let assistant_replies = must(IntCounterVec::new(
+            Opts::new("assistant_replies_total", "Replies the assistant ended, by outcome"),
+            &["outcome"],
+        ));
         for c in [
+            Box::new(assistant_active_replies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(assistant_replies.clone()),
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(commands.clone()),
@@ -117,6 +134,8 @@ impl Metrics {
         }
         Self {
             registry,
+            assistant_active_replies,
+            assistant_replies,
             http_requests,
             http_latency,
             commands,

@@ -74,7 +74,7 @@ async fn start(commands: &Commands, user: Uuid, title: &str) -> Uuid {
 }
 
 async fn post(commands: &Commands, user: Uuid, conversation: Uuid, content: &str) -> MessageAccepted {
-    let input = PostMessage { id: None, content: content.into() };
+    let input = PostMessage { id: None, content: content.into(), model: None };
     commands.post_message(&caller(user), conversation, input).await.unwrap().value
 }
 

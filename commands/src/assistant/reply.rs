@@ -96,7 +96,7 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         .router
         .resolve(&[question.posted.model.as_deref(), Some(conversation.model.as_str()), user_default.as_deref()])
         .to_string();
-    let info = shared.router.model(&model).ok_or_else(|| infra(format!("model {model} vanished")))?;
+    let info = shared.router.models().into_iter().find(|m| m.name == model).ok_or_else(|| infra(format!("model {model} is not configured")))?;
     let parameters = Parameters { max_tokens: Some(info.max_output_tokens), temperature: None, top_p: None };
     let history = event_store::recent_messages(
         &shared.pool,
@@ -260,7 +260,7 @@ async fn stream_reply(
             };
             record(shared, question, |c, caller, id| {
                 let completed = completed.clone();
-                async move { c.complete_reply(caller, id, completed).await }
+                async move { c.complete_reply(&caller, id, completed).await }
             })
             .await?;
             let entry = StreamEntry::Completed { finish_reason, usage: stream_usage(usage) };
@@ -354,7 +354,7 @@ async fn fail(
     };
     record(shared, question, |c, caller, id| {
         let failed = failed.clone();
-        async move { c.fail_reply(caller, id, failed).await }
+        async move { c.fail_reply(&caller, id, failed).await }
     })
     .await?;
     let entry = StreamEntry::Failed { code: reason.code, message: reason.message };
@@ -385,7 +385,7 @@ async fn cancelled(
     };
     record(shared, question, |c, caller, id| {
         let cancelled = cancelled.clone();
-        async move { c.cancel_reply(caller, id, cancelled).await }
+        async move { c.cancel_reply(&caller, id, cancelled).await }
     })
     .await?;
     publish(shared, &question.target(), StreamEntry::Cancelled { usage: stream_usage(usage) }).await;
