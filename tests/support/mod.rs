@@ -3,6 +3,8 @@
 //! afterwards (also when the test fails).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod sse;
+
 use std::time::Duration;
 
 use colloquy::runtime::{self, Deps, Processes, Running};
@@ -120,6 +122,13 @@ impl TestApp {
     pub async fn stop_processes(&mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
+        }
+    }
+
+    /// Kills the processes as a crash would: no graceful stop, nothing released or flushed.
+    pub fn kill_processes(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            r.abort_tasks();
         }
     }
 
@@ -281,6 +290,36 @@ pub async fn consume_until(
         out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
     }
     out
+}
+
+/// Writes one record to `topic` (as a retrying producer or a replayed partition would).
+pub async fn produce(
+    settings: &Settings,
+    topic: &str,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create().unwrap();
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in &headers {
+        owned = owned.insert(Header { key: k, value: Some(v) });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&payload[..]).headers(owned);
+    if let Some(k) = &key {
+        record = record.key(&k[..]);
+    }
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// Where `scripts/models.sh` put the local models (`COLLOQUY_MODELS_DIR` overrides).
+pub fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("COLLOQUY_MODELS_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".colloquy/models"))
 }
 
 /// Checks a CloudEvent's `data` against the published schema of its `type` (every required
