@@ -23,6 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -163,8 +164,11 @@ impl Assistant {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topic = %self.topic, "Assistant worker started.");
         let abort = CancellationToken::new();
-        let listener = tokio::spawn(listen_for_cancels(self.shared.clone(), shutdown.clone()));
-        let sweeper = tokio::spawn(sweep(self.shared.clone(), shutdown.clone()));
+        // Every task of the worker lives in this set: when the worker's own task ends (or is
+        // aborted), they end with it.
+        let mut tasks = JoinSet::new();
+        tasks.spawn(listen_for_cancels(self.shared.clone(), shutdown.clone()));
+        tasks.spawn(sweep(self.shared.clone(), shutdown.clone()));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let queues: Arc<Mutex<HashMap<Uuid, VecDeque<Job>>>> = Arc::default();
         let mut tracker = OffsetTracker::default();
@@ -187,7 +191,7 @@ impl Assistant {
                     match (event, self.slots.clone().try_acquire_owned()) {
                         (Some(Ok(event)), Ok(permit)) if event.event_type == "UserMessagePosted" => {
                             let job = Job { topic, partition, offset, event, _permit: permit };
-                            enqueue(&self.shared, &queues, job, done_tx.clone(), abort.clone());
+                            enqueue(&mut tasks, &self.shared, &queues, job, done_tx.clone(), abort.clone());
                         }
                         // Anything else needs no answer (an undecodable record is the
                         // projectors' to dead-letter).
@@ -208,8 +212,7 @@ impl Assistant {
                 else => break,
             }
         }
-        listener.abort();
-        sweeper.abort();
+        tasks.abort_all();
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "No offsets committed at shutdown.");
         }
@@ -234,6 +237,7 @@ impl Assistant {
 
 /// Queues `job` behind its conversation's running reply, or starts a runner for it.
 fn enqueue(
+    tasks: &mut JoinSet<()>,
     shared: &Arc<Shared>,
     queues: &Arc<Mutex<HashMap<Uuid, VecDeque<Job>>>>,
     job: Job,
@@ -254,7 +258,7 @@ fn enqueue(
         return;
     }
     let (shared, queues) = (shared.clone(), queues.clone());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let next = {
                 let Ok(map) = queues.lock() else { return };
