@@ -162,9 +162,11 @@ async fn rate_limit_answers_429_with_retry_after() {
     // One request a minute sustained, four more as a burst: the outcome cannot depend on timing.
     settings.rate_limit.per_minute = 1;
     settings.rate_limit.burst = 4;
-    let app =
-        TestApp::spawn_with(settings, colloquy::runtime::Processes { api: true, relay: false, projectors: false, assistant: false })
-            .await;
+    let app = TestApp::spawn_with(
+        settings,
+        colloquy::runtime::Processes { api: true, relay: false, projectors: false, assistant: false },
+    )
+    .await;
     let (_, token) = app.user().await;
     let mut statuses = Vec::new();
     for _ in 0..10 {

@@ -53,8 +53,9 @@ fn one_fake(fake: &FakeProvider) -> Settings {
 
 /// Posts `content`; returns (reply_id, version).
 async fn post(client: &ApiClient, token: &str, conversation: Uuid, content: &str) -> (Uuid, i64) {
-    let (s, b) =
-        client.post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content})).await;
+    let (s, b) = client
+        .post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content}))
+        .await;
     assert_eq!(s, 201, "post: {b}");
     (b["reply_id"].as_str().unwrap().parse().unwrap(), b["version"].as_i64().unwrap())
 }
@@ -88,7 +89,12 @@ async fn reply_events(app: &TestApp, conversation: Uuid) -> Vec<(String, Value, 
     .fetch_all(app.pool())
     .await
     .unwrap();
-    rows.into_iter().map(|(t, p, m)| { let p = p[&t].clone(); (t, p, m) }).collect()
+    rows.into_iter()
+        .map(|(t, p, m)| {
+            let p = p[&t].clone();
+            (t, p, m)
+        })
+        .collect()
 }
 
 async fn websocket(
@@ -233,9 +239,8 @@ async fn cancel_closes_the_upstream_connection_and_records_the_partial_text() {
     }
     assert!(fake.disconnects().is_empty());
 
-    let (s, b) = app
-        .post_json(&format!("/conversations/{conversation}/replies/{reply}/cancel"), Some(&token), json!({}))
-        .await;
+    let (s, b) =
+        app.post_json(&format!("/conversations/{conversation}/replies/{reply}/cancel"), Some(&token), json!({})).await;
     assert_eq!(s, 202, "{b}");
     eventually("the provider's connection closed", || async { (!fake.disconnects().is_empty()).then_some(()) }).await;
     let rest = sse.until_done().await;
@@ -246,9 +251,8 @@ async fn cancel_closes_the_upstream_connection_and_records_the_partial_text() {
     let events = reply_events(&app, conversation).await;
     assert_eq!(events.last().unwrap().0, "ReplyCancelled");
     // A finished reply cannot be cancelled again.
-    let (s, b) = app
-        .post_json(&format!("/conversations/{conversation}/replies/{reply}/cancel"), Some(&token), json!({}))
-        .await;
+    let (s, b) =
+        app.post_json(&format!("/conversations/{conversation}/replies/{reply}/cancel"), Some(&token), json!({})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("reply_finished")), "{b}");
 }
 
@@ -265,18 +269,25 @@ async fn a_redelivered_message_gets_one_reply() {
     // The same record again on the topic, as after a producer retry or a consumer restart.
     let topic = colloquy_infra::kafka::Topics::new(&app.settings.kafka).events("Conversation");
     let is_posted = |payload: &[u8]| {
-        serde_json::from_slice::<Value>(payload).ok().and_then(|ce| ce["type"].as_str().map(|t| t.contains("UserMessagePosted")))
+        serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|ce| ce["type"].as_str().map(|t| t.contains("UserMessagePosted")))
             == Some(true)
     };
-    let records = support::consume_until(&app.settings, &topic, |records| records.iter().any(|r| is_posted(&r.1))).await;
+    let records =
+        support::consume_until(&app.settings, &topic, |records| records.iter().any(|r| is_posted(&r.1))).await;
     let (key, payload, headers) = records.into_iter().find(|r| is_posted(&r.1)).unwrap();
     support::produce(&app.settings, &topic, key, payload, headers).await;
     // A later message of the same conversation is answered after the duplicate was handled.
     let (second, _) = post(&app, &token, conversation, "two").await;
     messages_once(&app, &token, conversation, second, "completed").await;
 
-    let starts: Vec<Value> =
-        reply_events(&app, conversation).await.into_iter().filter(|(t, _, _)| t == "ReplyStarted").map(|e| e.1).collect();
+    let starts: Vec<Value> = reply_events(&app, conversation)
+        .await
+        .into_iter()
+        .filter(|(t, _, _)| t == "ReplyStarted")
+        .map(|e| e.1)
+        .collect();
     assert_eq!(starts.len(), 2, "{starts:?}");
     assert_eq!(fake.requests().len(), 2, "the provider was asked once per message");
 }
@@ -318,7 +329,10 @@ async fn an_unknown_model_is_refused_and_the_models_are_listed() {
     let (_, token) = app.user().await;
     let (s, b) = app.get("/models", &token).await;
     assert_eq!(s, 200);
-    assert_eq!(b["data"], json!([{"id": "fake-model", "context_window": 4096, "max_output_tokens": 64, "default": true}]));
+    assert_eq!(
+        b["data"],
+        json!([{"id": "fake-model", "context_window": 4096, "max_output_tokens": 64, "default": true}])
+    );
     let (s, b) = app.post_json("/conversations", Some(&token), json!({"title": "t", "model": "gpt-imaginary"})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("unknown_model")), "{b}");
     let (conversation, _) = app.conversation(&token, "t").await;
@@ -353,4 +367,26 @@ async fn the_local_model_answers_on_a_fresh_install() {
     assert_eq!((answer["provider"].as_str(), answer["model"].as_str()), (Some("local"), Some("smollm2-135m")));
     let output = answer["usage"]["output_tokens"].as_u64().unwrap();
     assert!((1..=8).contains(&output), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_whose_stream_expired_is_served_from_its_record() {
+    let fake = FakeProvider::start().await;
+    fake.push(Route::ChatCompletions, Script::reply(&["kept ", "for ", "later"]).with_usage(3, 3));
+    let app = TestApp::spawn_with(one_fake(&fake), EVERYTHING).await;
+    let (_, token) = app.user().await;
+    let (conversation, _) = app.conversation(&token, "expired").await;
+    let (reply, _) = post(&app, &token, conversation, "remember this").await;
+    messages_once(&app, &token, conversation, reply, "completed").await;
+    // The stream expires some minutes after the reply ended; here, at once.
+    let redis = app.deps.redis.as_ref().unwrap();
+    assert!(redis.delete_prefixed("reply:").await.unwrap() >= 1);
+
+    let events = Sse::open(&app.client, &token, &stream_path(conversation, reply), None).await.until_done().await;
+    assert_eq!(text_of(&events), "kept for later");
+    assert_eq!(events[events.len() - 3].json()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(events[events.len() - 2].json()["usage"]["total_tokens"], 6);
+    let (s, b) =
+        app.post_json(&format!("/conversations/{conversation}/replies/{reply}/cancel"), Some(&token), json!({})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("reply_finished")), "{b}");
 }

@@ -94,7 +94,11 @@ async fn until_projected(app: &TestApp, conversation: Uuid, n: i64, bound: Durat
 async fn a_killed_projectors_replacement_consumes_within_the_session_timeout() {
     let settings = isolated_settings();
     // The API and the relay in this process; the projectors in child processes.
-    let app = TestApp::spawn_with(settings.clone(), Processes { api: true, relay: true, projectors: false, assistant: false }).await;
+    let app = TestApp::spawn_with(
+        settings.clone(),
+        Processes { api: true, relay: true, projectors: false, assistant: false },
+    )
+    .await;
     let log = std::env::temp_dir().join(format!("colloquy-failover-{}.log", Uuid::new_v4().simple()));
     let mut children = Children(vec![projector(&settings, &log)]);
 

@@ -62,7 +62,6 @@ fn completed() -> StreamEntry {
     StreamEntry::Completed { finish_reason: "stop".into(), usage: StreamUsage { input_tokens: 11, output_tokens: 4 } }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sse_relays_a_reply_as_openai_chunks_ending_with_done() {
     let app = api(isolated_settings()).await;

@@ -203,7 +203,12 @@ impl Commands {
                     model: input.model.clone(),
                 };
                 match self.execute_charged(caller, conversation_id, command, &charges).await {
-                    Ok(committed) => Ok(MessageAccepted { conversation_id, message_id, reply_id: reply_id_for(message_id), version: committed.version }),
+                    Ok(committed) => Ok(MessageAccepted {
+                        conversation_id,
+                        message_id,
+                        reply_id: reply_id_for(message_id),
+                        version: committed.version,
+                    }),
                     Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })
                         if caller.idempotency_key.is_some() =>
                     {
@@ -217,7 +222,12 @@ impl Commands {
                             Some((version, posted))
                                 if posted.author_id == caller.user && posted.content == input.content =>
                             {
-                                Ok(MessageAccepted { conversation_id, message_id, reply_id: reply_id_for(message_id), version })
+                                Ok(MessageAccepted {
+                                    conversation_id,
+                                    message_id,
+                                    reply_id: reply_id_for(message_id),
+                                    version,
+                                })
                             }
                             _ => {
                                 Err(UseCaseError::Rejected { rejection: ConversationError::DuplicateMessage, replayed })

@@ -3,12 +3,12 @@
 //! command metadata, idempotency, credential checks and authorisation; underneath, the
 //! command service loads an aggregate, lets it decide and appends its events.
 
+pub mod assistant;
 pub mod caller;
 pub mod command_service;
 pub mod conversations;
 pub mod credentials;
 pub mod errors;
-pub mod assistant;
 pub mod idempotency;
 pub mod models;
 pub mod quotas;

@@ -83,7 +83,10 @@ impl Commands {
     }
 
     /// A conversation's current state, from the write model (snapshot and later events).
-    pub async fn conversation_state(&self, conversation_id: Uuid) -> Result<(Conversation, i64), CommandError<ConversationError>> {
+    pub async fn conversation_state(
+        &self,
+        conversation_id: Uuid,
+    ) -> Result<(Conversation, i64), CommandError<ConversationError>> {
         self.conversations.current_state(&conversation_id.to_string()).await
     }
 

@@ -135,7 +135,9 @@ async fn a_refused_command_gives_its_reservation_back() {
             .await
             .unwrap();
     }
-    let third = commands.post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into(), model: None }).await;
+    let third = commands
+        .post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into(), model: None })
+        .await;
     assert_eq!(exceeded(&third), Some(QuotaExceeded { quota: Quota::MessagesPerDay, limit: 2 }), "{third:?}");
     assert_eq!(commands.quotas().used(user, Quota::StoredBytes).await.unwrap(), bytes_before + 6);
 }

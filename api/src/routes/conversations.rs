@@ -185,7 +185,10 @@ pub async fn post_message(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let r: PostMessageRequest = parse(body.into_inner())?;
-    let accepted = state.commands.post_message(&me.caller, *id, PostMessage { id: r.id, content: r.content, model: r.model }).await?;
+    let accepted = state
+        .commands
+        .post_message(&me.caller, *id, PostMessage { id: r.id, content: r.content, model: r.model })
+        .await?;
     Ok(answer(StatusCode::CREATED, accepted))
 }
 

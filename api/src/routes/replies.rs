@@ -4,7 +4,8 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use colloquy_infra::event_store;
-use colloquy_infra::reply_streams::EntryId;
+use colloquy_infra::reply_streams::{EntryId, StreamEntry, StreamUsage};
+use colloquy_projections::messages::{self, status, Message};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Authenticated;
 use crate::errors::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::streams::sse::{RelayRequest, SseRelay, Target};
+use crate::streams::sse::{ChunkFormatter, RelayRequest, SseRelay, Target};
 use crate::streams::Active;
 
 /// The answer to a cancel request.
@@ -52,6 +53,54 @@ async fn check_target(state: &AppState, user: Uuid, conversation_id: Uuid, reply
     }
 }
 
+/// The reply as the messages read model holds it, once it ended (its stream may have
+/// expired: streams live `streams.ttl_after_finish_secs` after the end).
+async fn ended_reply(
+    state: &AppState,
+    user: Uuid,
+    conversation_id: Uuid,
+    reply_id: Uuid,
+) -> Result<Option<Message>, ApiError> {
+    let reply = messages::reply(&state.pool, user, conversation_id, reply_id).await.map_err(ApiError::internal)?;
+    Ok(reply.filter(|m| m.status != status::STREAMING))
+}
+
+/// The events of an ended reply whose stream expired, from its record: the whole text in
+/// one chunk (or, for a client resuming with `Last-Event-ID`, only the ending), then `[DONE]`.
+fn replay_ended(reply: &Message, resuming: bool) -> String {
+    let usage = reply.usage.map_or(StreamUsage { input_tokens: 0, output_tokens: 0 }, |u| StreamUsage {
+        input_tokens: u32::try_from(u.input_tokens).unwrap_or(u32::MAX),
+        output_tokens: u32::try_from(u.output_tokens).unwrap_or(u32::MAX),
+    });
+    let ending = match reply.status.as_str() {
+        status::FAILED => {
+            let (code, message) = reply.error.as_ref().map_or_else(
+                || ("reply_failed".to_string(), "the reply failed".to_string()),
+                |e| (e.code.clone(), e.message.clone()),
+            );
+            StreamEntry::Failed { code, message }
+        }
+        status::CANCELLED => StreamEntry::Cancelled { usage },
+        _ => StreamEntry::Completed {
+            finish_reason: reply.finish_reason.clone().unwrap_or_else(|| "stop".into()),
+            usage,
+        },
+    };
+    let started =
+        StreamEntry::Started { model: reply.model.clone().unwrap_or_default(), created: reply.created_at.timestamp() };
+    let mut formatter = ChunkFormatter::new(reply.message_id);
+    formatter.learn(&started);
+    let mut out = String::new();
+    if !resuming {
+        formatter.write("0-1", &started, &mut out);
+        if !reply.content.is_empty() {
+            formatter.write("0-2", &StreamEntry::Delta { text: reply.content.clone() }, &mut out);
+        }
+    }
+    formatter.write("0-3", &ending, &mut out);
+    out
+}
+
 /// Streams a reply as Server-Sent Events: the text so far first, then live, each event with
 /// its id; `Last-Event-ID` resumes after that event. Ends with `data: [DONE]`. A reply that
 /// has not started is waited for (keepalive comments) up to `streams.wait_for_start_secs`,
@@ -79,6 +128,15 @@ pub async fn get_reply_stream(
     // read from the stream.
     let sub = state.hub.subscribe(me.user);
     let target = check_target(&state, me.user, conversation_id, reply_id).await?;
+    if target == Target::Pending {
+        if let Some(reply) = ended_reply(&state, me.user, conversation_id, reply_id).await? {
+            return Ok(HttpResponse::Ok()
+                .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header(("X-Accel-Buffering", "no"))
+                .body(replay_ended(&reply, after.is_some())));
+        }
+    }
     let request = RelayRequest { reply_id, conversation_id, owner: me.user, target, after };
     let active = Active::new(&state.scrape.metrics.sse_streams_active);
     let relay = SseRelay::new(state.streams.clone(), sub, request, active);
@@ -109,7 +167,12 @@ pub async fn post_cancel(
         return Err(ApiError::not_found("reply"));
     }
     let last = state.streams.last(reply_id).await.map_err(unavailable)?;
-    if last.is_some_and(|(_, entry)| entry.is_terminal()) {
+    let ended = match &last {
+        Some((_, entry)) => entry.is_terminal(),
+        // No stream: not started yet, or ended and expired.
+        None => ended_reply(&state, me.user, conversation_id, reply_id).await?.is_some(),
+    };
+    if ended {
         return Err(ApiError::new(ErrorCode::ReplyFinished, "the reply has already ended"));
     }
     state.streams.request_cancel(reply_id).await.map_err(unavailable)?;

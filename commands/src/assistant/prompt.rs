@@ -162,7 +162,8 @@ mod tests {
     fn the_oldest_exchanges_go_first_when_the_window_is_full() {
         let old = user(2, "one two three four five six seven eight nine ten");
         let recent = user(4, "recent");
-        let history = vec![old.clone(), reply(&old, 3, "long answer here too"), recent.clone(), reply(&recent, 5, "ok")];
+        let history =
+            vec![old.clone(), reply(&old, 3, "long answer here too"), recent.clone(), reply(&recent, 5, "ok")];
         let target = user(6, "question");
         // target 1+8, recent exchange (1+8)+(1+8): 27 fits; the old one would need 32 more.
         let p = build(None, &target, &history, 40, words).unwrap();

@@ -76,8 +76,7 @@ enum Ending {
 /// event (or never needs one: already answered, conversation gone).
 pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &CancellationToken) -> Result<(), ReplyError> {
     let reply_id = question.reply_id();
-    let (conversation, _) =
-        shared.commands.conversation_state(question.conversation_id).await.map_err(infra)?;
+    let (conversation, _) = shared.commands.conversation_state(question.conversation_id).await.map_err(infra)?;
     if conversation.open_replies.contains(&reply_id) {
         // Started by a worker whose lease expired: end it with what it streamed.
         return end_abandoned(shared, question.target(), &question.caller).await;
@@ -96,16 +95,17 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         .router
         .resolve(&[question.posted.model.as_deref(), Some(conversation.model.as_str()), user_default.as_deref()])
         .to_string();
-    let info = shared.router.models().into_iter().find(|m| m.name == model).ok_or_else(|| infra(format!("model {model} is not configured")))?;
+    let info = shared
+        .router
+        .models()
+        .into_iter()
+        .find(|m| m.name == model)
+        .ok_or_else(|| infra(format!("model {model} is not configured")))?;
     let parameters = Parameters { max_tokens: Some(info.max_output_tokens), temperature: None, top_p: None };
-    let history = event_store::recent_messages(
-        &shared.pool,
-        question.conversation_id,
-        i64::MAX,
-        shared.settings.history_limit,
-    )
-    .await
-    .map_err(infra)?;
+    let history =
+        event_store::recent_messages(&shared.pool, question.conversation_id, i64::MAX, shared.settings.history_limit)
+            .await
+            .map_err(infra)?;
     let target = ConversationMessage {
         sequence: question.sequence,
         message_id: question.posted.message_id,
@@ -240,8 +240,7 @@ async fn stream_reply(
     let (provider, upstream) = (reply.provider, reply.model);
     let usage = usage.unwrap_or_else(|| Usage {
         input_tokens: prompt.tokens as u32,
-        output_tokens: shared.router.count_tokens(model, &[ChatMessage::new(Role::Assistant, content.clone())])
-            as u32,
+        output_tokens: shared.router.count_tokens(model, &[ChatMessage::new(Role::Assistant, content.clone())]) as u32,
     });
     shared.router.record_usage(&provider, &upstream, usage);
     match ending {
@@ -322,9 +321,9 @@ fn attempt(a: &Attempt) -> ReplyAttempt {
         provider: a.provider.clone(),
         model: a.model.clone(),
         outcome: outcome.into(),
-        error_class: a.error_class.map(|c| {
-            serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-        }),
+        error_class: a
+            .error_class
+            .map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
         error: a.error.clone(),
         status: a.status,
         latency_ms: a.latency_ms,

@@ -262,7 +262,9 @@ fn enqueue(
         loop {
             let next = {
                 let Ok(map) = queues.lock() else { return };
-                map.get(&conversation).and_then(|q| q.front()).map(|j| (j.event.clone(), j.topic.clone(), j.partition, j.offset))
+                map.get(&conversation)
+                    .and_then(|q| q.front())
+                    .map(|j| (j.event.clone(), j.topic.clone(), j.partition, j.offset))
             };
             let Some((event, topic, partition, offset)) = next else { return };
             let acknowledged = run_job(&shared, conversation, event, &abort).await;
@@ -375,14 +377,21 @@ async fn sweep(shared: Arc<Shared>, shutdown: CancellationToken) {
         };
         for a in abandoned {
             let target = ReplyTarget { reply_id: a.reply_id, conversation_id: a.conversation_id, owner_id: a.owner_id };
-            let caller = Caller::system(WORKER_NAME, a.owner_id, format!("sweep:{}", a.reply_id), format!("lease:{}", a.reply_id));
+            let caller = Caller::system(
+                WORKER_NAME,
+                a.owner_id,
+                format!("sweep:{}", a.reply_id),
+                format!("lease:{}", a.reply_id),
+            );
             match reply::end_abandoned(&shared, target, &caller).await {
                 Ok(()) => {
                     if let Err(e) = shared.leases.release(a.reply_id).await {
                         tracing::warn!(error = %e, "Could not release an abandoned reply's lease.");
                     }
                 }
-                Err(e) => tracing::warn!(reply_id = %a.reply_id, error = %e, "Could not end an abandoned reply; trying later."),
+                Err(e) => {
+                    tracing::warn!(reply_id = %a.reply_id, error = %e, "Could not end an abandoned reply; trying later.")
+                }
             }
         }
     }
