@@ -33,9 +33,12 @@ impl ModelCatalog {
         Self { names, default }
     }
 
-    /// Refuses a model that is not configured.
+    /// Refuses a model that is not configured. A name that is not even well-formed (empty,
+    /// too long, invisible characters) passes here: the aggregate refuses it with the
+    /// precise reason.
     pub fn check(&self, model: &str) -> Result<(), UseCaseError<ConversationError>> {
-        match self.names.contains(model) {
+        let Ok(name) = colloquy_domain::values::model_name(model) else { return Ok(()) };
+        match self.names.contains(&name) {
             true => Ok(()),
             false => Err(UseCaseError::rejected(ConversationError::UnknownModel)),
         }

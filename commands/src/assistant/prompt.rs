@@ -35,6 +35,9 @@ pub struct PromptTooLong {
     pub budget: usize,
 }
 
+/// A question (its id and text) and its reply, if it has one.
+type Exchange = (Uuid, ChatMessage, Option<(Uuid, ChatMessage)>);
+
 /// Builds the prompt answering `target` (a user message) from `history` (the conversation's
 /// messages in any order, the target among them or not), within `budget` tokens.
 ///
@@ -63,7 +66,7 @@ pub fn build(
         .collect();
     earlier.sort_by_key(|m| m.sequence);
     // Newest exchange first, until the budget is spent; an exchange is kept whole or not at all.
-    let mut kept: Vec<(Uuid, ChatMessage, Option<(Uuid, ChatMessage)>)> = Vec::new();
+    let mut kept: Vec<Exchange> = Vec::new();
     let mut used = fixed;
     for question in earlier.iter().rev() {
         let asked = ChatMessage::new(Role::User, question.content.clone());
