@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use colloquy_commands::conversations::{Lifecycle, MessageAccepted, PostMessage, StartConversation};
+use colloquy_commands::models::ModelCatalog;
 use colloquy_commands::users::{Register, UpdateProfile};
 use colloquy_commands::{Caller, CommandSettings, Commands};
 use colloquy_domain::conversation::ConversationKind;
@@ -36,6 +37,7 @@ fn commands(pool: &PgPool) -> Commands {
         Metrics::new(),
         CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
     )
+    .with_models(ModelCatalog::new(["gpt-x".to_string()], "local/smollm2-135m".into()))
 }
 
 fn caller(user: Uuid) -> Caller {

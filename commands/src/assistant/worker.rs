@@ -302,9 +302,17 @@ async fn run_job(shared: &Arc<Shared>, conversation_id: Uuid, event: StoredEvent
         let mut backoff = Duration::from_millis(200);
         loop {
             let outcome = match shared.leases.claim(reply_id, conversation_id, question.posted.author_id).await {
-                // Another worker is answering it right now; if it dies, its lease expires
-                // and a sweeper ends the reply.
-                Ok(false) => return true,
+                // Another worker is answering it right now (a redelivery during a
+                // rebalance). Wait until it released the lease (then the reply is found
+                // answered) or its lease expired (then this worker takes it over): taking
+                // the message as done now would lose it if that worker died before it
+                // started the reply.
+                Ok(false) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(shared.leases.ttl() / 3) => continue,
+                        _ = abort.cancelled() => return false,
+                    }
+                }
                 Ok(true) => reply::answer(shared, &question, abort).await,
                 Err(e) => Err(ReplyError::Infrastructure(e.to_string())),
             };
@@ -315,7 +323,13 @@ async fn run_job(shared: &Arc<Shared>, conversation_id: Uuid, event: StoredEvent
                     }
                     return true;
                 }
-                Err(ReplyError::Stopping) => return false,
+                Err(ReplyError::Stopping) => {
+                    // Not started: free it at once for the worker the message goes to next.
+                    if let Err(e) = shared.leases.release(reply_id).await {
+                        tracing::warn!(error = %e, "Could not release the reply's lease; it expires by itself.");
+                    }
+                    return false;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "Could not answer; retrying.");
                     tokio::select! {
