@@ -12,6 +12,8 @@
 //!
 //! It prints figures; it is not a test and never fails on a missed target.
 
+mod assistant;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
@@ -85,10 +87,31 @@ struct Args {
     /// colloquy's Postgres pool size (default: colloquy's default).
     #[arg(long)]
     db_pool: Option<u32>,
+    /// Measure the assistant's streaming path instead (time to first token added, SSE
+    /// streams held, the local model's speed); see bench/README.md.
+    #[arg(long)]
+    assistant: bool,
+    /// `--assistant`: replies streamed at once.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// `--assistant`: rounds of `--streams` replies.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// `--assistant`: SSE clients held by the API at once.
+    #[arg(long, default_value_t = 1_000)]
+    sse_clients: usize,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The SSE clients of `--assistant` run in a child process of their own (their memory
+    // must not count as the API's): `colloquy-bench sse-clients <count> <token> <url>...`.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("sse-clients") {
+        let count = argv.get(2).and_then(|c| c.parse().ok()).context("sse-clients <count> <token> <url>...")?;
+        let token = argv.get(3).cloned().context("sse-clients <count> <token> <url>...")?;
+        return assistant::sse_clients(count, token, argv[4..].to_vec()).await;
+    }
     let args = Args::parse();
     ensure_kafka()?;
 
@@ -99,6 +122,13 @@ async fn main() -> anyhow::Result<()> {
     sqlx::Postgres::create_database(&db_url).await.context("creating the bench database")?;
     eprintln!("[bench] database {db_name} created");
 
+    if args.assistant {
+        let outcome = assistant::run(&args, &tag, &db_url).await;
+        let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
+        outcome?;
+        dropped.context("dropping the bench database")?;
+        return Ok(());
+    }
     let outcome = run(&args, &tag, &db_url).await;
 
     // Always drop the database, also after a failure; FORCE ends connections left behind.
