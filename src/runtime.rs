@@ -232,12 +232,26 @@ pub async fn router(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Ar
             continue;
         }
         let (dir, slots) = (assistant.local.models_dir.clone(), assistant.local.max_concurrent);
-        let local = tokio::task::spawn_blocking(move || LocalChat::load(&dir, slots))
-            .await?
-            .with_context(|| format!("loading the local model of provider {name}"))?;
-        providers.insert(name.clone(), Arc::new(local));
+        match tokio::task::spawn_blocking(move || LocalChat::load(&dir, slots)).await? {
+            Ok(local) => {
+                providers.insert(name.clone(), Arc::new(local));
+            }
+            // A deployment whose default model is a remote one runs without the local
+            // model's files: routes through it fail over to their next target.
+            Err(e @ colloquy_local::LocalError::ModelMissing { .. }) if !default_is_local(assistant, name) => {
+                tracing::warn!(provider = %name, error = %e, "The local model is not installed; routes through it skip it.");
+            }
+            Err(e) => return Err(e).with_context(|| format!("loading the local model of provider {name}")),
+        }
     }
     Ok(Arc::new(Router::new(assistant.clone(), providers, metrics.registry())?))
+}
+
+/// Whether the default model's route starts with provider `name`.
+fn default_is_local(assistant: &colloquy_infra::assistant_settings::AssistantSettings, name: &str) -> bool {
+    assistant.models.get(&assistant.default_model).and_then(|m| m.route.first()).is_some_and(|target| {
+        colloquy_infra::assistant_settings::split_target(target).is_some_and(|(provider, _)| provider == name)
+    })
 }
 
 async fn spawn_assistant(

@@ -221,7 +221,8 @@ fn base64_url(s: &str) -> Vec<u8> {
 /// Posts `content`, streams its reply; (content, when posted, when the first text arrived).
 async fn first_token(api: &Api, conversation: Uuid, content: String) -> anyhow::Result<(String, Instant, Instant)> {
     let posted_at = Instant::now();
-    let (status, body) = api.post(&format!("/conversations/{conversation}/messages"), &json!({"content": content})).await?;
+    let (status, body) =
+        api.post(&format!("/conversations/{conversation}/messages"), &json!({"content": content})).await?;
     if status.as_u16() != 201 {
         bail!("post answered {status}: {body}");
     }

@@ -295,7 +295,11 @@ async fn run_job(shared: &Arc<Shared>, conversation_id: Uuid, event: StoredEvent
     };
     let reply_id = reply_id_for(posted.message_id);
     let correlation = event.metadata.get(colloquy_domain::metadata::CORRELATION_ID).cloned().unwrap_or_default();
-    let span = tracing::info_span!("reply", %conversation_id, %reply_id, correlation_id = %correlation);
+    // The posting request's id (`request:<id>`, its causation) and correlation id follow
+    // the message into every log line of its reply, provider attempts included.
+    let request = event.metadata.get(colloquy_domain::metadata::CAUSATION_ID).cloned().unwrap_or_default();
+    let span =
+        tracing::info_span!("reply", %conversation_id, %reply_id, correlation_id = %correlation, posted_by = %request);
     async move {
         let caller = Caller::system(WORKER_NAME, posted.author_id, correlation, format!("event:{}", event.event_id));
         let question = Question { conversation_id, sequence: event.sequence, posted, caller };
