@@ -82,7 +82,7 @@ pub async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<()> {
     }
     deps.pool.close().await;
     outcome?;
-    local_model(&settings)
+    local_model(&settings).await
 }
 
 async fn measure(
@@ -295,11 +295,10 @@ fn rss_kib() -> anyhow::Result<u64> {
 }
 
 /// 3. The local model on this machine.
-fn local_model(settings: &Settings) -> anyhow::Result<()> {
+async fn local_model(settings: &Settings) -> anyhow::Result<()> {
     let dir = settings.assistant.local.models_dir.clone();
-    let runtime = tokio::runtime::Runtime::new()?;
     let loading = Instant::now();
-    let chat = match colloquy_local::LocalChat::load(&dir, 1) {
+    let chat = match tokio::task::spawn_blocking(move || colloquy_local::LocalChat::load(&dir, 1)).await? {
         Ok(chat) => chat,
         Err(e) => {
             say(format!("local model: not measured ({e})"));
@@ -312,7 +311,7 @@ fn local_model(settings: &Settings) -> anyhow::Result<()> {
         messages: vec![ChatMessage::new(Role::User, "Write a short paragraph about the sea.")],
         parameters: Parameters { max_tokens: Some(64), temperature: Some(0.0), top_p: None },
     };
-    let (first, tokens, elapsed) = runtime.block_on(async {
+    let (first, tokens, elapsed) = async {
         let started = Instant::now();
         let mut stream = chat.stream_chat(request).await?;
         let (mut first, mut tokens) = (None, 0u32);
@@ -326,7 +325,8 @@ fn local_model(settings: &Settings) -> anyhow::Result<()> {
             }
         }
         anyhow::Ok((first.unwrap_or_default(), tokens, started.elapsed()))
-    })?;
+    }
+    .await?;
     let decode = elapsed.saturating_sub(first).as_secs_f64();
     say(format!(
         "local model (SmolLM2-135M, Q4_0 on the CPU): load {:.1} s, first token {:.0} ms, {tokens} tokens at {:.1} tokens/s",
