@@ -126,7 +126,7 @@ pub async fn get_reply_stream(
     };
     // Subscribed first: whatever is appended from now on arrives live, what came before is
     // read from the stream.
-    let sub = state.hub.subscribe(me.user);
+    let sub = state.hub.subscribe_reply(reply_id);
     let target = check_target(&state, me.user, conversation_id, reply_id).await?;
     if target == Target::Pending {
         if let Some(reply) = ended_reply(&state, me.user, conversation_id, reply_id).await? {

@@ -31,17 +31,28 @@ pub enum HubEvent {
     Resync,
 }
 
+/// What a subscriber listens to: all of a user's replies (the WebSocket), or one reply (an
+/// SSE stream: it is woken only by its own reply's entries, however many replies its user
+/// streams at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    User(Uuid),
+    Reply(Uuid),
+}
+
+type Channels = Arc<Mutex<HashMap<Key, broadcast::Sender<HubEvent>>>>;
+
 /// The fan-out point for reply entries; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Hub {
-    users: Arc<Mutex<HashMap<Uuid, broadcast::Sender<HubEvent>>>>,
+    users: Channels,
 }
 
-/// One local subscriber's receipt of a user's entries; unsubscribes when dropped.
+/// One local subscriber's receipt of entries; unsubscribes when dropped.
 pub struct Subscription {
     rx: broadcast::Receiver<HubEvent>,
-    user: Uuid,
-    users: Arc<Mutex<HashMap<Uuid, broadcast::Sender<HubEvent>>>>,
+    key: Key,
+    users: Channels,
 }
 
 impl Subscription {
@@ -57,8 +68,8 @@ impl Drop for Subscription {
         // Subscribing happens under the same lock, so a count of one (this receiver, not yet
         // dropped) means nobody else listens to this user here.
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        if users.get(&self.user).is_some_and(|tx| tx.receiver_count() <= 1) {
-            users.remove(&self.user);
+        if users.get(&self.key).is_some_and(|tx| tx.receiver_count() <= 1) {
+            users.remove(&self.key);
         }
     }
 }
@@ -71,21 +82,35 @@ impl Hub {
 
     /// Starts receiving `user`'s entries (from the next one the hub receives).
     pub fn subscribe(&self, user: Uuid) -> Subscription {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let rx = users.entry(user).or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0).subscribe();
-        Subscription { rx, user, users: self.users.clone() }
+        self.subscribe_to(Key::User(user))
     }
 
-    /// Users with a local subscriber.
+    /// Starts receiving the entries of one reply (from the next one the hub receives).
+    pub fn subscribe_reply(&self, reply_id: Uuid) -> Subscription {
+        self.subscribe_to(Key::Reply(reply_id))
+    }
+
+    fn subscribe_to(&self, key: Key) -> Subscription {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let rx = users.entry(key).or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0).subscribe();
+        Subscription { rx, key, users: self.users.clone() }
+    }
+
+    /// Users with a local subscriber to all their replies.
     pub fn users(&self) -> usize {
-        self.users.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.users.lock().unwrap_or_else(PoisonError::into_inner).keys().filter(|k| matches!(k, Key::User(_))).count()
     }
 
     fn deliver(&self, user: Uuid, message: ReplyMessage) {
         let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = users.get(&user) {
-            // No receiver left is fine: the last one is unsubscribing.
-            let _ = tx.send(HubEvent::Entry(Arc::new(message)));
+        let (to_user, to_reply) = (users.get(&Key::User(user)), users.get(&Key::Reply(message.reply_id)));
+        if to_user.is_none() && to_reply.is_none() {
+            return;
+        }
+        let event = HubEvent::Entry(Arc::new(message));
+        // No receiver left is fine: the last one is unsubscribing.
+        for tx in [to_user, to_reply].into_iter().flatten() {
+            let _ = tx.send(event.clone());
         }
     }
 
