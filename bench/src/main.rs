@@ -157,25 +157,7 @@ fn ensure_kafka() -> anyhow::Result<()> {
 
 /// Everything between database creation and its removal.
 async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
-    let mut settings = Settings::default();
-    settings.database.url = db_url.to_string();
-    if let Some(pool) = args.db_pool {
-        settings.database.max_connections = pool;
-    }
-    // Unique topic, consumer-group and key prefixes: runs never see each other's data.
-    settings.kafka.topic_prefix = format!("bench{tag}.");
-    settings.redis.key_prefix = format!("colloquy-bench-{tag}:");
-    settings.http.port = 0;
-    settings.http.ops_port = Some(0);
-    // One user sends everything, far above the production per-user limit.
-    settings.rate_limit.per_minute = 10_000_000;
-    settings.rate_limit.burst = 10_000_000;
-    settings.quotas.messages_per_day = u64::MAX;
-    settings.quotas.stored_bytes = u64::MAX;
-    settings.quotas.conversations = u64::MAX;
-    settings.log.filter = "warn".into();
-    // A local, throwaway instance like `colloquy dev`: the development key is fine.
-    settings.auth.allow_published_keys = true;
+    let settings = bench_settings(args, tag, db_url);
     telemetry::init(&settings.log);
 
     let everything = Processes { api: true, relay: true, projectors: true, assistant: false };
@@ -202,6 +184,30 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     eprintln!("[bench] pgbench: {} clients, {} s", args.pgbench_clients, args.pgbench_seconds);
     report.pgbench = Some(pgbench(args, tag, db_url).await?);
     Ok(report)
+}
+
+/// colloquy's settings for one bench run on `db_url`.
+fn bench_settings(args: &Args, tag: &str, db_url: &str) -> Settings {
+    let mut settings = Settings::default();
+    settings.database.url = db_url.to_string();
+    if let Some(pool) = args.db_pool {
+        settings.database.max_connections = pool;
+    }
+    // Unique topic, consumer-group and key prefixes: runs never see each other's data.
+    settings.kafka.topic_prefix = format!("bench{tag}.");
+    settings.redis.key_prefix = format!("colloquy-bench-{tag}:");
+    settings.http.port = 0;
+    settings.http.ops_port = Some(0);
+    // One user sends everything, far above the production per-user limit.
+    settings.rate_limit.per_minute = 10_000_000;
+    settings.rate_limit.burst = 10_000_000;
+    settings.quotas.messages_per_day = u64::MAX;
+    settings.quotas.stored_bytes = u64::MAX;
+    settings.quotas.conversations = u64::MAX;
+    settings.log.filter = "warn".into();
+    // A local, throwaway instance like `colloquy dev`: the development key is fine.
+    settings.auth.allow_published_keys = true;
+    settings
 }
 
 /// The HTTP phases, against a running colloquy.

@@ -459,12 +459,7 @@ pub async fn message_exists<'e>(
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> Result<bool, EventStoreError> {
-    let exists: bool = sqlx::query_scalar(MESSAGE_EXISTS.as_str())
-        .bind(conversation_id.to_string())
-        .bind(message_id.to_string())
-        .fetch_one(db)
-        .await?;
-    Ok(exists)
+    exists(db, MESSAGE_EXISTS.as_str(), conversation_id, message_id).await
 }
 
 /// Whether the reply `reply_id` was started in the conversation (finished or not; served
@@ -474,12 +469,19 @@ pub async fn reply_exists<'e>(
     conversation_id: Uuid,
     reply_id: Uuid,
 ) -> Result<bool, EventStoreError> {
-    let exists: bool = sqlx::query_scalar(REPLY_EXISTS.as_str())
-        .bind(conversation_id.to_string())
-        .bind(reply_id.to_string())
-        .fetch_one(db)
-        .await?;
-    Ok(exists)
+    exists(db, REPLY_EXISTS.as_str(), conversation_id, reply_id).await
+}
+
+/// Runs an `EXISTS` lookup of `id` in the conversation's events.
+async fn exists<'e>(
+    db: impl PgExecutor<'e>,
+    sql: &str,
+    conversation_id: Uuid,
+    id: Uuid,
+) -> Result<bool, EventStoreError> {
+    let found: bool =
+        sqlx::query_scalar(sql).bind(conversation_id.to_string()).bind(id.to_string()).fetch_one(db).await?;
+    Ok(found)
 }
 
 /// How the reply `reply_id` was started, with the sequence of its `ReplyStarted` (served by
