@@ -31,6 +31,7 @@ impl Commands {
             context: r.context,
             parameters: r.parameters,
             worker: r.worker,
+            citations: r.citations,
         };
         self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await
     }

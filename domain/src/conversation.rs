@@ -13,8 +13,8 @@ pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
-    ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
-    ConversationStarted, ConversationUnarchived, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
+    Citation, ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
+    ConversationStarted, ConversationUnarchived, GroundingChanged, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
     ReplyFailure, ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted,
 };
 pub use replies::{reply_id_for, REPLY_NAMESPACE};

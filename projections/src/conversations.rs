@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use colloquy_domain::conversation::ConversationEvent;
+use colloquy_domain::conversation::{ConversationEvent, ConversationKind};
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store::StoredEvent;
 use cqrs_es::Aggregate;
@@ -78,8 +78,8 @@ impl Projection for ConversationsProjection {
         let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {
             E::ConversationStarted(s) => {
                 sqlx::query(&format!(
-                    "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+                    "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at, grounded)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)"
                 ))
                 .bind(id)
                 .bind(s.owner_id)
@@ -89,6 +89,7 @@ impl Projection for ConversationsProjection {
                 .bind(&s.system_prompt)
                 .bind(e.sequence)
                 .bind(e.recorded_at)
+                .bind(s.kind == ConversationKind::Knowledge)
                 .execute(&mut *conn)
                 .await?;
                 return Ok(Some(s.owner_id));
@@ -104,6 +105,10 @@ impl Projection for ConversationsProjection {
             E::ConversationRenamed(r) => ("title = $4,", Some(r.title)),
             E::ConversationArchived(_) => ("archived = true,", None),
             E::ConversationUnarchived(_) => ("archived = false,", None),
+            E::GroundingChanged(g) => match g.enabled {
+                true => ("grounded = true,", None),
+                false => ("grounded = false,", None),
+            },
             E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
             E::ReplyStarted(_) | E::ReplyCompleted(_) | E::ReplyFailed(_) | E::ReplyCancelled(_) => ("", None),
         };

@@ -220,8 +220,8 @@ impl Projection for MessagesProjection {
                 // The owner is the answered message's: the reply lives in its conversation.
                 let inserted = sqlx::query(&format!(
                     "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
-                                          status, in_reply_to, model, provider)
-                     SELECT $1, $2, owner_id, $3, 'assistant', '', $4, $5, $6, $7, $8
+                                          status, in_reply_to, model, provider, citations)
+                     SELECT $1, $2, owner_id, $3, 'assistant', '', $4, $5, $6, $7, $8, $9
                        FROM {table} WHERE conversation_id = $2 AND message_id = $6"
                 ))
                 .bind(r.reply_id)
@@ -232,6 +232,7 @@ impl Projection for MessagesProjection {
                 .bind(r.in_reply_to)
                 .bind(&r.model)
                 .bind(&r.provider)
+                .bind(sqlx::types::Json(&r.citations))
                 .execute(&mut *conn)
                 .await?;
                 if inserted.rows_affected() != 1 {
@@ -289,7 +290,8 @@ impl Projection for MessagesProjection {
             E::ConversationStarted(_)
             | E::ConversationRenamed(_)
             | E::ConversationArchived(_)
-            | E::ConversationUnarchived(_) => {}
+            | E::ConversationUnarchived(_)
+            | E::GroundingChanged(_) => {}
         }
         Ok(None)
     }

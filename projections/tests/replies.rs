@@ -83,6 +83,7 @@ fn reply_started(message: Uuid) -> ConversationEvent {
         context: vec![message],
         parameters: ReplyParameters::default(),
         worker: "w1".into(),
+        citations: vec![],
     })
 }
 

@@ -139,6 +139,7 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
             top_p: parameters.top_p,
         },
         worker: shared.leases.worker().to_string(),
+        citations: vec![],
     };
     match shared.commands.start_reply(&question.caller, question.conversation_id, started).await {
         Ok(_) => {}

@@ -55,6 +55,11 @@ pub struct Conversation {
     /// time, whatever the length of the conversation.
     #[serde(default)]
     pub open_replies: Vec<Uuid>,
+    /// Whether replies quote the owner's knowledge base (on from the start for kind
+    /// `knowledge`). Snapshots from before this field are deleted by a migration, so a
+    /// default never stands in for a knowledge conversation's `true`.
+    #[serde(default)]
+    pub grounded: bool,
 }
 
 impl Conversation {
@@ -192,6 +197,13 @@ impl Aggregate for Conversation {
                 self.ensure_owned_by(actor_id)?;
                 E::ConversationRenamed(ConversationRenamed { title: title(&t)? })
             }
+            C::SetGrounding { actor_id, enabled } => {
+                self.ensure_owned_by(actor_id)?;
+                if self.grounded == enabled {
+                    return Ok(());
+                }
+                E::GroundingChanged(GroundingChanged { enabled })
+            }
             C::ArchiveConversation { actor_id } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status == ConversationStatus::Archived {
@@ -233,6 +245,7 @@ impl Aggregate for Conversation {
                 context,
                 parameters,
                 worker,
+                citations,
             } => {
                 self.ensure_live()?;
                 let model = model(&m)?;
@@ -247,6 +260,7 @@ impl Aggregate for Conversation {
                     context,
                     parameters,
                     worker,
+                    citations,
                 })
             }
             C::CompleteReply {
@@ -303,8 +317,10 @@ impl Aggregate for Conversation {
                 self.title = e.title;
                 self.model = e.model;
                 self.system_prompt = e.system_prompt;
+                self.grounded = e.kind == ConversationKind::Knowledge;
                 self.status = ConversationStatus::Active;
             }
+            E::GroundingChanged(e) => self.grounded = e.enabled,
             E::ConversationRenamed(e) => self.title = e.title,
             E::ConversationArchived(_) => self.status = ConversationStatus::Archived,
             E::ConversationUnarchived(_) => self.status = ConversationStatus::Active,
@@ -442,6 +458,72 @@ mod tests {
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
         ConvTest::with(services()).given(given).when_async(cmd).await.then_expect_error(Refusal::Rejected(err));
+    }
+
+    // Grounding.
+
+    fn grounding(actor: Uuid, enabled: bool) -> ConversationCommand {
+        ConversationCommand::SetGrounding { actor_id: actor, enabled }
+    }
+
+    fn grounding_changed(enabled: bool) -> ConversationEvent {
+        ConversationEvent::GroundingChanged(GroundingChanged { enabled })
+    }
+
+    fn started_as(kind: ConversationKind) -> ConversationEvent {
+        match started() {
+            ConversationEvent::ConversationStarted(e) => {
+                ConversationEvent::ConversationStarted(ConversationStarted { kind, ..e })
+            }
+            other => other,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chat_turns_grounding_on_and_off() {
+        ConvTest::with(services())
+            .given(vec![started()])
+            .when_async(grounding(OWNER, true))
+            .await
+            .then_expect_events(vec![grounding_changed(true)]);
+        ConvTest::with(services())
+            .given(vec![started(), grounding_changed(true)])
+            .when_async(grounding(OWNER, false))
+            .await
+            .then_expect_events(vec![grounding_changed(false)]);
+    }
+
+    #[tokio::test]
+    async fn asking_for_the_grounding_it_has_changes_nothing() {
+        ConvTest::with(services())
+            .given(vec![started()])
+            .when_async(grounding(OWNER, false))
+            .await
+            .then_expect_events(vec![]);
+        // A knowledge conversation is grounded from its start.
+        ConvTest::with(services())
+            .given(vec![started_as(ConversationKind::Knowledge)])
+            .when_async(grounding(OWNER, true))
+            .await
+            .then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_stranger_cannot_change_grounding() {
+        expect_err(vec![started()], grounding(STRANGER, true), ConversationError::NotFound).await;
+        expect_err(vec![started(), deleted()], grounding(OWNER, true), ConversationError::Deleted).await;
+    }
+
+    #[test]
+    fn grounding_follows_the_kind_then_the_changes() {
+        let mut c = Conversation::default();
+        c.apply(started_as(ConversationKind::Knowledge));
+        assert!(c.grounded);
+        c.apply(grounding_changed(false));
+        assert!(!c.grounded);
+        let mut chat = Conversation::default();
+        chat.apply(started());
+        assert!(!chat.grounded);
     }
 
     // Starting.

@@ -1,7 +1,7 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ConversationKind, ReplyAttempt, ReplyFailure, ReplyParameters, TokenUsage};
+use super::{Citation, ConversationKind, ReplyAttempt, ReplyFailure, ReplyParameters, TokenUsage};
 
 /// What can be asked of a Conversation. Every command the owner sends names its actor:
 /// only the owner may act on a conversation, and to anyone else it does not exist. The
@@ -30,6 +30,13 @@ pub enum ConversationCommand {
         actor_id: Uuid,
         /// The new title.
         title: String,
+    },
+    /// Turn grounding in the owner's knowledge base on or off (no event when unchanged).
+    SetGrounding {
+        /// Who asks.
+        actor_id: Uuid,
+        /// Whether replies quote the knowledge base.
+        enabled: bool,
     },
     /// Hide from the default list; rejects new messages until unarchived.
     ArchiveConversation {
@@ -77,6 +84,8 @@ pub enum ConversationCommand {
         parameters: ReplyParameters,
         /// The worker producing it.
         worker: String,
+        /// The knowledge-base passages quoted in the prompt.
+        citations: Vec<Citation>,
     },
     /// Record a reply generated to its end.
     CompleteReply {

@@ -37,6 +37,15 @@ pub struct ConversationRenamed {
     pub title: String,
 }
 
+/// Grounding in the owner's knowledge base was turned on or off: while on, every reply's
+/// prompt quotes the passages that best match the message. Conversations of kind
+/// `knowledge` start with it on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroundingChanged {
+    /// Whether replies are grounded from now on.
+    pub enabled: bool,
+}
+
 /// The conversation was archived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConversationArchived {}
@@ -136,6 +145,30 @@ pub struct ReplyStarted {
     pub parameters: ReplyParameters,
     /// The worker producing it.
     pub worker: String,
+    /// The knowledge-base passages quoted in the prompt, best first (empty when the
+    /// conversation is not grounded or nothing matched). Added in 1.1.
+    #[serde(default)]
+    pub citations: Vec<Citation>,
+}
+
+/// A passage of the owner's knowledge base that a reply's prompt quoted: which document,
+/// which version of it, which chunk, how well it matched, and its text exactly as quoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Citation {
+    /// The knowledge document.
+    pub document_id: Uuid,
+    /// The document's version the passage belongs to.
+    pub version: u32,
+    /// The passage (chunk) id, derived from (document, version, position).
+    pub chunk_id: Uuid,
+    /// The chunk's position in that version of the document, from 0.
+    pub position: u32,
+    /// The document's title when it was quoted.
+    pub title: String,
+    /// The passage's text as put in the prompt.
+    pub text: String,
+    /// The retrieval score (reciprocal rank fusion of text and vector search).
+    pub score: f64,
 }
 
 /// A reply was generated to its end.
@@ -208,6 +241,8 @@ crate::domain_events! {
         ConversationRenamed(ConversationRenamed) = "1.0",
         /// See [`ConversationArchived`].
         ConversationArchived(ConversationArchived) = "1.0",
+        /// See [`GroundingChanged`].
+        GroundingChanged(GroundingChanged) = "1.0",
         /// See [`ConversationUnarchived`].
         ConversationUnarchived(ConversationUnarchived) = "1.0",
         /// See [`ConversationDeleted`].
@@ -215,7 +250,7 @@ crate::domain_events! {
         /// See [`UserMessagePosted`].
         UserMessagePosted(UserMessagePosted) = "1.1",
         /// See [`ReplyStarted`].
-        ReplyStarted(ReplyStarted) = "1.0",
+        ReplyStarted(ReplyStarted) = "1.1",
         /// See [`ReplyCompleted`].
         ReplyCompleted(ReplyCompleted) = "1.0",
         /// See [`ReplyFailed`].
@@ -263,6 +298,7 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 content: "Hi".into(),
                 model: None,
             }),
+            Self::GroundingChanged(GroundingChanged { enabled: true }),
             Self::ReplyStarted(ReplyStarted {
                 reply_id: reply,
                 in_reply_to: id,
@@ -273,6 +309,15 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 context: vec![Uuid::from_u128(2), id],
                 parameters: ReplyParameters { max_tokens: Some(512), temperature: Some(0.7), top_p: None },
                 worker: "assistant-1".into(),
+                citations: vec![Citation {
+                    document_id: Uuid::from_u128(3),
+                    version: 1,
+                    chunk_id: Uuid::from_u128(4),
+                    position: 0,
+                    title: "Travel policy".into(),
+                    text: "Economy class for flights under six hours.".into(),
+                    score: 0.032,
+                }],
             }),
             Self::ReplyCompleted(ReplyCompleted {
                 reply_id: reply,

@@ -115,6 +115,19 @@ fn start_reply(reply_id: Uuid, in_reply_to: Uuid, model: &str) -> ConversationCo
         context: vec![MSG],
         parameters: parameters(),
         worker: "w1".into(),
+        citations: vec![citation()],
+    }
+}
+
+fn citation() -> Citation {
+    Citation {
+        document_id: Uuid::from_u128(77),
+        version: 2,
+        chunk_id: Uuid::from_u128(78),
+        position: 3,
+        title: "Handbook".into(),
+        text: "Leave is booked two weeks ahead.".into(),
+        score: 0.03,
     }
 }
 
@@ -129,6 +142,7 @@ fn reply_started() -> ConversationEvent {
         context: vec![MSG],
         parameters: parameters(),
         worker: "w1".into(),
+        citations: vec![citation()],
     })
 }
 
@@ -546,4 +560,16 @@ proptest! {
             assert_eq!(conv.open_replies.len(), open.len());
         });
     }
+}
+
+#[test]
+fn a_reply_started_recorded_before_citations_existed_reads_with_none() {
+    let mut payload = serde_json::to_value(match reply_started() {
+        ConversationEvent::ReplyStarted(e) => e,
+        _ => unreachable!(),
+    })
+    .unwrap();
+    payload.as_object_mut().unwrap().remove("citations");
+    let old: ReplyStarted = serde_json::from_value(payload).unwrap();
+    assert!(old.citations.is_empty());
 }
