@@ -7,7 +7,7 @@
 //!    process (`ttft-clients`), as they would on other machines, so their CPU is not
 //!    colloquy's. Two phases over `--streams` conversations: a burst (all post at once, the
 //!    fake answers at once, `--rounds` times), and the steady state (each client posts,
-//!    streams a paced 20-chunk reply to its end and posts again, so `--streams` streams are
+//!    streams a paced 200-chunk reply (about 5 s) to its end and posts again, so `--streams` streams are
 //!    in flight; `--rounds` replies each after the first). Printed with the whole
 //!    post → first token.
 //! 2. Concurrent SSE streams one API instance holds: N clients (a child process, so their

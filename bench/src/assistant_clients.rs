@@ -21,8 +21,9 @@ use uuid::Uuid;
 use crate::{http_client, Api};
 
 /// Chunks of a paced reply in the steady phase, and the pause before each after the first:
-/// 20 chunks over about half a second, a fast model's pace.
-const PACED_CHUNKS: usize = 20;
+/// 200 chunks (a few paragraphs) at 40 chunks/s, a hosted model's usual pace, so a reply
+/// streams for about 5 s, as chat answers do.
+const PACED_CHUNKS: usize = 200;
 const PACE: Duration = Duration::from_millis(25);
 
 /// One measured reply: when it was posted, when the fake received its request (its first
