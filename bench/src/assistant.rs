@@ -1,10 +1,15 @@
 //! `colloquy-bench --assistant`: what the assistant's streaming path costs.
 //!
-//! 1. Time to first token added by colloquy: 100 conversations post at once, the fake
-//!    provider (in this process, speaking OpenAI's wire format) answers each at once; per
-//!    reply, the time from the fake receiving the request (its first chunk leaves then) to
-//!    the SSE client reading the first text delta. That is the worker, Redis (XADD +
-//!    PUBLISH), the API's hub and the SSE relay. Printed with the whole post → first token.
+//! 1. Time to first token added by colloquy: per reply, the time from the fake provider
+//!    receiving the request (its first chunk leaves at once) to the SSE client reading the
+//!    first text delta. That is the worker, Redis (XADD + PUBLISH), the API's hub and the
+//!    SSE relay. The fake (speaking OpenAI's wire format) and the clients run in a child
+//!    process (`ttft-clients`), as they would on other machines, so their CPU is not
+//!    colloquy's. Two phases over `--streams` conversations: a burst (all post at once, the
+//!    fake answers at once, `--rounds` times), and the steady state (each client posts,
+//!    streams a paced 200-chunk reply (about 5 s) to its end and posts again, so `--streams` streams are
+//!    in flight; `--rounds` replies each after the first). Printed with the whole
+//!    post → first token.
 //! 2. Concurrent SSE streams one API instance holds: N clients (a child process, so their
 //!    memory is not counted) stream replies that have not started; the API process's RSS
 //!    before and after, per stream; then every stream gets a reply and the clients count
@@ -21,10 +26,10 @@ use colloquy::runtime::{self, Processes};
 use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
 use colloquy_infra::reply_streams::{ReplyStreams, ReplyTarget, StreamEntry, StreamUsage};
 use colloquy_infra::{telemetry, Settings};
-use colloquy_providers::testing::{FakeProvider, Script};
 use colloquy_providers::{ChatMessage, ChatProvider, ChatRequest, Parameters, Role, StreamItem};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 use crate::{create_conversations, http_client, millis, percentile, wait_for_conversations, Api, Args};
@@ -34,8 +39,16 @@ const TARGET_TTFT_P50_MS: f64 = 5.0;
 
 /// Runs the three measurements against an in-process colloquy on `db_url`.
 pub async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<()> {
-    let fake = FakeProvider::start().await;
-    fake.set_default(Script::reply(&["first ", "second ", "third ", "fourth"]));
+    let mut clients = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("ttft-clients")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the ttft-clients process")?;
+    let mut from_clients = tokio::io::BufReader::new(clients.stdout.take().context("no client output")?).lines();
+    let hello: Value = serde_json::from_str(&from_clients.next_line().await?.context("ttft-clients said nothing")?)?;
+    let fake_url = hello["base_url"].as_str().context("ttft-clients named no fake provider")?.to_string();
     let mut settings = crate::bench_settings(args, tag, db_url);
     settings.streams.wait_for_start_secs = 600;
     let a = &mut settings.assistant;
@@ -43,7 +56,7 @@ pub async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<()> {
     a.models.clear();
     let fake_entry = ProviderSettings {
         kind: ProviderKind::Openai,
-        base_url: fake.base_url(),
+        base_url: fake_url,
         api_key: Some("bench".into()),
         ..ProviderSettings::default()
     };
@@ -61,7 +74,7 @@ pub async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<()> {
     eprintln!("[bench] colloquy (with the assistant) listening on 127.0.0.1:{port}");
     let redis = deps.redis.clone().context("no Redis")?;
     let streams = ReplyStreams::new(&redis, &settings.streams);
-    let outcome = measure(args, tag, port, &fake, &streams, &deps.metrics).await;
+    let outcome = measure(args, tag, port, &mut clients, &mut from_clients, &streams, &deps.metrics).await;
     if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
         eprintln!("[bench] warning: colloquy did not stop within 30 s");
     }
@@ -77,7 +90,8 @@ async fn measure(
     args: &Args,
     tag: &str,
     port: u16,
-    fake: &FakeProvider,
+    clients: &mut tokio::process::Child,
+    from_clients: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     streams: &ReplyStreams,
     metrics: &colloquy_infra::metrics::Metrics,
 ) -> anyhow::Result<()> {
@@ -87,41 +101,51 @@ async fn measure(
     let conversations = Arc::new(create_conversations(&api, concurrency, "assistant").await?);
     wait_for_conversations(&api, &conversations).await?;
 
-    // 1. Time to first token, `rounds` rounds of `concurrency` replies at once.
-    let (mut added, mut total) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, conversation) in conversations.iter().enumerate() {
-            let (api, conversation) = (api.with_client(http_client(1)?), *conversation);
-            let content = format!("bench {round}-{i}");
-            tasks.spawn(async move { first_token(&api, conversation, content).await });
-        }
-        let mut firsts = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            firsts.push(done??);
-        }
-        let asked = fake.requests();
-        for (content, posted_at, first_at) in firsts {
-            let request = asked.iter().find(|r| {
-                r.body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str())
-                    == Some(content.as_str())
-            });
-            let Some(request) = request else { bail!("the fake never saw {content}") };
-            added.push(first_at.saturating_duration_since(request.at));
-            total.push(first_at.duration_since(posted_at));
-        }
-    }
-    let p50 = millis(percentile(&mut added, 0.50));
-    say(format!("time to first token added by colloquy ({concurrency} concurrent streams, {} replies):", added.len()));
+    // 1. Time to first token, measured by the clients' process.
+    let job = json!({ "base": base, "token": api.token, "conversations": *conversations, "rounds": args.rounds });
+    let mut to_clients = clients.stdin.take().context("no client input")?;
+    to_clients.write_all(format!("{job}\n").as_bytes()).await?;
+    to_clients.flush().await?;
+    let line = from_clients.next_line().await?.context("ttft-clients ended without figures")?;
+    let _ = clients.wait().await;
+    let figures: Value = serde_json::from_str(&line)?;
+    let durations = |phase: &str, key: &str| -> Vec<Duration> {
+        figures[phase][key]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_u64).map(Duration::from_micros).collect())
+            .unwrap_or_default()
+    };
+    let (mut burst, mut burst_total) = (durations("burst", "added_us"), durations("burst", "total_us"));
+    let (mut steady, mut steady_total) = (durations("steady", "added_us"), durations("steady", "total_us"));
+    let p50 = millis(percentile(&mut steady, 0.50));
     say(format!(
-        "  p50 {p50:.2} ms, p99 {:.2} ms (target p50 <= {TARGET_TTFT_P50_MS} ms: {})",
-        millis(percentile(&mut added, 0.99)),
-        crate::verdict(p50 <= TARGET_TTFT_P50_MS)
+        "time to first token added by colloquy (fake provider and clients in another process, {concurrency} conversations):"
     ));
     say(format!(
-        "  post -> first token, whole path (relay, Kafka, worker, provider, stream): p50 {:.1} ms, p99 {:.1} ms",
-        millis(percentile(&mut total, 0.50)),
-        millis(percentile(&mut total, 0.99))
+        "  {concurrency} streams in flight ({} paced replies of {} chunks {} ms apart, {:.0} streams open on average):",
+        steady.len(),
+        figures["paced_chunks"],
+        figures["pace_ms"],
+        figures["steady_mean_open"].as_f64().unwrap_or(f64::NAN)
+    ));
+    say(format!(
+        "    p50 {p50:.2} ms, p99 {:.2} ms (target p50 <= {TARGET_TTFT_P50_MS} ms: {}); post -> first token p50 {:.1} ms, p99 {:.1} ms",
+        millis(percentile(&mut steady, 0.99)),
+        crate::verdict(p50 <= TARGET_TTFT_P50_MS),
+        millis(percentile(&mut steady_total, 0.50)),
+        millis(percentile(&mut steady_total, 0.99)),
+    ));
+    say(format!(
+        "  {concurrency} replies starting at the same instant ({} rounds, {} replies):",
+        args.rounds,
+        burst.len()
+    ));
+    say(format!(
+        "    p50 {:.2} ms, p99 {:.2} ms; post -> first token p50 {:.1} ms, p99 {:.1} ms",
+        millis(percentile(&mut burst, 0.50)),
+        millis(percentile(&mut burst, 0.99)),
+        millis(percentile(&mut burst_total, 0.50)),
+        millis(percentile(&mut burst_total, 0.99)),
     ));
 
     // 2. Concurrent SSE streams on this API instance.
@@ -204,67 +228,6 @@ fn base64_url(s: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Posts `content`, streams its reply; (content, when posted, when the first text arrived).
-async fn first_token(api: &Api, conversation: Uuid, content: String) -> anyhow::Result<(String, Instant, Instant)> {
-    let posted_at = Instant::now();
-    let (status, body) =
-        api.post(&format!("/conversations/{conversation}/messages"), &json!({"content": content})).await?;
-    if status.as_u16() != 201 {
-        bail!("post answered {status}: {body}");
-    }
-    let reply = body["reply_id"].as_str().context("no reply_id")?;
-    let url = format!("{}/conversations/{conversation}/replies/{reply}/stream", api.base);
-    let mut response = api.client.get(url).bearer_auth(&api.token).timeout(Duration::from_secs(120)).send().await?;
-    let mut buf = String::new();
-    while let Some(chunk) = response.chunk().await? {
-        let at = Instant::now();
-        buf.push_str(std::str::from_utf8(&chunk)?);
-        let has_text = buf.lines().filter_map(|l| l.strip_prefix("data: ")).any(|data| {
-            serde_json::from_str::<Value>(data)
-                .ok()
-                .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(|c| !c.is_empty()))
-                == Some(true)
-        });
-        if has_text {
-            return Ok((content, posted_at, at));
-        }
-    }
-    bail!("the stream of {reply} ended without text")
-}
-
-/// The child process of measurement 2: opens `count` SSE streams spread over `paths`,
-/// reads each to `[DONE]`, prints how many got there.
-pub async fn sse_clients(count: usize, token: String, paths: Vec<String>) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let (client, token, url) = (client.clone(), token.clone(), paths[i % paths.len()].clone());
-        tasks.spawn(async move {
-            let mut response = client.get(url).bearer_auth(token).send().await.ok()?;
-            let mut tail = String::new();
-            while let Some(chunk) = response.chunk().await.ok()? {
-                tail.push_str(&String::from_utf8_lossy(&chunk));
-                if tail.contains("data: [DONE]") {
-                    return Some(());
-                }
-                if tail.len() > 4096 {
-                    tail.drain(..tail.len() - 64);
-                }
-            }
-            None
-        });
-    }
-    let mut done = 0;
-    while let Some(outcome) = tasks.join_next().await {
-        if matches!(outcome, Ok(Some(()))) {
-            done += 1;
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{done}")?;
-    Ok(())
 }
 
 /// Prints one line of the report.

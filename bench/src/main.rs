@@ -13,6 +13,7 @@
 //! It prints figures; it is not a test and never fails on a missed target.
 
 mod assistant;
+mod assistant_clients;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,10 +92,10 @@ struct Args {
     /// streams held, the local model's speed); see bench/README.md.
     #[arg(long)]
     assistant: bool,
-    /// `--assistant`: replies streamed at once.
+    /// `--assistant`: conversations streaming replies at once (the streams in flight).
     #[arg(long, default_value_t = 100)]
     streams: usize,
-    /// `--assistant`: rounds of `--streams` replies.
+    /// `--assistant`: rounds of the burst, and replies per conversation in the steady phase.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// `--assistant`: SSE clients held by the API at once.
@@ -104,13 +105,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The SSE clients of `--assistant` run in a child process of their own (their memory
-    // must not count as the API's): `colloquy-bench sse-clients <count> <token> <url>...`.
+    // The clients of `--assistant` run in child processes of their own (their CPU and
+    // memory must not count as colloquy's): `colloquy-bench ttft-clients` (with the fake
+    // provider) and `colloquy-bench sse-clients <count> <token> <url>...`.
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("sse-clients") {
-        let count = argv.get(2).and_then(|c| c.parse().ok()).context("sse-clients <count> <token> <url>...")?;
-        let token = argv.get(3).cloned().context("sse-clients <count> <token> <url>...")?;
-        return assistant::sse_clients(count, token, argv[4..].to_vec()).await;
+    match argv.get(1).map(String::as_str) {
+        Some("ttft-clients") => return assistant_clients::ttft_clients().await,
+        Some("sse-clients") => {
+            let count = argv.get(2).and_then(|c| c.parse().ok()).context("sse-clients <count> <token> <url>...")?;
+            let token = argv.get(3).cloned().context("sse-clients <count> <token> <url>...")?;
+            return assistant_clients::sse_clients(count, token, argv[4..].to_vec()).await;
+        }
+        _ => {}
     }
     let args = Args::parse();
     ensure_kafka()?;

@@ -383,6 +383,33 @@ mod tests {
         });
     }
 
+    /// The variables docs/docker.md gives compose users, verbatim.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_provider_and_a_model_come_from_the_environment_alone() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLOQUY_ASSISTANT__DEFAULT_MODEL", "gpt-4o-mini");
+            jail.set_env("COLLOQUY_ASSISTANT__PROVIDERS__OPENAI__KIND", "openai");
+            jail.set_env("COLLOQUY_ASSISTANT__PROVIDERS__OPENAI__BASE_URL", "https://api.openai.com/v1");
+            jail.set_env("COLLOQUY_ASSISTANT__PROVIDERS__OPENAI__API_KEY", "sk-env");
+            jail.set_env(
+                "COLLOQUY_ASSISTANT__MODELS__GPT-4O-MINI__ROUTE",
+                r#"["openai/gpt-4o-mini", "local/smollm2-135m"]"#,
+            );
+            jail.set_env("COLLOQUY_ASSISTANT__MODELS__GPT-4O-MINI__CONTEXT_WINDOW", "128000");
+            let s = Settings::load(None).map_err(|e| e.to_string())?.assistant;
+            assert_eq!(s.default_model, "gpt-4o-mini");
+            assert_eq!(s.providers["openai"].kind, ProviderKind::Openai);
+            assert_eq!(s.providers["openai"].api_key.as_deref(), Some("sk-env"));
+            let model = &s.models["gpt-4o-mini"];
+            assert_eq!(model.route, ["openai/gpt-4o-mini", "local/smollm2-135m"]);
+            assert_eq!(model.context_window, 128_000);
+            assert!(s.models.contains_key(LOCAL_MODEL), "the local model stays");
+            assert_eq!(s.check(), Ok(()));
+            Ok(())
+        });
+    }
+
     #[test]
     fn keys_and_header_values_are_not_printed() {
         let mut s = AssistantSettings::default();
