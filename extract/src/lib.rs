@@ -25,4 +25,4 @@ mod text;
 pub use chunk::{chunk, ChunkSettings, TextChunk};
 pub use error::ExtractError;
 pub use extract::{extract, Extracted, Limits};
-pub use format::{sniff, Format, Unsupported, SNIFF_LEN};
+pub use format::{sniff, Format, UnknownFormat, Unsupported, SNIFF_LEN};
