@@ -6,6 +6,7 @@
 //! service in `colloquy-commands` loads and stores them.
 
 pub mod decision;
+mod double_option;
 pub mod event_catalog;
 pub mod metadata;
 pub mod registry;
@@ -30,4 +31,6 @@ macro_rules! aggregates {
 aggregates! {
     user::User,
     conversation::Conversation,
+    file::File,
+    knowledge::KnowledgeDocument,
 }

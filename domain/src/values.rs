@@ -88,6 +88,14 @@ pub enum TextField {
     SystemPrompt,
     /// A person's full name.
     FullName,
+    /// The name of an uploaded file.
+    FileName,
+    /// A knowledge document's tag.
+    Tag,
+    /// A knowledge document's category.
+    Category,
+    /// A knowledge document's text.
+    DocumentText,
 }
 
 impl std::fmt::Display for TextField {
@@ -98,6 +106,10 @@ impl std::fmt::Display for TextField {
             Self::Model => "model name",
             Self::SystemPrompt => "system prompt",
             Self::FullName => "full name",
+            Self::FileName => "file name",
+            Self::Tag => "tag",
+            Self::Category => "category",
+            Self::DocumentText => "document text",
         })
     }
 }
@@ -174,6 +186,28 @@ fn within(text: &str, max: usize) -> Result<String, TextError> {
     }
 }
 
+/// Longest accepted failure code, in characters.
+pub const FAILURE_CODE_MAX: usize = 64;
+/// Longest accepted failure message, in characters.
+pub const FAILURE_MESSAGE_MAX: usize = 1_000;
+
+/// A worker's failure code (`unsupported_media_type`, `embedding_failed`): 1 to
+/// [`FAILURE_CODE_MAX`] characters of snake_case ASCII starting with a letter, so clients and
+/// dashboards can match on it. `None` otherwise.
+pub fn failure_code(raw: &str) -> Option<String> {
+    let valid = raw.len() <= FAILURE_CODE_MAX
+        && raw.starts_with(|c: char| c.is_ascii_lowercase())
+        && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    valid.then(|| raw.to_string())
+}
+
+/// A failure message written for the person whose document or file failed: trimmed, 1 to
+/// [`FAILURE_MESSAGE_MAX`] characters, the character rules of a name (line breaks and tabs
+/// allowed). `None` otherwise.
+pub fn failure_message(raw: &str) -> Option<String> {
+    name_text(raw, FAILURE_MESSAGE_MAX).ok()
+}
+
 /// Trims `raw` and checks it holds between 1 and `max` characters and no control character
 /// but line feed and tab.
 ///
@@ -235,6 +269,27 @@ mod tests {
         assert_eq!(check_message_chars("line\r\nnext\ttab"), Ok(()));
         // A family emoji is joined by U+200D; an isolate wraps right-to-left words.
         assert_eq!(check_message_chars("👩\u{200D}👧 \u{2067}שלום\u{2069}"), Ok(()));
+    }
+
+    #[test]
+    fn failure_codes_are_snake_case_ascii() {
+        assert_eq!(failure_code("unsupported_media_type").as_deref(), Some("unsupported_media_type"));
+        assert_eq!(failure_code("pdf2text_failed").as_deref(), Some("pdf2text_failed"));
+        for bad in
+            ["", "Unsupported", "bad-code", "_leading", "1st", "with space", "é", &"x".repeat(FAILURE_CODE_MAX + 1)]
+        {
+            assert_eq!(failure_code(bad), None, "{bad:?}");
+        }
+        assert!(failure_code(&"x".repeat(FAILURE_CODE_MAX)).is_some());
+    }
+
+    #[test]
+    fn failure_messages_are_trimmed_readable_text() {
+        assert_eq!(failure_message("  The PDF is encrypted. ").as_deref(), Some("The PDF is encrypted."));
+        assert_eq!(failure_message("   "), None);
+        assert_eq!(failure_message("bad\u{0}byte"), None);
+        assert_eq!(failure_message("look\u{202E}here"), None);
+        assert_eq!(failure_message(&"m".repeat(FAILURE_MESSAGE_MAX + 1)), None);
     }
 
     #[test]

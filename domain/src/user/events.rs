@@ -35,11 +35,11 @@ pub struct ProfileUpdated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_name: Option<String>,
     /// New default model (`null` inside `Some` clears it).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::double_option")]
     #[schemars(with = "Option<String>")]
     pub default_model: Option<Option<String>>,
     /// New default system prompt (`null` inside `Some` clears it).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::double_option")]
     #[schemars(with = "Option<String>")]
     pub system_prompt: Option<Option<String>>,
 }
@@ -82,21 +82,5 @@ impl crate::event_catalog::EventExamples for UserEvent {
             Self::ProfileUpdated(ProfileUpdated::default()),
             Self::UserDeactivated(UserDeactivated { reason: Some("left".into()) }),
         ]
-    }
-}
-
-/// Serde for `Option<Option<T>>` telling "absent" from "explicitly null".
-pub(crate) mod double_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(inner) => inner.serialize(s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-        Option::<T>::deserialize(d).map(Some)
     }
 }
