@@ -153,6 +153,20 @@ impl Commands {
         self.conversation_command(caller, "rename_conversation", &request, conversation_id, command, &charges).await
     }
 
+    /// Turns grounding in the caller's knowledge base on or off for one of their
+    /// conversations (no event when it already is).
+    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id, enabled))]
+    pub async fn set_grounding(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        enabled: bool,
+    ) -> Outcome<ConversationAccepted> {
+        let request = (conversation_id, enabled);
+        let command = ConversationCommand::SetGrounding { actor_id: caller.user, enabled };
+        self.conversation_command(caller, "set_grounding", &request, conversation_id, command, &[]).await
+    }
+
     /// Archives, unarchives or deletes one of the caller's conversations.
     #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id, ?change))]
     pub async fn change_lifecycle(

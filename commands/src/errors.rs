@@ -86,6 +86,9 @@ pub enum Failure {
     /// A recorded answer could not be written or read back.
     #[error("recorded answer unreadable")]
     Recording(#[from] serde_json::Error),
+    /// The knowledge base's chunk index failed.
+    #[error("knowledge index failure")]
+    Index(#[from] colloquy_infra::knowledge_index::IndexError),
 }
 
 impl<R: std::error::Error> From<sqlx::Error> for UseCaseError<R> {

@@ -9,7 +9,10 @@ pub mod command_service;
 pub mod conversations;
 pub mod credentials;
 pub mod errors;
+pub mod files;
 pub mod idempotency;
+pub mod ingest;
+pub mod knowledge;
 pub mod models;
 pub mod quotas;
 pub mod replies;
@@ -20,7 +23,7 @@ pub mod users;
 use std::sync::Arc;
 
 use colloquy_domain::conversation::ConversationServices;
-use colloquy_domain::{Conversation, User};
+use colloquy_domain::{Conversation, File, KnowledgeDocument, User};
 use colloquy_infra::event_store::EventStoreMessages;
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::passwords::PasswordHasher;
@@ -36,6 +39,8 @@ pub use idempotency::{Answer, IdempotencyKey};
 pub struct Commands {
     users: CommandService<User>,
     conversations: CommandService<Conversation>,
+    files: CommandService<File>,
+    knowledge: CommandService<KnowledgeDocument>,
     credentials: credentials::Credentials,
     sessions: sessions::Sessions,
     hasher: PasswordHasher,
@@ -76,7 +81,9 @@ impl Commands {
         let messages = Arc::new(EventStoreMessages::new(pool.clone()));
         Self {
             users: CommandService::new(pool.clone(), (), metrics.clone()),
-            conversations: CommandService::new(pool.clone(), ConversationServices::new(messages), metrics),
+            conversations: CommandService::new(pool.clone(), ConversationServices::new(messages), metrics.clone()),
+            files: CommandService::new(pool.clone(), (), metrics.clone()),
+            knowledge: CommandService::new(pool.clone(), (), metrics),
             credentials: credentials::Credentials::new(pool.clone()),
             sessions: sessions::Sessions::new(pool.clone(), settings.refresh_token_ttl_secs),
             hasher: PasswordHasher::bounded(settings.hash_concurrency, settings.hash_queue),

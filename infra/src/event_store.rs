@@ -18,7 +18,9 @@ use colloquy_domain::conversation::{
     ConversationEvent, ConversationStarted, MessageLookup, ReplyStarted, UserMessagePosted,
 };
 use colloquy_domain::decision::PortError;
-use colloquy_domain::Conversation;
+use colloquy_domain::file::FileEvent;
+use colloquy_domain::knowledge::{DocumentSource, KnowledgeDocumentEvent};
+use colloquy_domain::{Conversation, File, KnowledgeDocument};
 use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -336,6 +338,58 @@ pub async fn posted_message<'e>(
     match domain_event(&event)? {
         ConversationEvent::UserMessagePosted(posted) => Ok(Some((event.sequence, posted))),
         _ => Ok(None),
+    }
+}
+
+static DOCUMENT_SOURCES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = '{}' AND aggregate_id = $1
+            AND event_type IN ('DocumentCreated', 'DocumentRevised') ORDER BY sequence",
+        KnowledgeDocument::TYPE
+    )
+});
+
+/// Where the text of `version` of the knowledge document `document_id` comes from, read
+/// from its events: the creation's source for version 1, the revision's text for later
+/// versions; `None` when the document has no such version.
+pub async fn document_source<'e>(
+    db: impl PgExecutor<'e>,
+    document_id: Uuid,
+    version: u32,
+) -> Result<Option<DocumentSource>, EventStoreError> {
+    let rows = sqlx::query(DOCUMENT_SOURCES.as_str()).bind(document_id.to_string()).fetch_all(db).await?;
+    for row in &rows {
+        let (event, _) = decode(row)?;
+        match event.to_domain::<KnowledgeDocumentEvent>() {
+            Ok(KnowledgeDocumentEvent::DocumentCreated(c)) if c.version == version => return Ok(Some(c.source)),
+            Ok(KnowledgeDocumentEvent::DocumentRevised(r)) if r.version == version => {
+                return Ok(Some(DocumentSource::Text { text: r.text }));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(malformed(event, "unreadable knowledge document event", Some(e))),
+        }
+    }
+    Ok(None)
+}
+
+static FILE_UPLOAD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence = 1",
+        File::TYPE
+    )
+});
+
+/// The media type the file `file_id` was stored with (its upload event); `None` when it has
+/// no events.
+pub async fn file_media_type<'e>(db: impl PgExecutor<'e>, file_id: Uuid) -> Result<Option<String>, EventStoreError> {
+    let Some(row) = sqlx::query(FILE_UPLOAD.as_str()).bind(file_id.to_string()).fetch_optional(db).await? else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match event.to_domain::<FileEvent>() {
+        Ok(FileEvent::FileUploaded(uploaded)) => Ok(Some(uploaded.media_type)),
+        Ok(_) => Err(malformed(event, "a file's first event is not FileUploaded", None)),
+        Err(e) => Err(malformed(event, "unreadable file event", Some(e))),
     }
 }
 
