@@ -1,10 +1,12 @@
 //! colloquy's adapters to the outside world: configuration, telemetry, PostgreSQL, Kafka
 //! (clients and the CloudEvents codec), the event store's SQL, Redis, password hashing,
-//! metrics and the operations listener every process offers.
+//! metrics, the operations listener every process offers, and file storage (a folder or
+//! an S3-compatible bucket).
 
 pub mod assistant_settings;
 pub mod cloudevents;
 pub mod event_store;
+pub mod file_storage;
 pub mod kafka;
 pub mod kafka_reader;
 pub mod metrics;

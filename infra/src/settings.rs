@@ -2,7 +2,7 @@
 //! TOML file, then `COLLOQUY_...` environment variables (`__` separates levels, e.g.
 //! `COLLOQUY_DATABASE__URL`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -37,6 +37,8 @@ pub struct Settings {
     pub assistant: crate::assistant_settings::AssistantSettings,
     /// Reply streams (Redis) and their relay to clients over SSE and WebSocket.
     pub streams: StreamSettings,
+    /// Where uploaded files and the text extracted from them are kept.
+    pub storage: StorageSettings,
 }
 
 /// PostgreSQL settings.
@@ -569,6 +571,96 @@ impl Default for StreamSettings {
             ws_buffer: 256,
             wait_for_start_secs: 60,
         }
+    }
+}
+
+/// File storage: a folder on this machine, or an S3-compatible bucket (AWS S3, MinIO,
+/// Cloudflare R2, ...). Only the part of the chosen `backend` is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// Which store holds the files.
+    pub backend: StorageBackend,
+    /// The folder, when `backend = "local"`.
+    pub local: LocalStorageSettings,
+    /// The bucket, when `backend = "s3"`.
+    pub s3: S3StorageSettings,
+}
+
+/// The kind of file store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// A folder on this machine (one machine, or a shared volume).
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+/// A folder holding the files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LocalStorageSettings {
+    /// The folder, created if missing. Relative paths are from the working directory; the
+    /// default is in the data directory.
+    pub root: PathBuf,
+}
+
+impl Default for LocalStorageSettings {
+    fn default() -> Self {
+        Self { root: PathBuf::from(".colloquy/files") }
+    }
+}
+
+/// An S3-compatible bucket holding the files.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3StorageSettings {
+    /// The bucket's name (required with this backend).
+    pub bucket: String,
+    /// The service's URL for anything but AWS (MinIO, R2, ...), e.g. `http://127.0.0.1:9000`;
+    /// unset means AWS S3 in `region`. Requests use path-style addressing.
+    pub endpoint: Option<String>,
+    /// The bucket's region (`auto` for R2).
+    pub region: String,
+    /// The access key id. With the secret unset too, the credentials of the machine's role
+    /// (instance metadata) are used.
+    pub access_key_id: Option<String>,
+    /// The secret access key. Never logged.
+    pub secret_access_key: Option<String>,
+    /// Allow a plain `http://` endpoint (a local MinIO); never in production.
+    pub allow_http: bool,
+    /// A folder in the bucket under which every key is stored (empty: the bucket's root),
+    /// so deployments can share a bucket.
+    pub prefix: String,
+}
+
+impl Default for S3StorageSettings {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            prefix: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for S3StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3StorageSettings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| REDACTED))
+            .field("allow_http", &self.allow_http)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 

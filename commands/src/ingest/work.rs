@@ -12,7 +12,7 @@ use colloquy_domain::knowledge::{
 };
 use colloquy_extract::{ChunkSettings, ExtractError, Extracted, Format, Limits};
 use colloquy_infra::event_store::StoredEvent;
-use colloquy_infra::file_storage::{FileStorage, StorageError, StorageKey};
+use colloquy_infra::file_storage::{self, FileStorage, StorageError};
 use colloquy_infra::knowledge_index::{self, EmbeddingSpace, NewChunk, Written};
 use colloquy_providers::embeddings::Embedder;
 use cqrs_es::Aggregate as _;
@@ -127,8 +127,8 @@ async fn extract_file(
     file_id: Uuid,
     media_type: &str,
 ) -> Result<Result<Extracted, ExtractError>, Retry> {
-    let key = StorageKey::for_file(owner, file_id);
-    let text_key = key.text_key();
+    let key = file_storage::file_key(owner, file_id);
+    let text_key = file_storage::text_key_for(&key);
     match deps.storage.get_bytes(&text_key, deps.limits.max_text_chars as u64 * 4).await {
         Ok(bytes) => {
             let text = String::from_utf8(bytes.to_vec()).map_err(retry)?;
