@@ -68,9 +68,9 @@ server_query() {
 # against any PostgreSQL from 13 on. The source comes from the machine's own Debian mirror
 # through a private sources list, package lists and cache in a temporary folder, so the
 # machine's apt state is untouched and its pinning never sees the newer release; apt checks
-# the suite's InRelease against the keyring the machine's own entry names (trixie is today signed
-# with bookworm's archive key too, so even bookworm's first keyring verifies it) and every
-# downloaded file against the hashes in the signed index. The build is portable (no
+# the suite's InRelease against the keyring the machine's own entry names (today trixie is
+# signed with bookworm's archive key too, so even bookworm's first keyring verifies it) and
+# every downloaded file against the hashes in the signed index. The build is portable (no
 # -march=native) and installed with `make install`, outside dpkg.
 ensure_pgvector() {
     local available="SELECT 1 FROM pg_available_extensions WHERE name = 'vector'" found
