@@ -9,6 +9,7 @@ pub mod event_store;
 pub mod file_storage;
 pub mod kafka;
 pub mod kafka_reader;
+pub mod knowledge_index;
 pub mod metrics;
 pub mod ops;
 pub mod passwords;
