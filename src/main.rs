@@ -31,6 +31,9 @@ enum Command {
     Project,
     /// The assistant worker: answers posted messages through the configured model providers.
     Assistant,
+    /// The ingest worker: extracts uploaded files and indexes knowledge documents (chunks,
+    /// embeddings) for search and grounded answers.
+    Ingest,
     /// Create the database if missing and apply its migrations.
     Migrate,
     /// Create the Kafka topics.
@@ -111,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     // them (and short ones) before connecting to anything, whether or not they sign tokens:
     // a deployment configured with one is misconfigured as a whole.
     settings.auth.allow_published_keys = matches!(cli.command, Command::Dev);
-    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project | Command::Assistant) {
+    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project | Command::Assistant | Command::Ingest) {
         settings.auth.check_keys().context("refusing to start")?;
     }
     let processes = match cli.command {
@@ -120,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay => Processes { relay: true, ..Default::default() },
         Command::Project => Processes { projectors: true, ..Default::default() },
         Command::Assistant => Processes { assistant: true, ..Default::default() },
+        Command::Ingest => Processes { ingest: true, ..Default::default() },
         Command::Migrate => {
             if postgres::prepare(&settings.database).await? {
                 tracing::info!("Database created.");

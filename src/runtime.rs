@@ -5,7 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use colloquy_commands::assistant::{Assistant, AssistantDeps};
+use colloquy_commands::assistant::{Assistant, AssistantDeps, Grounding};
+use colloquy_commands::ingest::{Ingest, IngestDeps};
+use colloquy_extract::{ChunkSettings, Limits};
+use colloquy_infra::file_storage::FileStorage;
+use colloquy_local::MiniLm;
+use colloquy_providers::embeddings::{Embedder, OpenAiEmbedder};
+use colloquy_providers::openai::OpenAiCompatible;
 use colloquy_commands::{CommandSettings, Commands};
 use colloquy_infra::assistant_settings::ProviderKind;
 use colloquy_infra::reply_streams::ReplyStreams;
@@ -45,7 +51,7 @@ pub async fn connect(settings: &Settings, which: Processes) -> anyhow::Result<De
         tracing::info!("Database created.");
     }
     let pool = postgres::connect(&settings.database).await?;
-    let redis = match which.api || which.projectors || which.assistant {
+    let redis = match which.api || which.projectors || which.assistant || which.ingest {
         true => Some(RedisStore::connect(&settings.redis).await?),
         false => None,
     };
@@ -66,12 +72,14 @@ pub struct Processes {
     pub projectors: bool,
     /// The assistant worker.
     pub assistant: bool,
+    /// The ingest worker.
+    pub ingest: bool,
 }
 
 impl Processes {
     /// Everything (`colloquy dev`).
     pub fn all() -> Self {
-        Self { api: true, relay: true, projectors: true, assistant: true }
+        Self { api: true, relay: true, projectors: true, assistant: true, ingest: true }
     }
 }
 
@@ -127,7 +135,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut created = Vec::new();
-    if which.relay || which.projectors || which.assistant {
+    if which.relay || which.projectors || which.assistant || which.ingest {
         created = kafka::ensure_topics(&settings.kafka).await?;
         if !created.is_empty() {
             tracing::info!(?created, "Topics created.");
@@ -152,8 +160,17 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
             spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
         }
     }
+    // One embedder for the processes of this one: loading the local one costs a fraction
+    // of a second and about 90 MiB.
+    let embedder = match which.api || which.assistant || which.ingest {
+        true => Some(embedder(settings).await?),
+        false => None,
+    };
     if which.assistant {
-        spawn_assistant(&mut tasks, settings, deps, &created, shutdown.clone()).await?;
+        spawn_assistant(&mut tasks, settings, deps, &created, embedder.clone(), shutdown.clone()).await?;
+    }
+    if let (true, Some(embedder)) = (which.ingest, &embedder) {
+        spawn_ingest(&mut tasks, settings, deps, &created, embedder.clone(), shutdown.clone()).await?;
     }
     let mut port = None;
     let mut http = None;
@@ -183,7 +200,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     if let (true, Some(redis)) = (which.api, &deps.redis) {
         // The API gets its own pool, opened from this runtime (see `connect_for_http`).
         let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
-        let app = Application::build(settings.clone(), api_pool, redis.clone(), scrape)?;
+        let app = Application::build_with_embedder(settings.clone(), api_pool, redis.clone(), scrape, embedder)?;
         port = Some(app.port());
         http = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");
@@ -210,10 +227,11 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
 /// The `/metrics` and `/health` port of a process without the API: `http.ops_port` when
 /// set, else its role's own default, so a relay and a projector on one host both listen.
 pub fn ops_port(settings: &Settings, which: Processes) -> u16 {
-    let role_default = match (which.projectors, which.relay) {
-        (true, _) => settings.http.project_ops_port,
-        (false, true) => settings.http.relay_ops_port,
-        (false, false) => settings.http.assistant_ops_port,
+    let role_default = match (which.projectors, which.relay, which.assistant) {
+        (true, _, _) => settings.http.project_ops_port,
+        (false, true, _) => settings.http.relay_ops_port,
+        (false, false, true) => settings.http.assistant_ops_port,
+        (false, false, false) => settings.http.ingest_ops_port,
     };
     settings.http.ops_port.unwrap_or(role_default)
 }
@@ -254,11 +272,60 @@ fn default_is_local(assistant: &colloquy_infra::assistant_settings::AssistantSet
     })
 }
 
+/// The knowledge base's embedder: the local all-MiniLM-L6-v2 (from the data directory;
+/// nothing downloads), or an OpenAI-compatible embeddings API of `assistant.providers`.
+pub async fn embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> {
+    let knowledge = &settings.knowledge;
+    if let Err(problems) = knowledge.check(&settings.assistant) {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::bail!("the knowledge base's configuration: {}", listed.join("; "));
+    }
+    let e = &knowledge.embedder;
+    if e.is_local() {
+        let (dir, batch) = (settings.assistant.local.models_dir.clone(), e.batch_size);
+        let local = tokio::task::spawn_blocking(move || MiniLm::load(&dir, 1)).await?.context("loading the local embedder")?;
+        return Ok(Arc::new(local.with_batch_size(batch)));
+    }
+    let entry = settings.assistant.providers.get(&e.provider).context("the embedder's provider is not configured")?;
+    let provider = Arc::new(OpenAiCompatible::new(&e.provider, entry)?);
+    Ok(Arc::new(OpenAiEmbedder::new(provider, e.model.clone(), e.dimension, e.batch_size)))
+}
+
+async fn spawn_ingest(
+    tasks: &mut JoinSet<()>,
+    settings: &Settings,
+    deps: &Deps,
+    created: &[String],
+    embedder: Arc<dyn Embedder>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let commands = Commands::new(deps.pool.clone(), deps.metrics.clone(), command_settings(settings));
+    let topics = kafka::Topics::new(&settings.kafka);
+    let ours = [topics.events(colloquy_domain::File::TYPE), topics.events(colloquy_domain::KnowledgeDocument::TYPE)];
+    if !ours.iter().all(|t| created.contains(t)) {
+        kafka::before_joining(&settings.kafka, &Ingest::group(&settings.kafka)).await;
+    }
+    let knowledge = &settings.knowledge;
+    let deps = IngestDeps {
+        commands: Arc::new(commands),
+        pool: deps.pool.clone(),
+        storage: FileStorage::from_settings(&settings.storage)?,
+        embedder,
+        chunking: ChunkSettings { max_tokens: knowledge.chunking.max_tokens, overlap_tokens: knowledge.chunking.overlap_tokens },
+        limits: Limits::default(),
+        max_file_bytes: knowledge.uploads.max_bytes,
+    };
+    let worker = Ingest::new(&settings.kafka, deps)?;
+    tasks.spawn(async move { worker.run(token).await });
+    Ok(())
+}
+
 async fn spawn_assistant(
     tasks: &mut JoinSet<()>,
     settings: &Settings,
     deps: &Deps,
     created: &[String],
+    embedder: Option<Arc<dyn Embedder>>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = deps.redis.clone().context("the assistant needs Redis")?;
@@ -279,6 +346,10 @@ async fn spawn_assistant(
             router,
             streams: ReplyStreams::new(&redis, &settings.streams),
             metrics: deps.metrics.clone(),
+            grounding: embedder.map(|embedder| Grounding {
+                embedder,
+                passages: settings.knowledge.retrieval.passages,
+            }),
         },
     )?;
     tasks.spawn(async move { worker.run(token).await });

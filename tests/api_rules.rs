@@ -164,7 +164,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     settings.rate_limit.burst = 4;
     let app = TestApp::spawn_with(
         settings,
-        colloquy::runtime::Processes { api: true, relay: false, projectors: false, assistant: false },
+        colloquy::runtime::Processes { api: true, relay: false, projectors: false, assistant: false, ingest: false },
     )
     .await;
     let (_, token) = app.user().await;

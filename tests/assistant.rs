@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
-const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true };
+const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
 
 /// Settings whose only models answer through `providers` (name → fake), each model
 /// `<name>-model` routed to them in order. The local model is left out.

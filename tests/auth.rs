@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use support::{isolated_settings, TestApp, PASSWORD};
 use uuid::Uuid;
 
-const API_ONLY: Processes = Processes { api: true, relay: false, projectors: false, assistant: false };
+const API_ONLY: Processes = Processes { api: true, relay: false, projectors: false, assistant: false, ingest: false };
 
 fn new_email() -> String {
     format!("a{}@example.com", Uuid::new_v4().simple())

@@ -96,7 +96,7 @@ async fn a_killed_projectors_replacement_consumes_within_the_session_timeout() {
     // The API and the relay in this process; the projectors in child processes.
     let app = TestApp::spawn_with(
         settings.clone(),
-        Processes { api: true, relay: true, projectors: false, assistant: false },
+        Processes { api: true, relay: true, projectors: false, assistant: false, ingest: false },
     )
     .await;
     let log = std::env::temp_dir().join(format!("colloquy-failover-{}.log", Uuid::new_v4().simple()));

@@ -12,7 +12,7 @@ use support::{isolated_settings, TestApp, PASSWORD};
 use uuid::Uuid;
 
 fn api_only() -> Processes {
-    Processes { api: true, relay: false, projectors: false, assistant: false }
+    Processes { api: true, relay: false, projectors: false, assistant: false, ingest: false }
 }
 
 async fn events_of(app: &TestApp, aggregate_id: Uuid) -> i64 {

@@ -31,7 +31,7 @@ const WELL_BEFORE_THE_WAIT: Duration = Duration::from_secs(20);
 /// The API alone: nothing reaches the read models until [`project_now`] applies it, so each
 /// test decides what the read model has (and needs no broker).
 fn api_only() -> Processes {
-    Processes { api: true, relay: false, projectors: false, assistant: false }
+    Processes { api: true, relay: false, projectors: false, assistant: false, ingest: false }
 }
 
 /// Applies the conversation's stored events to its read models with the projector's own

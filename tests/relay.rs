@@ -73,7 +73,7 @@ async fn relay_crash_before_checkpoint_resends_and_projections_ignore_duplicates
         .unwrap();
     let settings = app.settings.clone();
     let restarted =
-        TestApp::attach(settings.clone(), Processes { api: true, relay: true, projectors: true, assistant: false })
+        TestApp::attach(settings.clone(), Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false })
             .await;
     let version = restarted.message(&token, conv, "after restart").await;
     let (s, page) =

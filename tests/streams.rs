@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
 fn api_only() -> Processes {
-    Processes { api: true, relay: false, projectors: false, assistant: false }
+    Processes { api: true, relay: false, projectors: false, assistant: false, ingest: false }
 }
 
 async fn api(settings: Settings) -> TestApp {

@@ -166,7 +166,7 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     let settings = bench_settings(args, tag, db_url);
     telemetry::init(&settings.log);
 
-    let everything = Processes { api: true, relay: true, projectors: true, assistant: false };
+    let everything = Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false };
     let deps = runtime::connect(&settings, everything).await.context("connecting Postgres and Redis")?;
     let running = runtime::start(&settings, &deps, everything).await?;
     let Some(port) = running.port else { bail!("the API did not start") };

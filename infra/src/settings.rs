@@ -256,6 +256,8 @@ pub struct HttpSettings {
     pub project_ops_port: u16,
     /// Default ops port of `colloquy assistant` (9466).
     pub assistant_ops_port: u16,
+    /// `/health` and `/metrics` of `colloquy ingest` (when `ops_port` is not set).
+    pub ingest_ops_port: u16,
     /// Hours an `Idempotency-Key` and its response are remembered.
     pub idempotency_ttl_hours: u32,
     /// Seconds a request that never finished (its process died) holds its
@@ -280,6 +282,7 @@ impl Default for HttpSettings {
             relay_ops_port: 9464,
             project_ops_port: 9465,
             assistant_ops_port: 9466,
+            ingest_ops_port: 9467,
             idempotency_ttl_hours: 24,
             idempotency_lease_secs: 120,
             trusted_proxies: Vec::new(),

@@ -90,7 +90,7 @@ pub use colloquy_infra::testing::eventually;
 impl TestApp {
     /// Everything: API, relay, projectors.
     pub async fn spawn() -> Self {
-        Self::spawn_with(isolated_settings(), Processes { api: true, relay: true, projectors: true, assistant: false })
+        Self::spawn_with(isolated_settings(), Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false })
             .await
     }
 

@@ -9,10 +9,12 @@
 //! earlier message of the partition is answered ([`offsets`]); a worker that dies mid-reply
 //! leaves a lease that expires, and another worker ends that reply ([`leases`]).
 
+mod grounding;
 pub mod leases;
 pub mod offsets;
 pub mod prompt;
 mod reply;
 mod worker;
 
+pub use grounding::Grounding;
 pub use worker::{Assistant, AssistantDeps, WORKER_NAME};

@@ -113,8 +113,16 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         content: question.posted.content.clone(),
     };
     let budget = info.context_window.saturating_sub(info.max_output_tokens as usize);
+    let citations = match (&shared.grounding, conversation.grounded) {
+        (Some(grounding), true) => grounding
+            .retrieve(&shared.pool, question.posted.author_id, &question.posted.content)
+            .await
+            .map_err(|e| infra(format!("retrieving the knowledge base's passages: {e}")))?,
+        _ => Vec::new(),
+    };
+    let system = super::grounding::system_prompt(conversation.system_prompt.as_deref(), &citations);
     let router = shared.router.clone();
-    let built = prompt::build(conversation.system_prompt.as_deref(), &target, &history, budget, |m| {
+    let built = prompt::build(system.as_deref(), &target, &history, budget, |m| {
         router.count_tokens(&model, std::slice::from_ref(m))
     });
     let (prompt, too_long) = match built {
@@ -139,7 +147,7 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
             top_p: parameters.top_p,
         },
         worker: shared.leases.worker().to_string(),
-        citations: vec![],
+        citations,
     };
     match shared.commands.start_reply(&question.caller, question.conversation_id, started).await {
         Ok(_) => {}

@@ -49,6 +49,9 @@ pub struct AssistantDeps {
     pub streams: ReplyStreams,
     /// Metrics.
     pub metrics: Metrics,
+    /// Grounding in the knowledge base, for conversations that have it on (`None`: no
+    /// embedder in this process; grounded conversations are answered without passages).
+    pub grounding: Option<super::Grounding>,
 }
 
 /// State shared by the worker's tasks.
@@ -59,6 +62,7 @@ pub struct Shared {
     pub(super) streams: ReplyStreams,
     pub(super) leases: Leases,
     pub(super) settings: WorkerSettings,
+    pub(super) grounding: Option<super::Grounding>,
     metrics: Metrics,
     /// Replies streaming in this process, by reply id: cancelling the token cancels the reply.
     in_flight: Mutex<HashMap<Uuid, CancellationToken>>,
@@ -147,6 +151,7 @@ impl Assistant {
             streams: deps.streams,
             leases,
             settings,
+            grounding: deps.grounding,
             metrics: deps.metrics,
             in_flight: Mutex::new(HashMap::new()),
         });
