@@ -114,7 +114,10 @@ async fn main() -> anyhow::Result<()> {
     // them (and short ones) before connecting to anything, whether or not they sign tokens:
     // a deployment configured with one is misconfigured as a whole.
     settings.auth.allow_published_keys = matches!(cli.command, Command::Dev);
-    if matches!(cli.command, Command::Dev | Command::Serve | Command::Relay | Command::Project | Command::Assistant | Command::Ingest) {
+    if matches!(
+        cli.command,
+        Command::Dev | Command::Serve | Command::Relay | Command::Project | Command::Assistant | Command::Ingest
+    ) {
         settings.auth.check_keys().context("refusing to start")?;
     }
     let processes = match cli.command {

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use colloquy_commands::assistant::{Assistant, AssistantDeps, Grounding};
 use colloquy_commands::ingest::{Ingest, IngestDeps};
+use colloquy_commands::{CommandSettings, Commands};
 use colloquy_extract::{ChunkSettings, Limits};
+use colloquy_infra::assistant_settings::ProviderKind;
 use colloquy_infra::file_storage::FileStorage;
+use colloquy_infra::reply_streams::ReplyStreams;
+use colloquy_local::LocalChat;
 use colloquy_local::MiniLm;
 use colloquy_providers::embeddings::{Embedder, OpenAiEmbedder};
 use colloquy_providers::openai::OpenAiCompatible;
-use colloquy_commands::{CommandSettings, Commands};
-use colloquy_infra::assistant_settings::ProviderKind;
-use colloquy_infra::reply_streams::ReplyStreams;
-use colloquy_local::LocalChat;
 use colloquy_providers::router::{http_providers, Router};
 use colloquy_providers::ChatProvider;
 use cqrs_es::Aggregate;
@@ -200,7 +200,7 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
     if let (true, Some(redis)) = (which.api, &deps.redis) {
         // The API gets its own pool, opened from this runtime (see `connect_for_http`).
         let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
-        let app = Application::build_with_embedder(settings.clone(), api_pool, redis.clone(), scrape, embedder)?;
+        let app = Application::build(settings.clone(), api_pool, redis.clone(), scrape)?;
         port = Some(app.port());
         http = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");
@@ -283,7 +283,8 @@ pub async fn embedder(settings: &Settings) -> anyhow::Result<Arc<dyn Embedder>> 
     let e = &knowledge.embedder;
     if e.is_local() {
         let (dir, batch) = (settings.assistant.local.models_dir.clone(), e.batch_size);
-        let local = tokio::task::spawn_blocking(move || MiniLm::load(&dir, 1)).await?.context("loading the local embedder")?;
+        let local =
+            tokio::task::spawn_blocking(move || MiniLm::load(&dir, 1)).await?.context("loading the local embedder")?;
         return Ok(Arc::new(local.with_batch_size(batch)));
     }
     let entry = settings.assistant.providers.get(&e.provider).context("the embedder's provider is not configured")?;
@@ -311,7 +312,10 @@ async fn spawn_ingest(
         pool: deps.pool.clone(),
         storage: FileStorage::from_settings(&settings.storage)?,
         embedder,
-        chunking: ChunkSettings { max_tokens: knowledge.chunking.max_tokens, overlap_tokens: knowledge.chunking.overlap_tokens },
+        chunking: ChunkSettings {
+            max_tokens: knowledge.chunking.max_tokens,
+            overlap_tokens: knowledge.chunking.overlap_tokens,
+        },
         limits: Limits::default(),
         max_file_bytes: knowledge.uploads.max_bytes,
     };
@@ -346,10 +350,7 @@ async fn spawn_assistant(
             router,
             streams: ReplyStreams::new(&redis, &settings.streams),
             metrics: deps.metrics.clone(),
-            grounding: embedder.map(|embedder| Grounding {
-                embedder,
-                passages: settings.knowledge.retrieval.passages,
-            }),
+            grounding: embedder.map(|embedder| Grounding { embedder, passages: settings.knowledge.retrieval.passages }),
         },
     )?;
     tasks.spawn(async move { worker.run(token).await });

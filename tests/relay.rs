@@ -72,9 +72,11 @@ async fn relay_crash_before_checkpoint_resends_and_projections_ignore_duplicates
         .await
         .unwrap();
     let settings = app.settings.clone();
-    let restarted =
-        TestApp::attach(settings.clone(), Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false })
-            .await;
+    let restarted = TestApp::attach(
+        settings.clone(),
+        Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false },
+    )
+    .await;
     let version = restarted.message(&token, conv, "after restart").await;
     let (s, page) =
         restarted.get(&format!("/conversations/{conv}/messages?min_version={version}&limit=100"), &token).await;

@@ -64,12 +64,12 @@ impl Commands {
     #[instrument(skip_all, fields(user_id = %caller.user))]
     pub async fn create_document(&self, caller: &Caller, input: CreateDocument) -> Outcome<DocumentAccepted> {
         if let DocumentSource::File { file_id } = &input.source {
-            let (file, _) = self
-                .files
-                .current_state(&file_id.to_string())
-                .await
-                .map_err(|e| UseCaseError::from_command(e.map_rejection(|_| KnowledgeDocumentError::SourceFileNotFound)))?;
-            if file.owner_id != Some(caller.user) || matches!(file.status, FileStatus::NotUploaded | FileStatus::Deleted) {
+            let (file, _) = self.files.current_state(&file_id.to_string()).await.map_err(|e| {
+                UseCaseError::from_command(e.map_rejection(|_| KnowledgeDocumentError::SourceFileNotFound))
+            })?;
+            if file.owner_id != Some(caller.user)
+                || matches!(file.status, FileStatus::NotUploaded | FileStatus::Deleted)
+            {
                 return Err(UseCaseError::rejected(KnowledgeDocumentError::SourceFileNotFound));
             }
         }

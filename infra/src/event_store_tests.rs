@@ -46,6 +46,7 @@ fn start_of(message: Uuid) -> ConversationEvent {
         context: vec![message],
         parameters: ReplyParameters::default(),
         worker: "w1".into(),
+        citations: vec![],
     })
 }
 

@@ -187,7 +187,11 @@ pub async fn remove_document(pool: &PgPool, owner_id: Uuid, document_id: Uuid) -
 }
 
 /// Chunks of the live version of a document (for tests and audits), in order.
-pub async fn live_chunks(pool: &PgPool, owner_id: Uuid, document_id: Uuid) -> Result<Vec<(Uuid, u32, String)>, IndexError> {
+pub async fn live_chunks(
+    pool: &PgPool,
+    owner_id: Uuid,
+    document_id: Uuid,
+) -> Result<Vec<(Uuid, u32, String)>, IndexError> {
     let rows = sqlx::query(
         "SELECT c.chunk_id, c.position, c.content FROM knowledge_chunks c
            JOIN knowledge_index ki ON ki.document_id = c.document_id AND ki.live_version = c.doc_version

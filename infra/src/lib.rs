@@ -10,6 +10,7 @@ pub mod file_storage;
 pub mod kafka;
 pub mod kafka_reader;
 pub mod knowledge_index;
+pub mod knowledge_settings;
 pub mod metrics;
 pub mod ops;
 pub mod passwords;

@@ -39,6 +39,9 @@ pub struct Settings {
     pub streams: StreamSettings,
     /// Where uploaded files and the text extracted from them are kept.
     pub storage: StorageSettings,
+    /// The knowledge base: the embedder of its chunks and search queries, chunking, upload
+    /// limits, retrieval for grounded answers.
+    pub knowledge: crate::knowledge_settings::KnowledgeSettings,
 }
 
 /// PostgreSQL settings.

@@ -169,9 +169,17 @@ async fn tags_filter_and_vectors_of_another_dimension_are_refused() {
         .unwrap();
     let space = space();
     let tags = vec!["travel".to_string()];
-    let query =
-        SearchQuery { owner_id: owner, text: "trains", embedding: None, space: &space, k: 5, tags: &tags, mode: SearchMode::Text };
-    let found: Vec<Uuid> = knowledge_index::search(&db.pool, &query).await.unwrap().iter().map(|p| p.document_id).collect();
+    let query = SearchQuery {
+        owner_id: owner,
+        text: "trains",
+        embedding: None,
+        space: &space,
+        k: 5,
+        tags: &tags,
+        mode: SearchMode::Text,
+    };
+    let found: Vec<Uuid> =
+        knowledge_index::search(&db.pool, &query).await.unwrap().iter().map(|p| p.document_id).collect();
     assert_eq!(found, [travel]);
 
     let wrong = [NewChunk { position: 0, content: "x".into(), embedding: vec![1.0; DIM + 1] }];

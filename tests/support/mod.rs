@@ -90,8 +90,11 @@ pub use colloquy_infra::testing::eventually;
 impl TestApp {
     /// Everything: API, relay, projectors.
     pub async fn spawn() -> Self {
-        Self::spawn_with(isolated_settings(), Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false })
-            .await
+        Self::spawn_with(
+            isolated_settings(),
+            Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false },
+        )
+        .await
     }
 
     /// The given processes with the given settings (database created here).

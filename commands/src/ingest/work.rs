@@ -58,8 +58,7 @@ fn retry(e: impl std::fmt::Display) -> Retry {
 /// stored (done, or nothing to do).
 pub async fn handle(deps: &IngestDeps, event: &StoredEvent) -> Result<(), Retry> {
     let caller = |owner: Uuid| {
-        let correlation =
-            event.metadata.get(colloquy_domain::metadata::CORRELATION_ID).cloned().unwrap_or_default();
+        let correlation = event.metadata.get(colloquy_domain::metadata::CORRELATION_ID).cloned().unwrap_or_default();
         Caller::system(WORKER_NAME, owner, correlation, format!("event:{}", event.event_id))
     };
     let Ok(id) = event.aggregate_id.parse::<Uuid>() else { return Ok(()) };
@@ -114,7 +113,9 @@ async fn process_file(deps: &IngestDeps, caller: &Caller, file_id: Uuid, uploade
     match deps.commands.record_file(caller, file_id, command).await {
         Ok(_) => Ok(()),
         // Recorded by an earlier attempt, or deleted meanwhile: nothing left to do.
-        Err(CommandError::Rejected(FileError::NotProcessing { .. } | FileError::Deleted | FileError::NotFound)) => Ok(()),
+        Err(CommandError::Rejected(FileError::NotProcessing { .. } | FileError::Deleted | FileError::NotFound)) => {
+            Ok(())
+        }
         Err(e) => Err(retry(e)),
     }
 }
@@ -148,9 +149,8 @@ async fn extract_file(
         return Ok(Err(ExtractError::Unsupported(media_type.to_string())));
     };
     let limits = deps.limits.clone();
-    let extracted = tokio::task::spawn_blocking(move || colloquy_extract::extract(format, &bytes, &limits))
-        .await
-        .map_err(retry)?;
+    let extracted =
+        tokio::task::spawn_blocking(move || colloquy_extract::extract(format, &bytes, &limits)).await.map_err(retry)?;
     if let Ok(e) = &extracted {
         deps.storage.put_bytes(&text_key, Bytes::from(e.text.clone())).await.map_err(retry)?;
     }

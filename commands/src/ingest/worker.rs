@@ -58,7 +58,8 @@ impl Ingest {
             };
             // An undecodable record is the projectors' to dead-letter; nothing to ingest.
             if let Some(Ok(event)) = m.payload().map(cloudevents::decode) {
-                let span = tracing::info_span!("ingest", aggregate_id = %event.aggregate_id, event_type = %event.event_type);
+                let span =
+                    tracing::info_span!("ingest", aggregate_id = %event.aggregate_id, event_type = %event.event_type);
                 let mut backoff = FIRST_BACKOFF;
                 loop {
                     match tracing::Instrument::instrument(work::handle(&self.deps, &event), span.clone()).await {
