@@ -85,6 +85,27 @@ pub struct Message {
     pub finish_reason: Option<String>,
     /// On a failed reply: why.
     pub error: Option<MessageError>,
+    /// On a reply of a grounded conversation: the knowledge-base passages its prompt quoted.
+    pub citations: Vec<MessageCitation>,
+}
+
+/// A passage a reply's prompt quoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageCitation {
+    /// The knowledge document.
+    pub document_id: Uuid,
+    /// Its version.
+    pub version: u32,
+    /// The passage (chunk).
+    pub chunk_id: Uuid,
+    /// Its position in that version.
+    pub position: u32,
+    /// The document's title.
+    pub title: String,
+    /// The passage as quoted.
+    pub text: String,
+    /// Its retrieval score.
+    pub score: f64,
 }
 
 /// A row of `rm_messages` as stored.
@@ -106,6 +127,7 @@ struct Row {
     finish_reason: Option<String>,
     error_code: Option<String>,
     error_message: Option<String>,
+    citations: sqlx::types::Json<Vec<MessageCitation>>,
 }
 
 impl From<Row> for Message {
@@ -130,12 +152,13 @@ impl From<Row> for Message {
             usage,
             finish_reason: r.finish_reason,
             error,
+            citations: r.citations.0,
         }
     }
 }
 
 const ROW_COLUMNS: &str = "message_id, conversation_id, sequence, role, content, created_at, status, reply_id, \
-     in_reply_to, model, provider, input_tokens, output_tokens, finish_reason, error_code, error_message";
+     in_reply_to, model, provider, input_tokens, output_tokens, finish_reason, error_code, error_message, citations";
 
 /// How a reply ended, as one UPDATE of its row.
 struct ReplyEnd<'a> {

@@ -133,6 +133,7 @@ async fn replies_stream_then_end_in_place_and_rebuild_identically() {
         usage: None,
         finish_reason: None,
         error: None,
+        citations: vec![],
     };
     let streaming = Message {
         message_id: r1,
@@ -149,6 +150,7 @@ async fn replies_stream_then_end_in_place_and_rebuild_identically() {
         usage: None,
         finish_reason: None,
         error: None,
+        citations: vec![],
     };
     assert_eq!(listed, [user_one.clone(), streaming.clone()]);
     assert_eq!(messages::reply(pool, owner, conversation, r1).await.unwrap(), Some(streaming.clone()));
