@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # colloquy: one image, one binary. Pick the process with the command:
-#   docker run --rm colloquy serve | relay | project | assistant | migrate | topics | rebuild <name> | ...
+#   docker run --rm colloquy serve | relay | project | assistant | ingest | migrate | topics | rebuild <name> | ...
 # The image carries the local models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), so the
 # assistant answers with no provider key and nothing downloads when a container runs.
 # Settings come from COLLOQUY_<SECTION>__<FIELD> environment variables (see docs/docker.md).
@@ -48,7 +48,7 @@ RUN apt-get update \
     && groupadd --system --gid 10001 colloquy \
     && useradd --system --uid 10001 --gid colloquy --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin colloquy \
-    && install -d -o colloquy -g colloquy /app
+    && install -d -o colloquy -g colloquy /app /app/.colloquy /app/.colloquy/files
 
 COPY --from=builder /out/colloquy /usr/local/bin/colloquy
 COPY --from=models /state/models /app/models

@@ -11,7 +11,7 @@ fn read(name: &str) -> String {
 }
 
 /// The subcommands of the processes that run all the time (`colloquy dev` runs them all).
-const PROCESSES: [&str; 4] = ["serve", "relay", "project", "assistant"];
+const PROCESSES: [&str; 5] = ["serve", "relay", "project", "assistant", "ingest"];
 
 #[test]
 fn compose_runs_every_long_running_process() {
