@@ -5,7 +5,10 @@
 
 pub mod cache;
 pub mod conversations;
+pub mod files;
 pub mod freshness;
+pub mod knowledge;
+pub mod knowledge_queries;
 pub mod messages;
 pub mod projection;
 pub mod projector;
@@ -26,6 +29,8 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(users::UsersProjection),
         Arc::new(conversations::ConversationsProjection),
         Arc::new(messages::MessagesProjection),
+        Arc::new(files::FilesProjection),
+        Arc::new(knowledge::KnowledgeProjection),
     ]
 }
 
