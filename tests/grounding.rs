@@ -156,5 +156,7 @@ async fn a_grounded_reply_quotes_and_cites_its_owners_passages_only_and_never_a_
     let later = ask(&client, &alice_token, conversation, again).await;
     assert!(!system_prompt_of(&fake, again).contains("Tallow"));
     assert_eq!(later["citations"], json!([]));
+    let mut app = app;
+    app.stop_processes().await;
     support::cleanup(app.settings.clone()).await;
 }
