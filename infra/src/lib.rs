@@ -7,6 +7,7 @@ pub mod cloudevents;
 pub mod event_store;
 pub mod kafka;
 pub mod kafka_reader;
+pub mod knowledge_settings;
 pub mod metrics;
 pub mod ops;
 pub mod passwords;

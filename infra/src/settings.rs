@@ -37,6 +37,8 @@ pub struct Settings {
     pub assistant: crate::assistant_settings::AssistantSettings,
     /// Reply streams (Redis) and their relay to clients over SSE and WebSocket.
     pub streams: StreamSettings,
+    /// The knowledge base: the embedder of its chunks and search queries.
+    pub knowledge: crate::knowledge_settings::KnowledgeSettings,
 }
 
 /// PostgreSQL settings.

@@ -3,10 +3,14 @@
 //! model run with candle. The [`router`](crate) picks a provider for a model, retries,
 //! falls back before the first token and keeps a circuit breaker per provider.
 //!
+//! Embeddings sit behind the [`Embedder`] trait: any OpenAI-compatible embeddings API here
+//! ([`OpenAiEmbedder`]), the local all-MiniLM-L6-v2 in `colloquy-local`.
+//!
 //! Cancel is uniform: dropping a [`ChatStream`] stops the upstream work (an HTTP provider's
 //! connection is closed, the local model's generation loop stops at its next token).
 
 pub mod anthropic;
+pub mod embeddings;
 mod http;
 pub mod openai;
 pub mod router;
@@ -15,6 +19,7 @@ pub mod testing;
 pub mod tokens;
 
 pub use anthropic::Anthropic;
+pub use embeddings::{Embedder, OpenAiEmbedder};
 pub use openai::OpenAiCompatible;
 pub use router::{http_providers, Attempt, AttemptOutcome, ModelInfo, RouteFailure, RoutedReply, Router, RouterError};
 
