@@ -19,7 +19,7 @@ mod template;
 mod tokenizer;
 
 pub use error::LocalError;
-pub use minilm::{MiniLm, DEFAULT_BATCH_SIZE, MINILM_DIR, MINILM_MAX_TOKENS, MINILM_MODEL};
+pub use minilm::{MiniLm, MINILM_BATCH_SIZE, MINILM_DIR, MINILM_MAX_TOKENS, MINILM_MODEL};
 pub use provider::{LocalChat, STREAM_BUFFER};
 pub use smollm::{
     Generation, SmolLm, CANCELLED, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MODEL_FILE, REPEAT_LAST_N,

@@ -30,7 +30,7 @@ pub const MINILM_MODEL: &str = "all-minilm-l6-v2";
 pub const MINILM_MAX_TOKENS: usize = 256;
 
 /// Texts per forward pass unless [`MiniLm::with_batch_size`] says otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 32;
+pub const MINILM_BATCH_SIZE: usize = 32;
 
 /// The files the model needs, inside [`MINILM_DIR`].
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -131,11 +131,11 @@ impl MiniLm {
             weights: Arc::new(weights),
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: MINILM_BATCH_SIZE,
         })
     }
 
-    /// Texts per forward pass (at least one; [`DEFAULT_BATCH_SIZE`] unless set).
+    /// Texts per forward pass (at least one; [`MINILM_BATCH_SIZE`] unless set).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
