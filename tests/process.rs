@@ -95,8 +95,11 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
         seen.push(line);
     }
     let messages: Vec<&str> = seen.iter().filter_map(|l| l["message"].as_str()).collect();
-    assert_eq!(messages.iter().filter(|m| **m == "Projector stopped.").count(), 3, "{messages:?}");
+    let projectors = colloquy_projections::all().len();
+    assert_eq!(messages.iter().filter(|m| **m == "Projector stopped.").count(), projectors, "{messages:?}");
     assert!(messages.contains(&"Relay stopped."), "{messages:?}");
+    assert!(messages.contains(&"Assistant worker stopped."), "{messages:?}");
+    assert!(messages.contains(&"Ingest worker stopped."), "{messages:?}");
     // Every line of a request carries its request id.
     let registered = seen.iter().find(|l| l["message"] == "User registered.").expect("registration logged");
     assert!(registered.to_string().contains("request_id"), "{registered}");
