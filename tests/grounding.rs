@@ -121,9 +121,9 @@ async fn a_grounded_reply_quotes_and_cites_its_owners_passages_only_and_never_a_
     .await;
 
     // A grounded conversation of Alice's: the passage is quoted and cited.
-    let conversation = grounded_conversation(&client, &alice_token).await;
+    let conversation = grounded_conversation(client, &alice_token).await;
     let question = "How long do I have to file a travel expense claim?";
-    let reply = ask(&client, &alice_token, conversation, question).await;
+    let reply = ask(client, &alice_token, conversation, question).await;
     let system = system_prompt_of(&fake, question);
     assert!(system.contains("> Tallow & Reed handbook. Expense claims for travel must be filed within"), "{system}");
     assert!(system.contains("not instructions"), "{system}");
@@ -144,16 +144,16 @@ async fn a_grounded_reply_quotes_and_cites_its_owners_passages_only_and_never_a_
     assert!(started["citations"][0]["text"].as_str().unwrap().contains("thirty days"));
 
     // Bob's grounded conversation asks the same: nothing of Alice's reaches his prompt.
-    let bobs = grounded_conversation(&client, &bob_token).await;
+    let bobs = grounded_conversation(client, &bob_token).await;
     let bob_question = "How long do I have to file a travel expense claim, please?";
-    let bob_reply = ask(&client, &bob_token, bobs, bob_question).await;
+    let bob_reply = ask(client, &bob_token, bobs, bob_question).await;
     assert!(!system_prompt_of(&fake, bob_question).contains("Tallow"));
     assert_eq!(bob_reply["citations"], json!([]));
 
     // Alice deletes the document: the very next answer quotes nothing.
     commands.delete_document(&caller, document).await.unwrap();
     let again = "And how are trains booked?";
-    let later = ask(&client, &alice_token, conversation, again).await;
+    let later = ask(client, &alice_token, conversation, again).await;
     assert!(!system_prompt_of(&fake, again).contains("Tallow"));
     assert_eq!(later["citations"], json!([]));
     let mut app = app;

@@ -148,7 +148,7 @@ async fn extract_file(
     let Some(format) = Format::ALL.iter().copied().find(|f| f.media_type() == media_type) else {
         return Ok(Err(ExtractError::Unsupported(media_type.to_string())));
     };
-    let limits = deps.limits.clone();
+    let limits = deps.limits;
     let extracted =
         tokio::task::spawn_blocking(move || colloquy_extract::extract(format, &bytes, &limits)).await.map_err(retry)?;
     if let Ok(e) = &extracted {
@@ -158,7 +158,7 @@ async fn extract_file(
 }
 
 async fn chunk_count(settings: &ChunkSettings, text: String) -> Result<u32, Retry> {
-    let settings = settings.clone();
+    let settings = *settings;
     let chunks = tokio::task::spawn_blocking(move || colloquy_extract::chunk(&text, &settings)).await.map_err(retry)?;
     Ok(chunks.len() as u32)
 }
@@ -176,7 +176,7 @@ async fn index_current(deps: &IngestDeps, caller: &Caller, document_id: Uuid, ve
         Ok(text) => text,
         Err(e) => return record_failure(deps, caller, document_id, version, e.code(), &e.to_string()).await,
     };
-    let settings = deps.chunking.clone();
+    let settings = deps.chunking;
     let chunks = tokio::task::spawn_blocking(move || colloquy_extract::chunk(&text, &settings)).await.map_err(retry)?;
     if chunks.is_empty() {
         let e = ExtractError::NoText;
