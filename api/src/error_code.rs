@@ -99,6 +99,42 @@ pub enum ErrorCode {
     MessageQuotaExceeded,
     /// The user stores as much text as allowed.
     StorageQuotaExceeded,
+    // Files and the knowledge base.
+    /// The upload is no `multipart/form-data` body with exactly one part named `file`.
+    InvalidUpload,
+    /// The file is larger than the upload limit; nothing was kept.
+    FileTooLarge,
+    /// The file's bytes are of a type the knowledge base does not read (decided from the
+    /// content, never from the client's Content-Type or file name).
+    UnsupportedFileType,
+    /// A file with this id exists.
+    FileExists,
+    /// The file was deleted.
+    FileDeleted,
+    /// The file name is empty, too long, or holds control or invisible characters.
+    InvalidFileName,
+    /// The file has no bytes.
+    EmptyFile,
+    /// A knowledge document with this id exists.
+    DocumentExists,
+    /// The knowledge document was deleted.
+    DocumentDeleted,
+    /// `file_id` names no file of the caller's (or a deleted one).
+    SourceFileNotFound,
+    /// A tag is empty or too long.
+    InvalidTag,
+    /// Too many tags.
+    TooManyTags,
+    /// The category is empty or too long.
+    InvalidCategory,
+    /// The text is blank or too long.
+    InvalidText,
+    /// The text of a document made from a file cannot be edited.
+    FileSourcedText,
+    /// A search without words, or with `k` out of range.
+    InvalidSearch,
+    /// Vector search needs the embedder, which this API instance does not have.
+    EmbedderUnavailable,
     // Commands in general.
     /// The resource changed concurrently; retry.
     ConcurrentModification,
@@ -159,6 +195,23 @@ impl ErrorCode {
         Self::ConversationQuotaExceeded,
         Self::MessageQuotaExceeded,
         Self::StorageQuotaExceeded,
+        Self::InvalidUpload,
+        Self::FileTooLarge,
+        Self::UnsupportedFileType,
+        Self::FileExists,
+        Self::FileDeleted,
+        Self::InvalidFileName,
+        Self::EmptyFile,
+        Self::DocumentExists,
+        Self::DocumentDeleted,
+        Self::SourceFileNotFound,
+        Self::InvalidTag,
+        Self::TooManyTags,
+        Self::InvalidCategory,
+        Self::InvalidText,
+        Self::FileSourcedText,
+        Self::InvalidSearch,
+        Self::EmbedderUnavailable,
         Self::ConcurrentModification,
         Self::IdempotencyKeyReused,
         Self::RequestInProgress,
@@ -180,7 +233,9 @@ impl ErrorCode {
             | C::InvalidMinVersion
             | C::MinVersionNeedsConversationId
             | C::InvalidLastEventId
-            | C::WebsocketRequired => StatusCode::BAD_REQUEST,
+            | C::WebsocketRequired
+            | C::InvalidUpload
+            | C::InvalidSearch => StatusCode::BAD_REQUEST,
             C::Unauthorized => StatusCode::UNAUTHORIZED,
             C::NotFound => StatusCode::NOT_FOUND,
             C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -194,10 +249,14 @@ impl ErrorCode {
             | C::NotArchived
             | C::DuplicateMessage
             | C::ReplyFinished
+            | C::FileExists
+            | C::FileDeleted
+            | C::DocumentExists
+            | C::DocumentDeleted
             | C::ConcurrentModification
             | C::RequestInProgress => StatusCode::CONFLICT,
-            C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::PayloadTooLarge | C::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::UnsupportedMediaType | C::UnsupportedFileType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             C::InvalidRequest
             | C::InvalidEmail
             | C::InvalidFullName
@@ -210,11 +269,19 @@ impl ErrorCode {
             | C::InvalidMessage
             | C::ControlCharacter
             | C::InvisibleCharacter
+            | C::InvalidFileName
+            | C::EmptyFile
+            | C::SourceFileNotFound
+            | C::InvalidTag
+            | C::TooManyTags
+            | C::InvalidCategory
+            | C::InvalidText
+            | C::FileSourcedText
             | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             C::RateLimited | C::ConversationQuotaExceeded | C::MessageQuotaExceeded | C::StorageQuotaExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            C::Unavailable | C::Overloaded | C::EmbedderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -241,7 +308,10 @@ mod tests {
     #[test]
     fn client_errors_are_4xx_and_service_errors_5xx() {
         for code in ErrorCode::ALL {
-            let service = matches!(code, ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal);
+            let service = matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::EmbedderUnavailable | ErrorCode::Internal
+            );
             assert_eq!(code.status().is_server_error(), service, "{code:?}");
         }
     }

@@ -9,6 +9,8 @@ use colloquy_commands::sessions::RefreshRejection;
 use colloquy_commands::users::{LoginRejection, RegistrationRejection};
 use colloquy_commands::{Failure, UseCaseError};
 use colloquy_domain::conversation::ConversationError;
+use colloquy_domain::file::FileError;
+use colloquy_domain::knowledge::KnowledgeDocumentError;
 use colloquy_domain::user::UserError;
 use colloquy_infra::passwords::PasswordError;
 use colloquy_projections::queries::QueryError;
@@ -155,6 +157,7 @@ impl Coded for ConversationError {
             Self::Archived => ErrorCode::ConversationArchived,
             Self::AlreadyArchived => ErrorCode::AlreadyArchived,
             Self::NotArchived => ErrorCode::NotArchived,
+            Self::NothingToChange => ErrorCode::EmptyUpdate,
             Self::DuplicateMessage => ErrorCode::DuplicateMessage,
             Self::InvalidTitle { .. } => ErrorCode::InvalidTitle,
             Self::InvalidModel { .. } => ErrorCode::InvalidModel,
@@ -169,6 +172,58 @@ impl Coded for ConversationError {
             Self::MessageNotFound => ErrorCode::NotFound,
             Self::ReplyInProgress => ErrorCode::RequestInProgress,
             Self::ReplyAlreadyFinished | Self::ReplyNotOpen => ErrorCode::ConcurrentModification,
+        }
+    }
+}
+
+impl Coded for FileError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::AlreadyUploaded => ErrorCode::FileExists,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::Deleted => ErrorCode::FileDeleted,
+            Self::InvalidFileName { .. } => ErrorCode::InvalidFileName,
+            Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
+            Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
+            Self::EmptyFile => ErrorCode::EmptyFile,
+            // The media type, checksum and key are colloquy's own (sniffed, hashed, made),
+            // and processing records come from the ingest worker: a refusal of one of these
+            // is no client's mistake.
+            Self::InvalidMediaType
+            | Self::InvalidSha256
+            | Self::InvalidStorageKey
+            | Self::InvalidFailureCode { .. }
+            | Self::InvalidFailureMessage { .. } => ErrorCode::InvalidRequest,
+            Self::NotProcessing { .. } => ErrorCode::ConcurrentModification,
+        }
+    }
+}
+
+impl Coded for KnowledgeDocumentError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::AlreadyCreated => ErrorCode::DocumentExists,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::Deleted => ErrorCode::DocumentDeleted,
+            Self::SourceFileNotFound => ErrorCode::SourceFileNotFound,
+            Self::InvalidTitle { .. } => ErrorCode::InvalidTitle,
+            Self::InvalidTag { .. } => ErrorCode::InvalidTag,
+            Self::TooManyTags { .. } => ErrorCode::TooManyTags,
+            Self::InvalidCategory { .. } => ErrorCode::InvalidCategory,
+            Self::InvalidText { .. } => ErrorCode::InvalidText,
+            Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
+            Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
+            Self::EmptyRevision => ErrorCode::EmptyUpdate,
+            Self::FileSourcedText => ErrorCode::FileSourcedText,
+            // Indexing records come from the ingest worker, never from a client.
+            Self::StaleVersion { .. } | Self::UnknownVersion { .. } | Self::NotIndexing { .. } => {
+                ErrorCode::ConcurrentModification
+            }
+            Self::InvalidChunking { .. }
+            | Self::InvalidEmbeddingModel { .. }
+            | Self::InvalidEmbeddingDimension
+            | Self::InvalidFailureCode { .. }
+            | Self::InvalidFailureMessage { .. } => ErrorCode::InvalidRequest,
         }
     }
 }
@@ -293,6 +348,26 @@ mod tests {
             (quota(Quota::Conversations), 429, "conversation_quota_exceeded"),
             (quota(Quota::MessagesPerDay), 429, "message_quota_exceeded"),
             (quota(Quota::StoredBytes), 429, "storage_quota_exceeded"),
+            (rejected(C::NothingToChange), 422, "empty_update"),
+            (rejected(FileError::AlreadyUploaded), 409, "file_exists"),
+            (rejected(FileError::NotFound), 404, "not_found"),
+            (rejected(FileError::Deleted), 409, "file_deleted"),
+            (rejected(FileError::InvalidFileName { max: 255 }), 422, "invalid_file_name"),
+            (rejected(FileError::EmptyFile), 422, "empty_file"),
+            (rejected(FileError::ControlCharacter { field: TextField::FileName }), 422, "control_character"),
+            (rejected(KnowledgeDocumentError::AlreadyCreated), 409, "document_exists"),
+            (rejected(KnowledgeDocumentError::NotFound), 404, "not_found"),
+            (rejected(KnowledgeDocumentError::Deleted), 409, "document_deleted"),
+            (rejected(KnowledgeDocumentError::SourceFileNotFound), 422, "source_file_not_found"),
+            (rejected(KnowledgeDocumentError::InvalidTitle { max: 200 }), 422, "invalid_title"),
+            (rejected(KnowledgeDocumentError::InvalidTag { max: 50 }), 422, "invalid_tag"),
+            (rejected(KnowledgeDocumentError::TooManyTags { max: 20 }), 422, "too_many_tags"),
+            (rejected(KnowledgeDocumentError::InvalidCategory { max: 100 }), 422, "invalid_category"),
+            (rejected(KnowledgeDocumentError::InvalidText { max: 9 }), 422, "invalid_text"),
+            (rejected(KnowledgeDocumentError::EmptyRevision), 422, "empty_update"),
+            (rejected(KnowledgeDocumentError::FileSourcedText), 422, "file_sourced_text"),
+            (QueryError::NotFound(Resource::File).into(), 404, "not_found"),
+            (QueryError::NotFound(Resource::Document).into(), 404, "not_found"),
             (rejected(RegistrationRejection::Invalid(U::InvalidEmail)), 422, "invalid_email"),
             (rejected(RegistrationRejection::WeakPassword), 422, "invalid_password"),
             (rejected(RegistrationRejection::EmailTaken), 409, "email_taken"),

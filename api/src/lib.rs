@@ -14,6 +14,7 @@ pub mod streams;
 pub mod tokens;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, Service};
@@ -22,11 +23,13 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpMessage, HttpServer};
 use colloquy_commands::models::ModelCatalog;
 use colloquy_commands::{CommandSettings, Commands};
+use colloquy_infra::file_storage::FileStorage;
 use colloquy_infra::ops::Scrape;
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::reply_streams::ReplyStreams;
 use colloquy_infra::Settings;
 use colloquy_projections::queries::Queries;
+use colloquy_providers::embeddings::Embedder;
 use sqlx::PgPool;
 use tracing_actix_web::{RequestId, TracingLogger};
 
@@ -45,6 +48,9 @@ pub enum StartError {
     /// `http.trusted_proxies` has an entry that is no address or network.
     #[error(transparent)]
     Proxies(#[from] requests::ProxyConfigError),
+    /// File storage is misconfigured.
+    #[error(transparent)]
+    Storage(#[from] colloquy_infra::file_storage::StorageError),
     /// Built outside a Tokio runtime (the reply hub runs on it).
     #[error("the API must be built inside a Tokio runtime")]
     NoRuntime(#[from] tokio::runtime::TryCurrentError),
@@ -59,11 +65,20 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the app and binds its port (0 picks a free one). `scrape` serves `/metrics`.
-    pub fn build(settings: Settings, pool: PgPool, redis: RedisStore, scrape: Scrape) -> Result<Self, StartError> {
+    /// Builds the app and binds its port (0 picks a free one). `scrape` serves `/metrics`;
+    /// `embedder` (the knowledge base's) serves vector search, which answers
+    /// `embedder_unavailable` without one.
+    pub fn build(
+        settings: Settings,
+        pool: PgPool,
+        redis: RedisStore,
+        scrape: Scrape,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Self, StartError> {
         // Checked before binding anything: a process with a known key must not start.
         let tokens = tokens::Tokens::new(&settings.auth)?;
         let proxies = web::Data::new(requests::TrustedProxies::parse(&settings.http.trusted_proxies)?);
+        let storage = FileStorage::from_settings(&settings.storage)?;
         // The reply hub runs on the caller's runtime (not on an HTTP worker's).
         tokio::runtime::Handle::try_current()?;
         let listener = TcpListener::bind((settings.http.host.as_str(), settings.http.port))?;
@@ -97,6 +112,8 @@ impl Application {
             redis,
             streams,
             hub,
+            storage,
+            embedder,
         });
         let json_limit = settings.http.json_limit_bytes;
         let mut server = HttpServer::new(move || {

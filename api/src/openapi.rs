@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use actix_web::{web, HttpResponse};
 
 use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{auth, conversations, health, replies, users, ws};
+use crate::routes::{auth, conversations, files, health, knowledge, replies, users, ws};
 
 struct BearerAuth;
 
@@ -48,13 +48,24 @@ fn add_errors(op: &mut Operation, secured: bool, with_body: bool, with_id: bool,
         common.push(("422", "well-formed but invalid request"));
     }
     if with_id {
-        common.push(("404", "no such conversation for this user"));
+        common.push(("404", "no such object for this user"));
     }
     if with_id && changes {
-        common.push(("409", "the conversation's state forbids this (deleted, archived, ...)"));
+        common.push(("409", "the object's state forbids this (deleted, archived, ...)"));
     }
     for (code, description) in common {
         op.responses.responses.entry(code.to_string()).or_insert_with(|| error_response(description));
+    }
+}
+
+/// What `{id}` names on `path`.
+fn id_description(path: &str) -> &'static str {
+    if path.starts_with("/api/v1/files/") {
+        "The file's id"
+    } else if path.starts_with("/api/v1/knowledge/") {
+        "The knowledge document's id"
+    } else {
+        "The conversation's id"
     }
 }
 
@@ -67,7 +78,7 @@ impl Modify for CommonResponses {
                     .name("id")
                     .parameter_in(ParameterIn::Path)
                     .required(Required::True)
-                    .description(Some("The conversation's id"))
+                    .description(Some(id_description(path)))
                     .schema(Some(
                         ObjectBuilder::new()
                             .schema_type(Type::String)
@@ -102,6 +113,9 @@ impl Modify for CommonResponses {
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,
         conversations::get_events,
+        files::post_file, files::get_files, files::get_file, files::get_file_content, files::delete_file,
+        knowledge::post_document, knowledge::get_documents, knowledge::get_document, knowledge::patch_document,
+        knowledge::delete_document, knowledge::get_search,
         replies::get_reply_stream, replies::post_cancel, ws::get_ws,
         health::get_health, health::get_ready, health::get_metrics,
     )

@@ -1,10 +1,14 @@
 //! What every handler can reach.
 
+use std::sync::Arc;
+
 use colloquy_commands::Commands;
+use colloquy_infra::file_storage::FileStorage;
 use colloquy_infra::ops::Scrape;
 use colloquy_infra::reply_streams::ReplyStreams;
 use colloquy_infra::Settings;
 use colloquy_projections::queries::Queries;
+use colloquy_providers::embeddings::Embedder;
 use sqlx::PgPool;
 
 use crate::rate_limit::RateLimiter;
@@ -34,4 +38,8 @@ pub struct AppState {
     pub streams: ReplyStreams,
     /// This instance's fan-out of reply entries to its SSE and WebSocket clients.
     pub hub: Hub,
+    /// Uploaded files.
+    pub storage: FileStorage,
+    /// The knowledge base's embedder, for vector search (`None`: text search only).
+    pub embedder: Option<Arc<dyn Embedder>>,
 }

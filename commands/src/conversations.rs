@@ -44,6 +44,15 @@ pub struct PostMessage {
     pub model: Option<String>,
 }
 
+/// What `PATCH /conversations/{id}` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConversationChanges {
+    /// A new title.
+    pub title: Option<String>,
+    /// Grounding in the owner's knowledge base on or off.
+    pub grounded: Option<bool>,
+}
+
 /// A command on a conversation was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -165,6 +174,35 @@ impl Commands {
         let request = (conversation_id, enabled);
         let command = ConversationCommand::SetGrounding { actor_id: caller.user, enabled };
         self.conversation_command(caller, "set_grounding", &request, conversation_id, command, &[]).await
+    }
+
+    /// Applies `PATCH /conversations/{id}`: a new title, grounding on or off, or both (the
+    /// rename first, then grounding), under one Idempotency-Key. Names neither: nothing to do.
+    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id))]
+    pub async fn update_conversation(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        changes: ConversationChanges,
+    ) -> Outcome<ConversationAccepted> {
+        let request = (conversation_id, &changes);
+        self.idempotency
+            .once(caller.user, caller.idempotency_key.as_ref(), "update_conversation", &request, || async {
+                let mut version = None;
+                if let Some(title) = &changes.title {
+                    let charges = [Charge::new(Quota::StoredBytes, title.trim().len())];
+                    let command =
+                        ConversationCommand::RenameConversation { actor_id: caller.user, title: title.clone() };
+                    version = Some(self.execute_charged(caller, conversation_id, command, &charges).await?.version);
+                }
+                if let Some(enabled) = changes.grounded {
+                    let command = ConversationCommand::SetGrounding { actor_id: caller.user, enabled };
+                    version = Some(self.execute_charged(caller, conversation_id, command, &[]).await?.version);
+                }
+                let version = version.ok_or(UseCaseError::rejected(ConversationError::NothingToChange))?;
+                Ok(ConversationAccepted { conversation_id, version })
+            })
+            .await
     }
 
     /// Archives, unarchives or deletes one of the caller's conversations.

@@ -45,21 +45,29 @@ pub struct FileAccepted {
 }
 
 impl Commands {
-    /// Records an upload of the caller's.
+    /// Records an upload of the caller's. Under an Idempotency-Key, a retry of the same
+    /// upload (same name, bytes and type) answers the first one's file, with `replayed` set:
+    /// the retry's own bytes are then the caller's to remove.
     #[instrument(skip_all, fields(user_id = %caller.user, file_id = %upload.file_id))]
     pub async fn upload_file(&self, caller: &Caller, upload: StoredUpload) -> Outcome<FileAccepted> {
-        let file_id = upload.file_id;
-        let command = FileCommand::UploadFile {
-            file_id,
-            owner_id: caller.user,
-            file_name: upload.file_name,
-            media_type: upload.media_type,
-            size_bytes: upload.size_bytes,
-            sha256: upload.sha256,
-            storage_key: upload.storage_key,
-        };
-        let committed = self.files.execute(&file_id.to_string(), command, &caller.meta).await?;
-        Ok(Answer { value: FileAccepted { file_id, version: committed.version }, replayed: false })
+        // The request is what the client sent, not the id and key colloquy made for it.
+        let request = (&upload.file_name, &upload.media_type, upload.size_bytes, &upload.sha256);
+        self.idempotency
+            .once(caller.user, caller.idempotency_key.as_ref(), "upload_file", &request, || async {
+                let file_id = upload.file_id;
+                let command = FileCommand::UploadFile {
+                    file_id,
+                    owner_id: caller.user,
+                    file_name: upload.file_name.clone(),
+                    media_type: upload.media_type.clone(),
+                    size_bytes: upload.size_bytes,
+                    sha256: upload.sha256.clone(),
+                    storage_key: upload.storage_key.clone(),
+                };
+                let committed = self.files.execute(&file_id.to_string(), command, &caller.meta).await?;
+                Ok(FileAccepted { file_id, version: committed.version })
+            })
+            .await
     }
 
     /// Deletes one of the caller's files (its bytes are the caller's to remove once this

@@ -393,6 +393,42 @@ pub async fn file_media_type<'e>(db: impl PgExecutor<'e>, file_id: Uuid) -> Resu
     }
 }
 
+/// Who uploaded the file `file_id`, from its first event (one primary-key lookup); `None`
+/// when it has no events. Known as soon as the upload is committed, before any read model.
+pub async fn file_owner<'e>(db: impl PgExecutor<'e>, file_id: Uuid) -> Result<Option<Uuid>, EventStoreError> {
+    let Some(row) = sqlx::query(FILE_UPLOAD.as_str()).bind(file_id.to_string()).fetch_optional(db).await? else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match event.to_domain::<FileEvent>() {
+        Ok(FileEvent::FileUploaded(uploaded)) => Ok(Some(uploaded.owner_id)),
+        Ok(_) => Err(malformed(event, "a file's first event is not FileUploaded", None)),
+        Err(e) => Err(malformed(event, "unreadable file event", Some(e))),
+    }
+}
+
+static DOCUMENT_CREATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence = 1",
+        KnowledgeDocument::TYPE
+    )
+});
+
+/// Who created the knowledge document `document_id`, from its first event; `None` when it
+/// has no events.
+pub async fn document_owner<'e>(db: impl PgExecutor<'e>, document_id: Uuid) -> Result<Option<Uuid>, EventStoreError> {
+    let Some(row) = sqlx::query(DOCUMENT_CREATION.as_str()).bind(document_id.to_string()).fetch_optional(db).await?
+    else {
+        return Ok(None);
+    };
+    let (event, _) = decode(&row)?;
+    match event.to_domain::<KnowledgeDocumentEvent>() {
+        Ok(KnowledgeDocumentEvent::DocumentCreated(created)) => Ok(Some(created.owner_id)),
+        Ok(_) => Err(malformed(event, "a document's first event is not DocumentCreated", None)),
+        Err(e) => Err(malformed(event, "unreadable knowledge document event", Some(e))),
+    }
+}
+
 fn domain_event(event: &StoredEvent) -> Result<ConversationEvent, EventStoreError> {
     event
         .to_domain::<ConversationEvent>()

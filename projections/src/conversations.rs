@@ -41,6 +41,9 @@ pub struct ConversationSummary {
     pub system_prompt: Option<String>,
     /// Whether archived.
     pub archived: bool,
+    /// Whether replies quote passages of the owner's knowledge base (`knowledge`
+    /// conversations start grounded; `PATCH` changes it).
+    pub grounded: bool,
     /// Number of messages the owner posted (replies are not counted).
     pub message_count: i64,
     /// The aggregate version this row reflects.

@@ -21,7 +21,8 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::conversations::{self, ConversationSummary, PageCursor};
-use crate::{cache, freshness, messages, users};
+use crate::knowledge_queries::{self, DocumentPage, DocumentSummary, FilePage, FileSummary};
+use crate::{cache, files, freshness, knowledge, messages, users};
 
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE: i64 = 20;
@@ -39,6 +40,10 @@ pub enum Resource {
     User,
     /// A conversation.
     Conversation,
+    /// An uploaded file.
+    File,
+    /// A knowledge document.
+    Document,
 }
 
 impl Resource {
@@ -47,6 +52,8 @@ impl Resource {
         match self {
             Self::User => "user",
             Self::Conversation => "conversation",
+            Self::File => "file",
+            Self::Document => "knowledge document",
         }
     }
 }
@@ -309,4 +316,69 @@ impl Queries {
         let next_after = more.then(|| items.last().map(|e| e.sequence)).flatten();
         Ok(EventPage { items, next_after })
     }
+
+    /// Waits for `min_version` of one of `user`'s files or documents, after checking from
+    /// the event store that it is theirs (a stranger is answered "not found" at once).
+    async fn await_owned(
+        &self,
+        user: Uuid,
+        resource: Resource,
+        id: Uuid,
+        min_version: Option<i64>,
+    ) -> Result<(), QueryError> {
+        let Some(min) = min_version else { return Ok(()) };
+        check_min_version(Some(min))?;
+        let (owner, projection) = match resource {
+            Resource::File => (event_store::file_owner(&self.pool, id).await?, files::NAME),
+            _ => (event_store::document_owner(&self.pool, id).await?, knowledge::NAME),
+        };
+        if owner != Some(user) {
+            return Err(QueryError::NotFound(resource));
+        }
+        self.await_version(&[projection], &id.to_string(), Some(min)).await
+    }
+
+    /// A page of the user's files, newest first.
+    #[instrument(skip_all, fields(%user))]
+    pub async fn files(&self, user: Uuid, cursor: Option<&str>, limit: Option<i64>) -> Result<FilePage, QueryError> {
+        knowledge_queries::list_files(&self.pool, user, cursor, limit).await
+    }
+
+    /// One of the user's files (not a deleted one).
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn file(&self, user: Uuid, id: Uuid, min_version: Option<i64>) -> Result<FileSummary, QueryError> {
+        self.await_owned(user, Resource::File, id, min_version).await?;
+        knowledge_queries::file(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::File))
+    }
+
+    /// A page of the user's knowledge documents, newest first, filtered by tag and category.
+    #[instrument(skip_all, fields(%user))]
+    pub async fn documents(&self, user: Uuid, q: ListDocuments<'_>) -> Result<DocumentPage, QueryError> {
+        knowledge_queries::list_documents(&self.pool, user, q.tag, q.category, q.cursor, q.limit).await
+    }
+
+    /// One of the user's knowledge documents (not a deleted one).
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn document(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        min_version: Option<i64>,
+    ) -> Result<DocumentSummary, QueryError> {
+        self.await_owned(user, Resource::Document, id, min_version).await?;
+        knowledge_queries::document(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Document))
+    }
+}
+
+/// The knowledge document list's filters and paging.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListDocuments<'a> {
+    /// Only documents with this tag.
+    pub tag: Option<&'a str>,
+    /// Only documents in this category.
+    pub category: Option<&'a str>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<&'a str>,
+    /// Page size.
+    pub limit: Option<i64>,
 }

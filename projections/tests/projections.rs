@@ -248,6 +248,8 @@ async fn a_started_conversation_is_projected_with_its_settings() {
         model: "gpt-x".into(),
         system_prompt: Some("Be brief.".into()),
         archived: false,
+        // A knowledge conversation starts grounded.
+        grounded: true,
         message_count: 0,
         version: 1,
         created_at: at,

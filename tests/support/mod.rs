@@ -49,6 +49,8 @@ pub fn isolated_settings() -> Settings {
     }];
     s.auth.signing_kid = format!("test-{tag}");
     s.log.filter = "error".into();
+    // Uploaded files in a folder of the test's own, removed by `cleanup`.
+    s.storage.local.root = std::env::temp_dir().join(format!("colloquy_test_{tag}_files"));
     s
 }
 
@@ -264,6 +266,9 @@ pub async fn cleanup(settings: Settings) {
     let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
     if let Ok(redis) = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await {
         let _ = redis.delete_prefixed("").await;
+    }
+    if settings.storage.local.root.starts_with(std::env::temp_dir()) {
+        let _ = std::fs::remove_dir_all(&settings.storage.local.root);
     }
 }
 

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use colloquy_commands::conversations::{
-    ConversationAccepted, Lifecycle, MessageAccepted, PostMessage, StartConversation,
+    ConversationAccepted, ConversationChanges, Lifecycle, MessageAccepted, PostMessage, StartConversation,
 };
 use colloquy_domain::conversation::ConversationKind;
 use colloquy_projections::queries::{ConversationPage, ListConversations};
@@ -52,13 +52,17 @@ pub enum KindDoc {
     knowledge,
 }
 
-/// Rename a conversation.
+/// Change a conversation: its title, whether its replies are grounded in the owner's
+/// knowledge base, or both.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RenameRequest {
+pub struct UpdateRequest {
     /// The new title.
     #[schema(min_length = 1, max_length = 200)]
-    pub title: String,
+    pub title: Option<String>,
+    /// Quote passages of the knowledge base into replies (`knowledge` conversations start
+    /// grounded, `chat` ones not).
+    pub grounded: Option<bool>,
 }
 
 /// Post a message.
@@ -118,8 +122,8 @@ pub async fn post_conversation(
     Ok(answer(StatusCode::CREATED, accepted))
 }
 
-/// Renames a conversation.
-#[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = RenameRequest,
+/// Renames a conversation, or turns grounding on or off.
+#[utoipa::path(patch, path = "/api/v1/conversations/{id}", tag = "conversations", request_body = UpdateRequest,
     responses((status = 200, body = ConversationAccepted)), security(("bearer" = [])))]
 pub async fn patch_conversation(
     state: web::Data<AppState>,
@@ -127,8 +131,9 @@ pub async fn patch_conversation(
     id: web::Path<Uuid>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let r: RenameRequest = parse(body.into_inner())?;
-    let accepted = state.commands.rename_conversation(&me.caller, *id, r.title).await?;
+    let r: UpdateRequest = parse(body.into_inner())?;
+    let changes = ConversationChanges { title: r.title, grounded: r.grounded };
+    let accepted = state.commands.update_conversation(&me.caller, *id, changes).await?;
     Ok(answer(StatusCode::OK, accepted))
 }
 

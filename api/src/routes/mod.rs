@@ -2,7 +2,9 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod files;
 pub mod health;
+pub mod knowledge;
 pub mod models;
 pub mod replies;
 pub mod users;
@@ -46,6 +48,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(auth::configure)
             .configure(users::configure)
             .configure(conversations::configure)
+            .configure(files::configure)
+            .configure(knowledge::configure)
             .configure(models::configure)
             .configure(replies::configure)
             .configure(ws::configure),

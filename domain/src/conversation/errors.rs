@@ -21,6 +21,9 @@ pub enum ConversationError {
     /// Unarchive of a conversation that is not archived.
     #[error("the conversation is not archived")]
     NotArchived,
+    /// An update that names nothing to change (decided by the use case, before any command).
+    #[error("the update changes nothing: give a title, grounded, or both")]
+    NothingToChange,
     /// Empty or overlong title.
     #[error("the title must be between 1 and {max} characters")]
     InvalidTitle {
