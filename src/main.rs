@@ -43,6 +43,10 @@ enum Command {
         /// The projection's name.
         projection: String,
     },
+    /// Re-embed the knowledge base's chunks that another embedder made, after
+    /// `knowledge.embedder` changed: one document at a time, each wholly in one embedding
+    /// space at every moment. Prints a JSON report; run it again after an interruption.
+    Reembed,
     /// Print an aggregate's events, one JSON object per line.
     History {
         /// The aggregate type, as registered (`User`, `Conversation`, ...).
@@ -147,6 +151,14 @@ async fn main() -> anyhow::Result<()> {
             let redis = colloquy_infra::redis_store::RedisStore::connect(&settings.redis).await?;
             colloquy_projections::cache::invalidate_all(&redis).await?;
             tracing::info!(events = report.events, quarantined = report.quarantined.len(), "Rebuild finished.");
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
+            return Ok(());
+        }
+        Command::Reembed => {
+            let pool = postgres::connect(&settings.database).await?;
+            let embedder = colloquy::runtime::embedder(&settings).await?;
+            let report = colloquy_commands::ingest::reembed(&pool, embedder).await?;
+            tracing::info!(documents = report.documents, chunks = report.chunks, "Re-embedding finished.");
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?)?;
             return Ok(());
         }

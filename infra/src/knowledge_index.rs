@@ -186,6 +186,51 @@ pub async fn remove_document(pool: &PgPool, owner_id: Uuid, document_id: Uuid) -
     Ok(())
 }
 
+/// A document whose live chunks were embedded by another model (or dimension) than `space`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outdated {
+    /// The owner.
+    pub owner_id: Uuid,
+    /// The document.
+    pub document_id: Uuid,
+    /// Its live version.
+    pub version: u32,
+}
+
+/// Up to `limit` live documents after `after` (by id) with a chunk that is not in `space`:
+/// what a change of embedder leaves to re-embed. Searches never compare across spaces, so
+/// these are found by words only until they are re-embedded.
+pub async fn outdated_documents(
+    pool: &PgPool,
+    space: &EmbeddingSpace,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Outdated>, IndexError> {
+    let rows = sqlx::query(
+        "SELECT ki.owner_id, ki.document_id, ki.live_version FROM knowledge_index ki
+          WHERE ki.deleted_at IS NULL AND ki.live_version IS NOT NULL
+            AND ($3::uuid IS NULL OR ki.document_id > $3)
+            AND EXISTS (SELECT 1 FROM knowledge_chunks c
+                         WHERE c.document_id = ki.document_id AND c.doc_version = ki.live_version
+                           AND (c.embedding_model <> $1 OR c.embedding_dimension <> $2))
+          ORDER BY ki.document_id LIMIT $4",
+    )
+    .bind(&space.model)
+    .bind(space.dimension as i32)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Outdated {
+            owner_id: r.get("owner_id"),
+            document_id: r.get("document_id"),
+            version: r.get::<i32, _>("live_version") as u32,
+        })
+        .collect())
+}
+
 /// Chunks of the live version of a document (for tests and audits), in order.
 pub async fn live_chunks(
     pool: &PgPool,

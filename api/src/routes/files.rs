@@ -11,7 +11,7 @@ use actix_web::http::header::{self, ContentDisposition, DispositionParam, Dispos
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use colloquy_commands::files::{FileAccepted, StoredUpload};
-use colloquy_infra::file_storage::{self, PutError, StorageKey};
+use colloquy_infra::file_storage::{self, PutError, StorageError, StorageKey};
 use colloquy_projections::knowledge_queries::{FilePage, FileSummary};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -206,10 +206,13 @@ pub async fn get_file_content(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let file = state.queries.file(me.user, *id, None).await?;
-    let download = state.storage.get_stream(&file_storage::file_key(me.user, file.file_id)).await.map_err(|e| {
-        // The read model lists it, so its bytes must be there: this is an outage or a bug.
-        ApiError::internal(e)
-    })?;
+    let download = match state.storage.get_stream(&file_storage::file_key(me.user, file.file_id)).await {
+        Ok(download) => download,
+        // Deleted a moment ago: the bytes go right after the event, before the read model
+        // has caught up with it.
+        Err(StorageError::NotFound) => return Err(ApiError::not_found("file")),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     let disposition = ContentDisposition {
         disposition: DispositionType::Attachment,
         parameters: vec![
