@@ -30,7 +30,7 @@ async fn started(service: &CommandService<Conversation>) -> (Uuid, Uuid, Command
     let start = ConversationCommand::StartConversation {
         conversation_id: id,
         owner_id: owner,
-        title: "test".into(),
+        title: Some("test".into()),
         kind: ConversationKind::Chat,
         model: "offline".into(),
         system_prompt: None,

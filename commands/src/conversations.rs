@@ -23,8 +23,8 @@ use crate::Commands;
 pub struct StartConversation {
     /// Client-chosen id (makes retries safe without an Idempotency-Key).
     pub id: Option<Uuid>,
-    /// The title.
-    pub title: String,
+    /// The title; `None`: the assistant names the conversation after its first exchange.
+    pub title: Option<String>,
     /// The type (default: chat).
     pub kind: Option<ConversationKind>,
     /// The model (default: the user's default model).
@@ -110,7 +110,8 @@ impl Commands {
                     .map_err(|e| UseCaseError::from_command(e.map_rejection(|_| ConversationError::NotFound)))?;
                 let id = input.id.unwrap_or_else(Uuid::new_v4);
                 let system_prompt = input.system_prompt.clone().or(owner.system_prompt);
-                let bytes = input.title.trim().len() + system_prompt.as_deref().map_or(0, |p| p.trim().len());
+                let bytes = input.title.as_deref().map_or(0, |t| t.trim().len())
+                    + system_prompt.as_deref().map_or(0, |p| p.trim().len());
                 let charges = [Charge::new(Quota::Conversations, 1), Charge::new(Quota::StoredBytes, bytes)];
                 let command = ConversationCommand::StartConversation {
                     conversation_id: id,
@@ -134,7 +135,10 @@ impl Commands {
                         let same = started.is_some_and(|s| {
                             s.owner_id == caller.user
                                 && s.kind == kind
-                                && values::title(&input.title).ok() == Some(s.title)
+                                && match input.title.as_deref() {
+                                    Some(t) => values::title(t).ok() == Some(s.title) && !s.title_pending,
+                                    None => s.title_pending,
+                                }
                         });
                         if same {
                             Ok(ConversationAccepted { conversation_id: id, version: 1 })

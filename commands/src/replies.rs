@@ -36,6 +36,21 @@ impl Commands {
         self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await
     }
 
+    /// Records the title the assistant wrote for a conversation started without one (no
+    /// event once its owner has renamed it).
+    #[instrument(skip_all, fields(%conversation_id))]
+    pub async fn generate_title(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        title: String,
+        provider: String,
+        model: String,
+    ) -> Recorded {
+        let command = ConversationCommand::GenerateTitle { title, provider, model };
+        self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await
+    }
+
     /// Records a reply's complete answer.
     #[instrument(skip_all, fields(%conversation_id, reply_id = %r.reply_id))]
     pub async fn complete_reply(&self, caller: &Caller, conversation_id: Uuid, r: ReplyCompleted) -> Recorded {

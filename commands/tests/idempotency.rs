@@ -52,7 +52,7 @@ fn without_key(user: Uuid) -> Caller {
 }
 
 fn start(title: &str) -> StartConversation {
-    StartConversation { title: title.into(), ..Default::default() }
+    StartConversation { title: Some(title.into()), ..Default::default() }
 }
 
 fn message(content: &str) -> PostMessage {
@@ -477,7 +477,7 @@ async fn a_retried_start_whose_answer_was_lost_is_answered_like_the_first_attemp
     let user = register(&db.pool, "lost-start@example.com").await;
     let stranger = register(&db.pool, "stranger@example.com").await;
     let id = Uuid::new_v4();
-    let start_as = |title: &str| StartConversation { id: Some(id), title: title.into(), ..Default::default() };
+    let start_as = |title: &str| StartConversation { id: Some(id), title: Some(title.into()), ..Default::default() };
     let first = commands.start_conversation(&with_key(user, "s-1"), start_as("Plans")).await.unwrap();
     commands.rename_conversation(&without_key(user), id, "Renamed since".into()).await.unwrap();
     forget_key(&db.pool, user, "s-1").await;

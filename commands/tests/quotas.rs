@@ -41,7 +41,7 @@ fn caller(user: Uuid) -> Caller {
 }
 
 fn start(title: &str) -> StartConversation {
-    StartConversation { title: title.into(), ..Default::default() }
+    StartConversation { title: Some(title.into()), ..Default::default() }
 }
 
 fn exceeded<T: std::fmt::Debug>(outcome: &Result<T, UseCaseError<ConversationError>>) -> Option<QuotaExceeded> {

@@ -44,7 +44,7 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
     let owner = commands.register("test".into(), input).await.unwrap().user_id;
     let caller = Caller::user(owner, "corr".into(), "req");
     let id = commands
-        .start_conversation(&caller, StartConversation { title: "Long".into(), ..Default::default() })
+        .start_conversation(&caller, StartConversation { title: Some("Long".into()), ..Default::default() })
         .await
         .unwrap()
         .value

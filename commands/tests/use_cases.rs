@@ -35,7 +35,7 @@ async fn a_worker_acts_for_the_owner_and_is_recorded_as_itself() {
     let owner = registered(&commands).await;
     let as_owner = Caller::user(owner, "chain-1".into(), "req-1");
     let started = commands
-        .start_conversation(&as_owner, StartConversation { title: "Trip".into(), ..Default::default() })
+        .start_conversation(&as_owner, StartConversation { title: Some("Trip".into()), ..Default::default() })
         .await
         .unwrap()
         .value;
@@ -62,7 +62,7 @@ async fn a_worker_acting_for_someone_else_finds_nothing() {
     let started = commands
         .start_conversation(
             &Caller::user(owner, "c".into(), "r"),
-            StartConversation { title: "Mine".into(), ..Default::default() },
+            StartConversation { title: Some("Mine".into()), ..Default::default() },
         )
         .await
         .unwrap()
@@ -89,7 +89,7 @@ async fn a_new_conversation_inherits_the_owners_latest_preferences() {
     commands.update_profile(&caller, update).await.unwrap();
     // No read model is involved: the preference applies from the moment it was committed.
     let started = commands
-        .start_conversation(&caller, StartConversation { title: "t".into(), ..Default::default() })
+        .start_conversation(&caller, StartConversation { title: Some("t".into()), ..Default::default() })
         .await
         .unwrap()
         .value;

@@ -15,10 +15,13 @@ pub use errors::ConversationError;
 pub use events::{
     Citation, ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, GroundingChanged, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
-    ReplyFailure, ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted,
+    ReplyFailure, ReplyParameters, ReplyStarted, TitleGenerated, TokenUsage, UserMessagePosted,
 };
 pub use replies::{reply_id_for, REPLY_NAMESPACE};
 pub use services::{ConversationServices, MessageLookup};
+
+/// The title of a conversation started without one, until the assistant names it.
+pub const UNTITLED: &str = "New conversation";
 
 /// Longest accepted user message, in characters.
 pub const MESSAGE_MAX: usize = 32_000;

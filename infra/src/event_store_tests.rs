@@ -23,6 +23,7 @@ fn started(conversation: Uuid) -> ConversationEvent {
         kind: ConversationKind::Chat,
         model: "gpt-4o-mini".into(),
         system_prompt: None,
+        title_pending: false,
     })
 }
 

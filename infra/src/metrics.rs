@@ -36,6 +36,9 @@ pub struct Metrics {
     pub assistant_active_replies: IntGauge,
     /// Replies the assistant ended, by outcome (`completed`, `failed`, `cancelled`).
     pub assistant_replies: IntCounterVec,
+    /// Conversations the assistant tried to name, by outcome (`named`; `kept`: the owner's
+    /// title won; `failed`).
+    pub assistant_titles: IntCounterVec,
     /// Queries currently waiting for a read model to reach their `min_version`.
     pub min_version_waiting: IntGauge,
     /// SSE reply streams this API instance is serving.
@@ -110,9 +113,14 @@ impl Metrics {
             Opts::new("assistant_replies_total", "Replies the assistant ended, by outcome"),
             &["outcome"],
         ));
+        let assistant_titles = must(IntCounterVec::new(
+            Opts::new("assistant_titles_total", "Conversations the assistant tried to name, by outcome"),
+            &["outcome"],
+        ));
         for c in [
             Box::new(assistant_active_replies.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(assistant_replies.clone()),
+            Box::new(assistant_titles.clone()),
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(commands.clone()),
@@ -136,6 +144,7 @@ impl Metrics {
             registry,
             assistant_active_replies,
             assistant_replies,
+            assistant_titles,
             http_requests,
             http_latency,
             commands,

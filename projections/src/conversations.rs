@@ -106,6 +106,7 @@ impl Projection for ConversationsProjection {
                 return Ok(owner);
             }
             E::ConversationRenamed(r) => ("title = $4,", Some(r.title)),
+            E::TitleGenerated(t) => ("title = $4,", Some(t.title)),
             E::ConversationArchived(_) => ("archived = true,", None),
             E::ConversationUnarchived(_) => ("archived = false,", None),
             E::GroundingChanged(g) => match g.enabled {

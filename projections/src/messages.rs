@@ -312,6 +312,7 @@ impl Projection for MessagesProjection {
             }
             E::ConversationStarted(_)
             | E::ConversationRenamed(_)
+            | E::TitleGenerated(_)
             | E::ConversationArchived(_)
             | E::ConversationUnarchived(_)
             | E::GroundingChanged(_) => {}

@@ -71,7 +71,7 @@ fn posted(message: Uuid, author: Uuid, content: &str) -> Value {
 }
 
 async fn start(commands: &Commands, user: Uuid, title: &str) -> Uuid {
-    let input = StartConversation { title: title.into(), ..Default::default() };
+    let input = StartConversation { title: Some(title.into()), ..Default::default() };
     commands.start_conversation(&caller(user), input).await.unwrap().value.conversation_id
 }
 
@@ -230,7 +230,7 @@ async fn a_started_conversation_is_projected_with_its_settings() {
     let user = owner(&db.pool).await;
     let input = StartConversation {
         id: None,
-        title: " Plans ".into(),
+        title: Some(" Plans ".into()),
         kind: Some(ConversationKind::Knowledge),
         model: Some("gpt-x".into()),
         system_prompt: Some("Be brief.".into()),

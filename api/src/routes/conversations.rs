@@ -26,9 +26,10 @@ use crate::state::AppState;
 pub struct StartRequest {
     /// Client-chosen id (optional; makes retries safe without an Idempotency-Key).
     pub id: Option<Uuid>,
-    /// The title.
+    /// The title; without one the conversation is "New conversation" until the assistant
+    /// names it after the first exchange (a rename always wins).
     #[schema(min_length = 1, max_length = 200)]
-    pub title: String,
+    pub title: Option<String>,
     /// `chat` (default) or `knowledge`.
     #[serde(default)]
     #[schema(value_type = Option<KindDoc>)]

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod offsets;
 pub mod prompt;
 mod reply;
+mod titles;
 mod worker;
 
 pub use grounding::Grounding;

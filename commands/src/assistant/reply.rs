@@ -168,12 +168,15 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         return fail(shared, question, failure, vec![], String::new(), None, Usage::default()).await;
     }
     let cancel = shared.register(reply_id);
-    let outcome = stream_reply(shared, question, &model, prompt, parameters, &cancel, abort).await;
+    // A conversation started without a title is named after its first completed exchange.
+    let name = conversation.title_pending;
+    let outcome = stream_reply(shared, question, &model, prompt, parameters, &cancel, abort, name).await;
     shared.unregister(reply_id);
     outcome
 }
 
-/// Streams the reply and records its end.
+/// Streams the reply and records its end; then names the conversation when `name`.
+#[allow(clippy::too_many_arguments)]
 async fn stream_reply(
     shared: &Arc<Shared>,
     question: &Question,
@@ -182,6 +185,7 @@ async fn stream_reply(
     parameters: Parameters,
     cancel: &CancellationToken,
     abort: &CancellationToken,
+    name: bool,
 ) -> Result<(), ReplyError> {
     let reply_id = question.reply_id();
     let target = question.target();
@@ -255,6 +259,7 @@ async fn stream_reply(
     match ending {
         Ending::Finished(reason) => {
             let finish_reason = finish_reason(&reason);
+            let answer = name.then(|| content.clone());
             let completed = ReplyCompleted {
                 reply_id,
                 provider,
@@ -273,6 +278,10 @@ async fn stream_reply(
             .await?;
             let entry = StreamEntry::Completed { finish_reason, usage: stream_usage(usage) };
             publish(shared, &target, entry).await;
+            if let Some(answer) = answer {
+                super::titles::name(shared, question, model, &answer).await;
+            }
+            // Counted once naming is over too: a reply counted as completed has nothing left.
             shared.finished("completed");
             Ok(())
         }

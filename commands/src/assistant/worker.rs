@@ -96,6 +96,10 @@ impl Shared {
     pub(super) fn finished(&self, outcome: &str) {
         self.metrics.assistant_replies.with_label_values(&[outcome]).inc();
     }
+
+    pub(super) fn titled(&self, outcome: &str) {
+        self.metrics.assistant_titles.with_label_values(&[outcome]).inc();
+    }
 }
 
 /// One received posted message, waiting for its conversation's turn.

@@ -60,6 +60,11 @@ pub struct Conversation {
     /// default never stands in for a knowledge conversation's `true`.
     #[serde(default)]
     pub grounded: bool,
+    /// The title is a placeholder the assistant may replace once (the owner gave none and
+    /// has not renamed it). Snapshots from before this field: `false`, which is right, since
+    /// every conversation then had its owner's title.
+    #[serde(default)]
+    pub title_pending: bool,
 }
 
 impl Conversation {
@@ -187,15 +192,26 @@ impl Aggregate for Conversation {
                 E::ConversationStarted(ConversationStarted {
                     conversation_id,
                     owner_id,
-                    title: title(&t)?,
+                    title: match &t {
+                        Some(t) => title(t)?,
+                        None => UNTITLED.to_string(),
+                    },
                     kind,
                     model: model(&m)?,
                     system_prompt: prompt.as_deref().map(system_prompt).transpose()?,
+                    title_pending: t.is_none(),
                 })
             }
             C::RenameConversation { actor_id, title: t } => {
                 self.ensure_owned_by(actor_id)?;
                 E::ConversationRenamed(ConversationRenamed { title: title(&t)? })
+            }
+            C::GenerateTitle { title: t, provider, model } => {
+                self.ensure_live()?;
+                if !self.title_pending {
+                    return Ok(());
+                }
+                E::TitleGenerated(TitleGenerated { title: title(&t)?, provider, model })
             }
             C::SetGrounding { actor_id, enabled } => {
                 self.ensure_owned_by(actor_id)?;
@@ -318,10 +334,18 @@ impl Aggregate for Conversation {
                 self.model = e.model;
                 self.system_prompt = e.system_prompt;
                 self.grounded = e.kind == ConversationKind::Knowledge;
+                self.title_pending = e.title_pending;
                 self.status = ConversationStatus::Active;
             }
             E::GroundingChanged(e) => self.grounded = e.enabled,
-            E::ConversationRenamed(e) => self.title = e.title,
+            E::ConversationRenamed(e) => {
+                self.title = e.title;
+                self.title_pending = false;
+            }
+            E::TitleGenerated(e) => {
+                self.title = e.title;
+                self.title_pending = false;
+            }
             E::ConversationArchived(_) => self.status = ConversationStatus::Archived,
             E::ConversationUnarchived(_) => self.status = ConversationStatus::Active,
             E::ConversationDeleted(_) => self.status = ConversationStatus::Deleted,
@@ -405,7 +429,79 @@ mod tests {
             kind: ConversationKind::Chat,
             model: "offline".into(),
             system_prompt: None,
+            title_pending: false,
         })
+    }
+
+    fn started_untitled() -> ConversationEvent {
+        ConversationEvent::ConversationStarted(ConversationStarted {
+            title: UNTITLED.into(),
+            title_pending: true,
+            ..match started() {
+                ConversationEvent::ConversationStarted(e) => e,
+                _ => unreachable!(),
+            }
+        })
+    }
+
+    fn generate(t: &str) -> ConversationCommand {
+        ConversationCommand::GenerateTitle { title: t.into(), provider: "local".into(), model: "smollm2-135m".into() }
+    }
+
+    fn generated(t: &str) -> ConversationEvent {
+        ConversationEvent::TitleGenerated(TitleGenerated {
+            title: t.into(),
+            provider: "local".into(),
+            model: "smollm2-135m".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_conversation_started_without_a_title_waits_for_one() {
+        ConvTest::with(services())
+            .given_no_previous_events()
+            .when_async(ConversationCommand::StartConversation {
+                conversation_id: CONV,
+                owner_id: OWNER,
+                title: None,
+                kind: ConversationKind::Chat,
+                model: "offline".into(),
+                system_prompt: None,
+            })
+            .await
+            .then_expect_events(vec![started_untitled()]);
+    }
+
+    #[tokio::test]
+    async fn the_assistant_names_an_untitled_conversation_once() {
+        ConvTest::with(services())
+            .given(vec![started_untitled()])
+            .when_async(generate(" Lisbon by train "))
+            .await
+            .then_expect_events(vec![generated("Lisbon by train")]);
+        ConvTest::with(services())
+            .given(vec![started_untitled(), generated("Lisbon by train")])
+            .when_async(generate("Another title"))
+            .await
+            .then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn the_owners_title_always_wins() {
+        // Given at the start, or renamed before the assistant wrote one.
+        ConvTest::with(services()).given(vec![started()]).when_async(generate("Mine?")).await.then_expect_events(vec![]);
+        let renamed = ConversationEvent::ConversationRenamed(ConversationRenamed { title: "Plans".into() });
+        ConvTest::with(services())
+            .given(vec![started_untitled(), renamed])
+            .when_async(generate("Mine?"))
+            .await
+            .then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_generated_title_is_checked_like_any_title() {
+        expect_err(vec![started_untitled()], generate("   "), ConversationError::InvalidTitle { max: TITLE_MAX }).await;
+        expect_err(vec![started_untitled(), deleted()], generate("T"), ConversationError::Deleted).await;
     }
 
     fn archived() -> ConversationEvent {
@@ -429,7 +525,7 @@ mod tests {
         ConversationCommand::StartConversation {
             conversation_id: CONV,
             owner_id: OWNER,
-            title: title.into(),
+            title: Some(title.into()),
             kind: ConversationKind::Chat,
             model: model.into(),
             system_prompt: prompt.map(Into::into),
@@ -550,6 +646,7 @@ mod tests {
                 kind: ConversationKind::Chat,
                 model: "offline".into(),
                 system_prompt: Some("Be brief.".into()),
+                title_pending: false,
             })]);
     }
 

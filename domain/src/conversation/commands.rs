@@ -15,8 +15,8 @@ pub enum ConversationCommand {
         conversation_id: Uuid,
         /// The owner (the authenticated user).
         owner_id: Uuid,
-        /// The title.
-        title: String,
+        /// The title; `None`: a placeholder until the assistant names the conversation.
+        title: Option<String>,
         /// The conversation type.
         kind: ConversationKind,
         /// The model to answer with.
@@ -30,6 +30,16 @@ pub enum ConversationCommand {
         actor_id: Uuid,
         /// The new title.
         title: String,
+    },
+    /// Record the title the assistant wrote after the first exchange (a system actor). No
+    /// event when the title is no longer pending (the owner renamed it, or it was named).
+    GenerateTitle {
+        /// The title.
+        title: String,
+        /// The provider that wrote it.
+        provider: String,
+        /// The upstream model that wrote it.
+        model: String,
     },
     /// Turn grounding in the owner's knowledge base on or off (no event when unchanged).
     SetGrounding {

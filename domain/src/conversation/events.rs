@@ -28,6 +28,22 @@ pub struct ConversationStarted {
     pub model: String,
     /// The system prompt, if any.
     pub system_prompt: Option<String>,
+    /// The owner gave no title: `title` is a placeholder until the assistant names the
+    /// conversation after its first exchange (1.1; absent, as in 1.0 events: `false`).
+    #[serde(default)]
+    pub title_pending: bool,
+}
+
+/// The assistant named the conversation after its first exchange (a system actor). Never
+/// recorded once the owner has renamed it: the owner's title always wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TitleGenerated {
+    /// The title.
+    pub title: String,
+    /// The provider that wrote it.
+    pub provider: String,
+    /// The upstream model that wrote it.
+    pub model: String,
 }
 
 /// The title changed.
@@ -236,9 +252,11 @@ crate::domain_events! {
     /// Everything that can happen to a Conversation.
     pub enum ConversationEvent {
         /// See [`ConversationStarted`].
-        ConversationStarted(ConversationStarted) = "1.0",
+        ConversationStarted(ConversationStarted) = "1.1",
         /// See [`ConversationRenamed`].
         ConversationRenamed(ConversationRenamed) = "1.0",
+        /// See [`TitleGenerated`].
+        TitleGenerated(TitleGenerated) = "1.0",
         /// See [`ConversationArchived`].
         ConversationArchived(ConversationArchived) = "1.0",
         /// See [`GroundingChanged`].
@@ -281,8 +299,14 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 kind: ConversationKind::Chat,
                 model: "local/smollm2-135m".into(),
                 system_prompt: Some("Be brief.".into()),
+                title_pending: false,
             }),
             Self::ConversationRenamed(ConversationRenamed { title: "Plans".into() }),
+            Self::TitleGenerated(TitleGenerated {
+                title: "Planning a trip to Lisbon".into(),
+                provider: "local".into(),
+                model: "smollm2-135m".into(),
+            }),
             Self::ConversationArchived(ConversationArchived {}),
             Self::ConversationUnarchived(ConversationUnarchived {}),
             Self::ConversationDeleted(ConversationDeleted {}),

@@ -80,6 +80,7 @@ fn started() -> ConversationEvent {
         kind: ConversationKind::Chat,
         model: "gpt-4o-mini".into(),
         system_prompt: Some("Be brief.".into()),
+        title_pending: false,
     })
 }
 
