@@ -13,7 +13,6 @@ use colloquy_commands::caller::Caller;
 use colloquy_commands::knowledge::CreateDocument;
 use colloquy_commands::{CommandSettings, Commands};
 use colloquy_domain::knowledge::DocumentSource;
-use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
 use colloquy_infra::knowledge_index::{self, chunk_id};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::Settings;
@@ -31,21 +30,8 @@ journeys under four hours.";
 fn settings(fake: &FakeProvider) -> Settings {
     let mut settings = isolated_settings();
     settings.assistant.local.models_dir = support::models_dir();
-    let a = &mut settings.assistant;
-    a.providers.retain(|name, _| name == "local");
-    a.models.clear();
-    let entry = ProviderSettings {
-        kind: ProviderKind::Openai,
-        base_url: fake.base_url(),
-        api_key: Some("test-key".into()),
-        ..ProviderSettings::default()
-    };
-    a.providers.insert("fake".into(), entry);
-    let model = ModelSettings { route: vec!["fake/upstream".into()], context_window: 8192, max_output_tokens: 64 };
-    a.models.insert("fake-model".into(), model);
-    a.default_model = "fake-model".into();
     settings.knowledge.retrieval.passages = 3;
-    settings
+    support::with_fake_model(settings, fake)
 }
 
 async fn grounded_conversation(client: &ApiClient, token: &str) -> Uuid {

@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 
 use colloquy::runtime::Processes;
-use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
+use colloquy_infra::assistant_settings::{ProviderKind, ProviderSettings};
 use colloquy_infra::Settings;
 use colloquy_providers::testing::{FakeProvider, Script};
 use serde_json::{json, Value};
@@ -106,21 +106,8 @@ fn stored_files(root: &Path) -> Vec<std::path::PathBuf> {
 
 fn with_fake_model(mut settings: Settings, fake: &FakeProvider) -> Settings {
     settings.assistant.local.models_dir = support::models_dir();
-    let a = &mut settings.assistant;
-    a.providers.retain(|name, _| name == "local");
-    a.models.clear();
-    let entry = ProviderSettings {
-        kind: ProviderKind::Openai,
-        base_url: fake.base_url(),
-        api_key: Some("test-key".into()),
-        ..ProviderSettings::default()
-    };
-    a.providers.insert("fake".into(), entry);
-    let model = ModelSettings { route: vec!["fake/upstream".into()], context_window: 8192, max_output_tokens: 64 };
-    a.models.insert("fake-model".into(), model);
-    a.default_model = "fake-model".into();
     settings.knowledge.retrieval.passages = 3;
-    settings
+    support::with_fake_model(settings, fake)
 }
 
 fn id_of(body: &Value, field: &str) -> Uuid {

@@ -6,7 +6,6 @@
 mod support;
 
 use colloquy::runtime::Processes;
-use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
 use colloquy_infra::Settings;
 use colloquy_providers::testing::{FakeProvider, Route, Script};
 use serde_json::{json, Value};
@@ -16,21 +15,7 @@ use uuid::Uuid;
 const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
 
 fn settings(fake: &FakeProvider) -> Settings {
-    let mut settings = isolated_settings();
-    let a = &mut settings.assistant;
-    a.providers.retain(|name, _| name == "local");
-    a.models.clear();
-    let entry = ProviderSettings {
-        kind: ProviderKind::Openai,
-        base_url: fake.base_url(),
-        api_key: Some("test-key".into()),
-        ..ProviderSettings::default()
-    };
-    a.providers.insert("fake".into(), entry);
-    let model = ModelSettings { route: vec!["fake/upstream".into()], context_window: 8192, max_output_tokens: 64 };
-    a.models.insert("fake-model".into(), model);
-    a.default_model = "fake-model".into();
-    settings
+    support::with_fake_model(isolated_settings(), fake)
 }
 
 /// The requests asking for a title (their system message is the naming instruction).

@@ -54,6 +54,26 @@ pub fn isolated_settings() -> Settings {
     s
 }
 
+/// `settings` whose only model, and the default, is `fake-model`, answered by `fake` (a
+/// server speaking OpenAI's wire format) as provider `fake`, upstream model `upstream`.
+pub fn with_fake_model(mut settings: Settings, fake: &colloquy_providers::testing::FakeProvider) -> Settings {
+    use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
+    let a = &mut settings.assistant;
+    a.providers.retain(|name, _| name == "local");
+    a.models.clear();
+    let entry = ProviderSettings {
+        kind: ProviderKind::Openai,
+        base_url: fake.base_url(),
+        api_key: Some("test-key".into()),
+        ..ProviderSettings::default()
+    };
+    a.providers.insert("fake".into(), entry);
+    let model = ModelSettings { route: vec!["fake/upstream".into()], context_window: 8192, max_output_tokens: 64 };
+    a.models.insert("fake-model".into(), model);
+    a.default_model = "fake-model".into();
+    settings
+}
+
 pub async fn create_database(settings: &Settings) {
     sqlx::Postgres::create_database(&settings.database.url).await.expect("create database");
 }
