@@ -11,9 +11,13 @@
 //!    fresh one.
 //!
 //! It prints figures; it is not a test and never fails on a missed target.
+//!
+//! `--assistant` measures the assistant's streaming path instead (`assistant.rs`), and
+//! `--retrieval` the knowledge base's search quality and latency (`retrieval.rs`).
 
 mod assistant;
 mod assistant_clients;
+mod retrieval;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -101,6 +105,28 @@ struct Args {
     /// `--assistant`: SSE clients held by the API at once.
     #[arg(long, default_value_t = 1_000)]
     sse_clients: usize,
+    /// Measure the knowledge base's retrieval instead (recall@5 and MRR per search mode on
+    /// bench/retrieval, then search latency over a grown index); see bench/README.md.
+    #[arg(long)]
+    retrieval: bool,
+    /// `--retrieval`: live chunks the index grows to before latency is measured.
+    #[arg(long, default_value_t = 10_000)]
+    retrieval_chunks: usize,
+    /// `--retrieval`: how the index grows (copies: corpus copies with reused, perturbed
+    /// vectors, about a minute; shuffled: shuffled corpus paragraphs embedded for real, about
+    /// 25 minutes for 10,000 chunks on two cores).
+    #[arg(long, value_enum, default_value_t = retrieval::Growth::Copies)]
+    retrieval_growth: retrieval::Growth,
+    /// `--retrieval`: searches measured per mode (whole rounds of the questions, at least this many).
+    #[arg(long, default_value_t = 500)]
+    retrieval_searches: usize,
+    /// `--retrieval`: the evaluation data (default: bench/retrieval of this checkout).
+    #[arg(long)]
+    retrieval_data: Option<PathBuf>,
+    /// `--retrieval`: the models directory holding all-minilm-l6-v2 (default:
+    /// `$COLLOQUY_STATE_DIR/models`, else `.colloquy/models` of this checkout).
+    #[arg(long, env = "COLLOQUY_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -119,7 +145,9 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let args = Args::parse();
-    ensure_kafka()?;
+    if !args.retrieval {
+        ensure_kafka()?;
+    }
 
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let server = args.postgres_url.trim_end_matches('/').to_string();
@@ -128,6 +156,14 @@ async fn main() -> anyhow::Result<()> {
     sqlx::Postgres::create_database(&db_url).await.context("creating the bench database")?;
     eprintln!("[bench] database {db_name} created");
 
+    if args.retrieval {
+        let outcome = retrieval::run(&args, &tag, &db_url).await;
+        let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
+        outcome?;
+        dropped.context("dropping the bench database")?;
+        eprintln!("[bench] database {db_name} dropped");
+        return Ok(());
+    }
     if args.assistant {
         let outcome = assistant::run(&args, &tag, &db_url).await;
         let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
