@@ -119,13 +119,7 @@ async fn a_grounded_reply_quotes_and_cites_its_owners_passages_only_and_never_a_
     assert_eq!(cited[0]["chunk_id"], json!(chunk_id(document, 1, 0)));
     assert_eq!(cited[0]["version"], json!(1));
     // The audit trail: ReplyStarted holds the passage ids and the text as quoted.
-    let started: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb -> 'ReplyStarted' FROM events WHERE aggregate_id = $1 AND event_type = 'ReplyStarted'",
-    )
-    .bind(conversation.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let started = support::only_event(app.pool(), conversation, "ReplyStarted").await;
     assert_eq!(started["citations"][0]["chunk_id"], json!(chunk_id(document, 1, 0)));
     assert!(started["citations"][0]["text"].as_str().unwrap().contains("thirty days"));
 

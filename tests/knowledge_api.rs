@@ -236,13 +236,7 @@ async fn an_uploaded_file_becomes_searchable_knowledge_that_grounds_a_reply_unti
     .await;
     assert_eq!(answered["citations"][0]["document_id"], json!(document), "{answered}");
     // The reply's events hold the passages the model was given.
-    let started: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb -> 'ReplyStarted' FROM events WHERE aggregate_id = $1 AND event_type = 'ReplyStarted'",
-    )
-    .bind(conversation.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let started = support::only_event(app.pool(), conversation, "ReplyStarted").await;
     assert_eq!(started["citations"][0]["chunk_id"], answered["citations"][0]["chunk_id"], "{started}");
     assert_eq!(started["citations"][0]["document_id"], json!(document));
 
@@ -314,13 +308,7 @@ async fn bad_uploads_and_requests_get_stable_codes_and_keep_nothing() {
     let stored = stored_files(&root);
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(stored[0].starts_with(root.join("files")) && stored[0].ends_with(file.to_string()), "{stored:?}");
-    let uploaded: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb -> 'FileUploaded' FROM events WHERE aggregate_id = $1 AND sequence = 1",
-    )
-    .bind(file.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let uploaded = support::only_event(app.pool(), file, "FileUploaded").await;
     assert_eq!(uploaded["file_name"], "../../etc/passwd", "{uploaded}");
     assert_eq!(uploaded["storage_key"].as_str(), stored[0].strip_prefix(&root).unwrap().to_str());
 

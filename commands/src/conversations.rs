@@ -153,31 +153,14 @@ impl Commands {
     }
 
     /// Renames one of the caller's conversations.
-    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id))]
     pub async fn rename_conversation(
         &self,
         caller: &Caller,
         conversation_id: Uuid,
         title: String,
     ) -> Outcome<ConversationAccepted> {
-        let request = (conversation_id, &title);
-        let charges = [Charge::new(Quota::StoredBytes, title.trim().len())];
-        let command = ConversationCommand::RenameConversation { actor_id: caller.user, title: title.clone() };
-        self.conversation_command(caller, "rename_conversation", &request, conversation_id, command, &charges).await
-    }
-
-    /// Turns grounding in the caller's knowledge base on or off for one of their
-    /// conversations (no event when it already is).
-    #[instrument(skip_all, fields(user_id = %caller.user, %conversation_id, enabled))]
-    pub async fn set_grounding(
-        &self,
-        caller: &Caller,
-        conversation_id: Uuid,
-        enabled: bool,
-    ) -> Outcome<ConversationAccepted> {
-        let request = (conversation_id, enabled);
-        let command = ConversationCommand::SetGrounding { actor_id: caller.user, enabled };
-        self.conversation_command(caller, "set_grounding", &request, conversation_id, command, &[]).await
+        self.update_conversation(caller, conversation_id, ConversationChanges { title: Some(title), grounded: None })
+            .await
     }
 
     /// Applies `PATCH /conversations/{id}`: a new title, grounding on or off, or both (the

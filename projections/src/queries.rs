@@ -330,7 +330,8 @@ impl Queries {
         check_min_version(Some(min))?;
         let (owner, projection) = match resource {
             Resource::File => (event_store::file_owner(&self.pool, id).await?, files::NAME),
-            _ => (event_store::document_owner(&self.pool, id).await?, knowledge::NAME),
+            Resource::Document => (event_store::document_owner(&self.pool, id).await?, knowledge::NAME),
+            Resource::User | Resource::Conversation => return Err(QueryError::NotFound(resource)),
         };
         if owner != Some(user) {
             return Err(QueryError::NotFound(resource));

@@ -20,6 +20,11 @@ pub trait Embedder: Send + Sync {
     /// The length of every vector this embedder returns.
     fn dimension(&self) -> usize;
 
+    /// The embedding space of its vectors, as the chunk index names it.
+    fn space(&self) -> colloquy_infra::knowledge_index::EmbeddingSpace {
+        colloquy_infra::knowledge_index::EmbeddingSpace { model: self.model().to_string(), dimension: self.dimension() }
+    }
+
     /// One vector per text, in the order of `texts`, each [`dimension`](Self::dimension)
     /// long. No texts: no vectors (and no work).
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ProviderError>;

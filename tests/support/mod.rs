@@ -74,6 +74,16 @@ pub fn with_fake_model(mut settings: Settings, fake: &colloquy_providers::testin
     settings
 }
 
+/// The payload of the one `event_type` event of `aggregate_id` (panics unless exactly one).
+pub async fn only_event(pool: &PgPool, aggregate_id: Uuid, event_type: &str) -> Value {
+    sqlx::query_scalar("SELECT payload::jsonb -> $2 FROM events WHERE aggregate_id = $1 AND event_type = $2")
+        .bind(aggregate_id.to_string())
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 pub async fn create_database(settings: &Settings) {
     sqlx::Postgres::create_database(&settings.database.url).await.expect("create database");
 }

@@ -283,7 +283,7 @@ pub async fn get_search(
             })?;
             let vector =
                 vectors.into_iter().next().ok_or_else(|| ApiError::internal("the embedder returned no vector"))?;
-            let space = EmbeddingSpace { model: embedder.model().to_string(), dimension: embedder.dimension() };
+            let space = embedder.space();
             (asked, Some(vector), space)
         }
     };

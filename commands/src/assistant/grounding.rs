@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use colloquy_domain::conversation::Citation;
-use colloquy_infra::knowledge_index::{self, EmbeddingSpace, Passage, SearchMode, SearchQuery};
+use colloquy_infra::knowledge_index::{self, Passage, SearchMode, SearchQuery};
 use colloquy_providers::embeddings::Embedder;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -31,7 +31,7 @@ impl Grounding {
     pub async fn retrieve(&self, pool: &PgPool, owner: Uuid, question: &str) -> Result<Vec<Citation>, String> {
         let vectors = self.embedder.embed(&[question.to_string()]).await.map_err(|e| e.to_string())?;
         let embedding = vectors.into_iter().next().ok_or("the embedder returned no vector")?;
-        let space = EmbeddingSpace { model: self.embedder.model().to_string(), dimension: self.embedder.dimension() };
+        let space = self.embedder.space();
         let query = SearchQuery {
             owner_id: owner,
             text: question,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy_infra::knowledge_index::{self, EmbeddingSpace, IndexError, NewChunk, Written};
+use colloquy_infra::knowledge_index::{self, IndexError, NewChunk, Written};
 use colloquy_providers::embeddings::Embedder;
 use colloquy_providers::ProviderError;
 use serde::Serialize;
@@ -49,7 +49,7 @@ pub enum ReembedError {
 /// Re-embeds every live document not in `embedder`'s space, one document at a time.
 pub async fn reembed(pool: &PgPool, embedder: Arc<dyn Embedder>) -> Result<ReembedReport, ReembedError> {
     let started = Instant::now();
-    let space = EmbeddingSpace { model: embedder.model().to_string(), dimension: embedder.dimension() };
+    let space = embedder.space();
     let mut report =
         ReembedReport { model: space.model.clone(), dimension: space.dimension, ..ReembedReport::default() };
     // One pass in id order: a document the ingest worker re-indexes meanwhile is not met twice.

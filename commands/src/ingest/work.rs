@@ -13,7 +13,7 @@ use colloquy_domain::knowledge::{
 use colloquy_extract::{ChunkSettings, ExtractError, Extracted, Format, Limits};
 use colloquy_infra::event_store::StoredEvent;
 use colloquy_infra::file_storage::{self, FileStorage, StorageError};
-use colloquy_infra::knowledge_index::{self, EmbeddingSpace, NewChunk, Written};
+use colloquy_infra::knowledge_index::{self, NewChunk, Written};
 use colloquy_providers::embeddings::Embedder;
 use cqrs_es::Aggregate as _;
 use sqlx::PgPool;
@@ -184,7 +184,7 @@ async fn index_current(deps: &IngestDeps, caller: &Caller, document_id: Uuid, ve
     }
     let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
     let vectors = deps.embedder.embed(&texts).await.map_err(retry)?;
-    let space = EmbeddingSpace { model: deps.embedder.model().to_string(), dimension: deps.embedder.dimension() };
+    let space = deps.embedder.space();
     let rows: Vec<NewChunk> = chunks
         .into_iter()
         .zip(vectors)
