@@ -793,9 +793,7 @@ async fn print_latency(
     Ok(())
 }
 
-/// EXPLAIN of `knowledge_index::search`'s vector ranking, written as it is there (the CTE
-/// `v` of a `SearchMode::Vector` search, with its joins), in a transaction with the same
-/// `hnsw.iterative_scan` setting. A copy: if search's SQL changes, change this too.
+/// `knowledge_index::search`'s own plan for a vector search of `question`.
 async fn explain_vector_ranking(
     pool: &PgPool,
     embedder: &Arc<dyn Embedder>,
@@ -803,32 +801,17 @@ async fn explain_vector_ranking(
     owner: Uuid,
     question: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let dim = space.dimension;
     let vector = embed_one(embedder, question).await?;
-    let sql = format!(
-        "EXPLAIN SELECT c.chunk_id, row_number() OVER (ORDER BY c.embedding::vector({dim}) <=> $3::vector({dim}), c.chunk_id) AS rank
-           FROM knowledge_chunks c
-           JOIN knowledge_index ki ON ki.document_id = c.document_id AND ki.live_version = c.doc_version
-                                  AND ki.deleted_at IS NULL AND ki.owner_id = $1
-           JOIN rm_knowledge_documents d ON d.document_id = c.document_id AND d.owner_id = $1
-                                          AND d.status <> 'deleted' AND d.tags @> $5::text[]
-          WHERE c.owner_id = $1 AND c.embedding_dimension = {dim} AND c.embedding_model = $4
-          ORDER BY c.embedding::vector({dim}) <=> $3::vector({dim}), c.chunk_id LIMIT $6"
-    );
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
-    let candidates = (K * 4).clamp(20, 200) as i64;
-    let plan: Vec<String> = sqlx::query_scalar(&sql)
-        .bind(owner)
-        .bind(question)
-        .bind(pgvector::Vector::from(vector))
-        .bind(&space.model)
-        .bind(Vec::<String>::new())
-        .bind(candidates)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.rollback().await?;
-    Ok(plan)
+    let query = SearchQuery {
+        owner_id: owner,
+        text: question,
+        embedding: Some(&vector),
+        space,
+        k: K,
+        tags: &[],
+        mode: SearchMode::Vector,
+    };
+    Ok(knowledge_index::explain(pool, &query, true).await?)
 }
 
 async fn hnsw_scans(pool: &PgPool) -> anyhow::Result<i64> {

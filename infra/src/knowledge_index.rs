@@ -314,68 +314,10 @@ const MARK_END: char = '\u{E001}';
 
 /// The best `k` passages of the owner's live documents for `query`.
 pub async fn search(pool: &PgPool, query: &SearchQuery<'_>) -> Result<Vec<Passage>, IndexError> {
-    let dim = query.space.dimension;
-    let use_text = query.mode != SearchMode::Vector;
-    let use_vector = query.mode != SearchMode::Text && query.embedding.is_some();
-    if let Some(e) = query.embedding.filter(|e| e.len() != dim) {
-        return Err(IndexError::Dimension { model: query.space.model.clone(), expected: dim, got: e.len() });
-    }
-    // Each ranking looks at more candidates than asked for, so fusion has something to fuse.
-    let candidates = (query.k * 4).clamp(20, 200) as i64;
-    // The HNSW indexes are partial expression indexes per dimension: the dimension must be
-    // a literal in the SQL for the planner to use them (it is a number from configuration).
-    let live = "JOIN knowledge_index ki ON ki.document_id = c.document_id AND ki.live_version = c.doc_version
-                                       AND ki.deleted_at IS NULL AND ki.owner_id = $1
-                JOIN rm_knowledge_documents d ON d.document_id = c.document_id AND d.owner_id = $1
-                                               AND d.status <> 'deleted' AND d.tags @> $5::text[]";
-    let text_hits = match use_text {
-        true => format!(
-            "SELECT c.chunk_id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.chunk_id) AS rank
-               FROM knowledge_chunks c {live}, websearch_to_tsquery('english', $2) AS q(q)
-              WHERE c.owner_id = $1 AND c.tsv @@ q.q
-              ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.chunk_id LIMIT $6"
-        ),
-        false => "SELECT NULL::uuid AS chunk_id, NULL::bigint AS rank WHERE false".to_string(),
-    };
-    let vector_hits = match use_vector {
-        true => format!(
-            "SELECT c.chunk_id, row_number() OVER (ORDER BY c.embedding::vector({dim}) <=> $3::vector({dim}), c.chunk_id) AS rank
-               FROM knowledge_chunks c {live}
-              WHERE c.owner_id = $1 AND c.embedding_dimension = {dim} AND c.embedding_model = $4
-              ORDER BY c.embedding::vector({dim}) <=> $3::vector({dim}), c.chunk_id LIMIT $6"
-        ),
-        false => "SELECT NULL::uuid AS chunk_id, NULL::bigint AS rank WHERE false".to_string(),
-    };
-    let sql = format!(
-        "WITH t AS ({text_hits}), v AS ({vector_hits}),
-              fused AS (
-                SELECT chunk_id, t.rank AS text_rank, v.rank AS vector_rank,
-                       COALESCE(1.0 / ({RRF_K} + t.rank), 0) + COALESCE(1.0 / ({RRF_K} + v.rank), 0) AS score
-                  FROM t FULL JOIN v USING (chunk_id))
-         SELECT f.chunk_id, f.text_rank, f.vector_rank, f.score::float8 AS score,
-                c.document_id, c.doc_version, c.position, c.content, d.title,
-                ts_headline('english', c.content, websearch_to_tsquery('english', $2),
-                            'StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, MaxFragments=2') AS snippet
-           FROM fused f
-           JOIN knowledge_chunks c ON c.chunk_id = f.chunk_id AND c.owner_id = $1
-           JOIN rm_knowledge_documents d ON d.document_id = c.document_id AND d.owner_id = $1
-          ORDER BY f.score DESC, f.chunk_id
-          LIMIT $7"
-    );
+    let sql = search_sql(query)?;
     let mut tx = pool.begin().await?;
-    // pgvector 0.8: keep scanning the HNSW graph until enough rows pass the owner filter.
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
-    let embedding = Vector::from(query.embedding.map(<[f32]>::to_vec).unwrap_or_else(|| vec![0.0; dim]));
-    let rows = sqlx::query(&sql)
-        .bind(query.owner_id)
-        .bind(query.text)
-        .bind(embedding)
-        .bind(&query.space.model)
-        .bind(query.tags)
-        .bind(candidates)
-        .bind(query.k as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+    search_settings(&mut tx, query).await?;
+    let rows = bind_search(sqlx::query(&sql), query).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows
         .iter()
@@ -392,6 +334,128 @@ pub async fn search(pool: &PgPool, query: &SearchQuery<'_>) -> Result<Vec<Passag
             vector_rank: r.get::<Option<i64>, _>("vector_rank").map(|n| n as u32),
         })
         .collect())
+}
+
+/// PostgreSQL's plan for `search(pool, query)`: the same SQL with the same settings, one
+/// line per plan node (`EXPLAIN`, or `EXPLAIN ANALYZE` with `analyze`). The bench prints it;
+/// a test holds that the vector ranking walks the HNSW index.
+pub async fn explain(pool: &PgPool, query: &SearchQuery<'_>, analyze: bool) -> Result<Vec<String>, IndexError> {
+    let sql = format!("EXPLAIN {}{}", if analyze { "(ANALYZE, BUFFERS) " } else { "" }, search_sql(query)?);
+    let mut tx = pool.begin().await?;
+    search_settings(&mut tx, query).await?;
+    let plan = bind_search(sqlx::query(&sql), query).fetch_all(&mut *tx).await?;
+    tx.rollback().await?;
+    Ok(plan.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Candidates each ranking looks at: more than asked for, so fusion has something to fuse.
+fn candidates(query: &SearchQuery<'_>) -> i64 {
+    (query.k * 4).clamp(20, 200) as i64
+}
+
+/// Transaction-local settings of a search.
+async fn search_settings(tx: &mut sqlx::PgConnection, query: &SearchQuery<'_>) -> Result<(), IndexError> {
+    // A prepared statement switches to a generic plan after five runs, and a generic plan
+    // does not know the query vector, so it never orders by the HNSW index: plan each search.
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
+    // pgvector 0.8: the owner (and tag) filters are applied to what the HNSW walk returns;
+    // an iterative scan keeps walking until enough rows pass them (bounded by
+    // `hnsw.max_scan_tuples`), instead of answering with fewer passages than exist.
+    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
+    // The candidate list of the walk: at least the rows the ranking wants (the default, 40,
+    // is below what a hybrid search asks for), so recall does not drop with `k`.
+    let ef_search = (candidates(query) * 2).clamp(100, 1000);
+    sqlx::query(&format!("SET LOCAL hnsw.ef_search = {ef_search}")).execute(&mut *tx).await?;
+    Ok(())
+}
+
+fn bind_search<'q>(
+    statement: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    query: &'q SearchQuery<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let dim = query.space.dimension;
+    let embedding = Vector::from(query.embedding.map(<[f32]>::to_vec).unwrap_or_else(|| vec![0.0; dim]));
+    statement
+        .bind(query.owner_id)
+        .bind(query.text)
+        .bind(embedding)
+        .bind(&query.space.model)
+        .bind(query.tags)
+        .bind(candidates(query))
+        .bind(query.k as i64)
+}
+
+/// The search's SQL. `$1` owner, `$2` words, `$3` query vector, `$4` embedding model,
+/// `$5` required tags, `$6` candidates per ranking, `$7` passages.
+fn search_sql(query: &SearchQuery<'_>) -> Result<String, IndexError> {
+    let dim = query.space.dimension;
+    let use_text = query.mode != SearchMode::Vector;
+    let use_vector = query.mode != SearchMode::Text && query.embedding.is_some();
+    if let Some(e) = query.embedding.filter(|e| e.len() != dim) {
+        return Err(IndexError::Dimension { model: query.space.model.clone(), expected: dim, got: e.len() });
+    }
+    // Only the owner's live chunks of documents that carry every asked-for tag.
+    let live = "EXISTS (SELECT 1 FROM knowledge_index ki
+                         WHERE ki.document_id = c.document_id AND ki.live_version = c.doc_version
+                           AND ki.deleted_at IS NULL AND ki.owner_id = $1)
+                AND EXISTS (SELECT 1 FROM rm_knowledge_documents d
+                             WHERE d.document_id = c.document_id AND d.owner_id = $1
+                               AND d.status <> 'deleted' AND d.tags @> $5::text[])";
+    let none = "SELECT NULL::uuid AS chunk_id, NULL::bigint AS rank WHERE false";
+    let text_hits = match use_text {
+        true => format!(
+            "SELECT c.chunk_id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.chunk_id) AS rank
+               FROM knowledge_chunks c, websearch_to_tsquery('english', $2) AS q(q)
+              WHERE c.owner_id = $1 AND c.tsv @@ q.q AND {live}
+              ORDER BY ts_rank_cd(c.tsv, q.q) DESC, c.chunk_id LIMIT $6"
+        ),
+        false => none.to_string(),
+    };
+    // The nearest chunks come from ONE `ORDER BY distance LIMIT n` over the owner's chunks,
+    // with nothing else in that ORDER BY and no join in front of it: the shape the HNSW index
+    // (a partial expression index per dimension, so the dimension is a literal here) can
+    // answer, which the planner takes when the owner's chunks are many. Ties are broken and
+    // ranks numbered outside, over the n rows it returned. Every chunk row belongs to the
+    // live version of an undeleted document (`write_version` and `remove_document` keep it
+    // so in one transaction each), so only tags need filtering inside; the liveness join
+    // outside is a second guard that removes nothing while that holds.
+    let tag_filter = match query.tags.is_empty() {
+        true => "",
+        false => {
+            "AND EXISTS (SELECT 1 FROM rm_knowledge_documents d
+                          WHERE d.document_id = c.document_id AND d.owner_id = $1 AND d.tags @> $5::text[])"
+        }
+    };
+    let vector_hits = match use_vector {
+        true => format!(
+            "SELECT n.chunk_id, row_number() OVER (ORDER BY n.distance, n.chunk_id) AS rank
+               FROM (SELECT c.chunk_id, c.document_id, c.doc_version,
+                            c.embedding::vector({dim}) <=> $3::vector({dim}) AS distance
+                       FROM knowledge_chunks c
+                      WHERE c.owner_id = $1 AND c.embedding_dimension = {dim} AND c.embedding_model = $4 {tag_filter}
+                      ORDER BY c.embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $6) n
+               JOIN knowledge_index ki ON ki.document_id = n.document_id AND ki.live_version = n.doc_version
+                                      AND ki.deleted_at IS NULL AND ki.owner_id = $1"
+        ),
+        false => none.to_string(),
+    };
+    Ok(format!(
+        "WITH t AS ({text_hits}), v AS ({vector_hits}),
+              fused AS (
+                SELECT chunk_id, t.rank AS text_rank, v.rank AS vector_rank,
+                       COALESCE(1.0 / ({RRF_K} + t.rank), 0) + COALESCE(1.0 / ({RRF_K} + v.rank), 0) AS score
+                  FROM t FULL JOIN v USING (chunk_id))
+         SELECT f.chunk_id, f.text_rank, f.vector_rank, f.score::float8 AS score,
+                c.document_id, c.doc_version, c.position, c.content, d.title,
+                ts_headline('english', c.content, websearch_to_tsquery('english', $2),
+                            'StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, MaxFragments=2') AS snippet
+           FROM fused f
+           JOIN knowledge_chunks c ON c.chunk_id = f.chunk_id AND c.owner_id = $1
+           JOIN rm_knowledge_documents d ON d.document_id = c.document_id AND d.owner_id = $1
+                                          AND d.status <> 'deleted' AND d.tags @> $5::text[]
+          ORDER BY f.score DESC, f.chunk_id
+          LIMIT $7"
+    ))
 }
 
 /// HTML-escapes a `ts_headline` result and turns its markers into `<mark>` elements.

@@ -181,8 +181,105 @@ async fn tags_filter_and_vectors_of_another_dimension_are_refused() {
     let found: Vec<Uuid> =
         knowledge_index::search(&db.pool, &query).await.unwrap().iter().map(|p| p.document_id).collect();
     assert_eq!(found, [travel]);
+    // The vector ranking filters tags inside its nearest-neighbour query: the food chunk is the
+    // nearer one, and it is still left out.
+    for mode in [SearchMode::Vector, SearchMode::Hybrid] {
+        let query = SearchQuery { embedding: Some(&axis(1)), mode, ..query.clone() };
+        let found: Vec<Uuid> =
+            knowledge_index::search(&db.pool, &query).await.unwrap().iter().map(|p| p.document_id).collect();
+        assert_eq!(found, [travel], "{mode:?}");
+    }
 
     let wrong = [NewChunk { position: 0, content: "x".into(), embedding: vec![1.0; DIM + 1] }];
     let refused = knowledge_index::write_version(&db.pool, owner, travel, 2, &space, &wrong).await;
     assert!(matches!(refused, Err(IndexError::Dimension { expected: DIM, got, .. }) if got == DIM + 1));
+}
+
+/// A deterministic unit vector of `dim` values (xorshift), different for each `seed`.
+fn pseudo_random(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.into_iter().map(|a| a / norm).collect()
+}
+
+fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
+    1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[tokio::test]
+async fn the_vector_ranking_is_answered_by_the_hnsw_index_and_stays_exact_and_owner_filtered() {
+    let db = TestDatabase::create().await;
+    let space = EmbeddingSpace { model: "test-embedder-384".into(), dimension: 384 };
+    let (owner, stranger, doc, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    document_row(&db.pool, owner, doc, "Owner's", &[]).await;
+    document_row(&db.pool, stranger, other, "Stranger's", &[]).await;
+    let query_vector = pseudo_random(0, 384);
+    let owned: Vec<NewChunk> = (0..60)
+        .map(|i| NewChunk { position: i, content: format!("owned {i}"), embedding: pseudo_random(u64::from(i) + 1, 384) })
+        .collect();
+    // The stranger's chunks are the query vector itself, nudged: nearer than anything the
+    // owner has, so a walk of the (shared) index meets them first and must pass them by.
+    let theirs: Vec<NewChunk> = (0..20)
+        .map(|i| {
+            let nudge = pseudo_random(1000 + u64::from(i), 384);
+            let v: Vec<f32> = query_vector.iter().zip(&nudge).map(|(q, n)| q + 0.05 * n).collect();
+            NewChunk { position: i, content: format!("theirs {i}"), embedding: v }
+        })
+        .collect();
+    knowledge_index::write_version(&db.pool, owner, doc, 1, &space, &owned).await.unwrap();
+    knowledge_index::write_version(&db.pool, stranger, other, 1, &space, &theirs).await.unwrap();
+    sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
+
+    // Sessions that price sorting out (`enable_sort = off`) take the index wherever the query
+    // lets them. The ranking must be an index walk then: a tie-break, a window function or a
+    // join inside its ORDER BY ... LIMIT (the shape before) leaves the planner only the
+    // exact sort, whatever it costs. With many chunks per owner the planner takes the walk
+    // on its own (`bench/run.sh --retrieval` prints the plan and the index's scan counter).
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let index_only = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([("enable_sort", "off")]))
+        .await
+        .unwrap();
+    for mode in [SearchMode::Vector, SearchMode::Hybrid] {
+        let query =
+            SearchQuery { owner_id: owner, text: "owned", embedding: Some(&query_vector), space: &space, k: 5, tags: &[], mode };
+        let plan = knowledge_index::explain(&index_only, &query, false).await.unwrap();
+        assert!(
+            plan.iter().any(|line| line.contains("Index Scan using knowledge_chunks_hnsw_384")),
+            "{mode:?} does not walk the HNSW index:\n{}",
+            plan.join("\n")
+        );
+    }
+    // The walk finds the owner's exact nearest chunks (60 rows are well inside
+    // `hnsw.ef_search`), in order, and none of the stranger's.
+    let mut exact: Vec<(f32, String)> =
+        owned.iter().map(|c| (cosine_distance(&c.embedding, &query_vector), c.content.clone())).collect();
+    exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let expected: Vec<String> = exact.into_iter().take(5).map(|(_, content)| content).collect();
+    let query = SearchQuery {
+        owner_id: owner,
+        text: "",
+        embedding: Some(&query_vector),
+        space: &space,
+        k: 5,
+        tags: &[],
+        mode: SearchMode::Vector,
+    };
+    let walked: Vec<String> =
+        knowledge_index::search(&index_only, &query).await.unwrap().into_iter().map(|p| p.content).collect();
+    assert_eq!(walked, expected);
+    // The planner's own choice answers the same.
+    let planned: Vec<String> =
+        knowledge_index::search(&db.pool, &query).await.unwrap().into_iter().map(|p| p.content).collect();
+    assert_eq!(planned, expected);
+    index_only.close().await;
 }
