@@ -73,6 +73,8 @@ pub enum ErrorCode {
     NotArchived,
     /// A message with this id exists in the conversation.
     DuplicateMessage,
+    /// Only user messages can be edited (a reply is regenerated instead).
+    NotAUserMessage,
     /// The reply has already ended (completed, failed or cancelled).
     ReplyFinished,
     /// The title is empty or too long.
@@ -184,6 +186,7 @@ impl ErrorCode {
         Self::AlreadyArchived,
         Self::NotArchived,
         Self::DuplicateMessage,
+        Self::NotAUserMessage,
         Self::ReplyFinished,
         Self::InvalidTitle,
         Self::InvalidModel,
@@ -267,6 +270,7 @@ impl ErrorCode {
             | C::UnknownModel
             | C::InvalidSystemPrompt
             | C::InvalidMessage
+            | C::NotAUserMessage
             | C::ControlCharacter
             | C::InvisibleCharacter
             | C::InvalidFileName

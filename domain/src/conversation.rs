@@ -8,17 +8,20 @@ mod replies;
 #[cfg(test)]
 mod reply_tests;
 mod services;
+#[cfg(test)]
+mod tree_tests;
+pub mod tree;
 
 pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
-    Citation, ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
+    BranchActivated, Citation, ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, GroundingChanged, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
-    ReplyFailure, ReplyParameters, ReplyStarted, TitleGenerated, TokenUsage, UserMessagePosted,
+    ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, TitleGenerated, TokenUsage, UserMessagePosted,
 };
 pub use replies::{reply_id_for, REPLY_NAMESPACE};
-pub use services::{ConversationServices, MessageLookup};
+pub use services::{ConversationServices, MessageLookup, MessageNode};
 
 /// The title of a conversation started without one, until the assistant names it.
 pub const UNTITLED: &str = "New conversation";

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
+use colloquy_domain::conversation::tree::{self, ParentLink, TreeNode};
 use colloquy_domain::conversation::{
-    ConversationEvent, ConversationStarted, MessageLookup, ReplyStarted, UserMessagePosted,
+    ConversationEvent, ConversationStarted, MessageLookup, MessageNode, ReplyStarted, UserMessagePosted,
 };
 use colloquy_domain::decision::PortError;
 use colloquy_domain::file::FileEvent;
@@ -679,6 +680,122 @@ pub async fn recent_messages<'e>(
     Ok(messages)
 }
 
+static USER_MESSAGE_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type = 'UserMessagePosted'
+            AND (payload -> event_type ->> 'message_id') = $2",
+        Conversation::TYPE
+    )
+});
+
+static REQUESTED_REPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT (payload -> event_type ->> 'in_reply_to') FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type = 'ReplyRequested'
+            AND (payload -> event_type ->> 'reply_id') = $2",
+        Conversation::TYPE
+    )
+});
+
+/// The messages (user messages and started replies) of a conversation, in order, with how
+/// each names its parent: only the ids, never the text.
+static TREE_NODES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT sequence, event_version, event_type,
+                coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') AS id,
+                coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent
+           FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type IN ('UserMessagePosted', 'ReplyStarted')
+          ORDER BY sequence",
+        Conversation::TYPE
+    )
+});
+
+/// The conversation's message tree: every user message and started reply with its parent
+/// (see [`tree`](colloquy_domain::conversation::tree)). One read of the conversation's
+/// message events (ids only); used where a whole branch matters (switching branches).
+pub async fn message_tree<'e>(db: impl PgExecutor<'e>, conversation_id: Uuid) -> Result<Vec<TreeNode>, EventStoreError> {
+    let rows = sqlx::query(TREE_NODES.as_str()).bind(conversation_id.to_string()).fetch_all(db).await?;
+    let parse = |text: Option<String>| text.and_then(|t| t.parse::<Uuid>().ok());
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let sequence: i64 = row.try_get("sequence")?;
+        let Some(id) = parse(row.try_get("id")?) else { continue };
+        let parent = parse(row.try_get("parent")?);
+        let event_type: String = row.try_get("event_type")?;
+        let version: String = row.try_get("event_version")?;
+        let link = match (event_type.as_str(), version.as_str()) {
+            ("UserMessagePosted", "1.0" | "1.1") => ParentLink::Previous,
+            _ => ParentLink::Explicit(parent),
+        };
+        records.push((id, link, sequence));
+    }
+    Ok(tree::link(records))
+}
+
+/// Where message or reply `id` sits in the conversation's tree (served by the
+/// `events_message_id` and `events_reply_id` indexes; a user message older than event
+/// version 1.2 follows the message recorded before it, one backward step of the primary key).
+pub async fn message_node(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    id: Uuid,
+) -> Result<Option<MessageNode>, EventStoreError> {
+    let row = sqlx::query(USER_MESSAGE_EVENT.as_str())
+        .bind(conversation_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?;
+    if let Some(row) = row {
+        let (event, _) = decode(&row)?;
+        let ConversationEvent::UserMessagePosted(posted) = domain_event(&event)? else {
+            return Err(malformed(event, "a UserMessagePosted row holds another event", None));
+        };
+        let parent_id = match posted.parent_link(&event.event_version) {
+            ParentLink::Explicit(parent) => parent,
+            ParentLink::Previous => previous_message(pool, conversation_id, event.sequence).await?,
+        };
+        return Ok(Some(MessageNode { parent_id, is_reply: false }));
+    }
+    Ok(reply_started(pool, conversation_id, id)
+        .await?
+        .map(|(_, started)| MessageNode { parent_id: Some(started.in_reply_to), is_reply: true }))
+}
+
+/// The message or reply recorded last before `sequence`.
+async fn previous_message(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    sequence: i64,
+) -> Result<Option<Uuid>, EventStoreError> {
+    let sql = format!(
+        "SELECT coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence < $2
+            AND event_type IN ('UserMessagePosted', 'ReplyStarted')
+          ORDER BY sequence DESC LIMIT 1",
+        Conversation::TYPE
+    );
+    let id: Option<Option<String>> =
+        sqlx::query_scalar(&sql).bind(conversation_id.to_string()).bind(sequence).fetch_optional(pool).await?;
+    Ok(id.flatten().and_then(|t| t.parse().ok()))
+}
+
+/// The user message the requested (regenerated) reply `reply_id` is to answer (served by the
+/// `events_requested_reply_id` index).
+pub async fn requested_reply<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    reply_id: Uuid,
+) -> Result<Option<Uuid>, EventStoreError> {
+    let found: Option<Option<String>> = sqlx::query_scalar(REQUESTED_REPLY.as_str())
+        .bind(conversation_id.to_string())
+        .bind(reply_id.to_string())
+        .fetch_optional(db)
+        .await?;
+    Ok(found.flatten().and_then(|t| t.parse().ok()))
+}
+
 /// [`MessageLookup`] over the event store.
 #[derive(Clone)]
 pub struct EventStoreMessages {
@@ -700,6 +817,19 @@ impl MessageLookup for EventStoreMessages {
 
     async fn reply_exists(&self, conversation_id: Uuid, reply_id: Uuid) -> Result<bool, PortError> {
         reply_exists(&self.pool, conversation_id, reply_id).await.map_err(|e| PortError::new("message lookup", e))
+    }
+
+    async fn node(&self, conversation_id: Uuid, id: Uuid) -> Result<Option<MessageNode>, PortError> {
+        message_node(&self.pool, conversation_id, id).await.map_err(|e| PortError::new("message lookup", e))
+    }
+
+    async fn latest_leaf(&self, conversation_id: Uuid, from: Uuid) -> Result<Option<Uuid>, PortError> {
+        let nodes = message_tree(&self.pool, conversation_id).await.map_err(|e| PortError::new("message tree", e))?;
+        Ok(tree::latest_leaf(&nodes, from))
+    }
+
+    async fn requested_reply(&self, conversation_id: Uuid, reply_id: Uuid) -> Result<Option<Uuid>, PortError> {
+        requested_reply(&self.pool, conversation_id, reply_id).await.map_err(|e| PortError::new("message lookup", e))
     }
 }
 

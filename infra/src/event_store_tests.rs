@@ -4,7 +4,7 @@
 
 use colloquy_domain::conversation::{
     reply_id_for, ConversationEvent, ConversationKind, ConversationStarted, ReplyCancelled, ReplyCompleted,
-    ReplyFailed, ReplyFailure, ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted, REPLY_NAMESPACE,
+    ReplyFailed, ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, TokenUsage, UserMessagePosted, REPLY_NAMESPACE,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -33,6 +33,8 @@ fn posted(message: Uuid, content: &str) -> ConversationEvent {
         author_id: OWNER,
         content: content.into(),
         model: None,
+        parent_id: None,
+        edit_of: None,
     })
 }
 
@@ -91,22 +93,90 @@ fn cancelled(message: Uuid, partial: &str) -> ConversationEvent {
 
 /// Appends `events` to the conversation as sequences 1..=n, in one statement.
 async fn append(pool: &PgPool, conversation: Uuid, events: &[ConversationEvent]) {
-    let payloads: Vec<Value> = events.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+    let versioned: Vec<(ConversationEvent, &str)> = events.iter().map(|e| (e.clone(), "1.0")).collect();
+    append_versions(pool, conversation, &versioned).await;
+}
+
+/// Appends events stored as the given event versions (as older code wrote them).
+async fn append_versions(pool: &PgPool, conversation: Uuid, events: &[(ConversationEvent, &str)]) {
+    let payloads: Vec<Value> = events.iter().map(|(e, _)| serde_json::to_value(e).unwrap()).collect();
     let types: Vec<String> = payloads.iter().map(|p| p.as_object().unwrap().keys().next().unwrap().clone()).collect();
     let texts: Vec<String> = payloads.iter().map(Value::to_string).collect();
+    let versions: Vec<String> = events.iter().map(|(_, v)| v.to_string()).collect();
     let sequences: Vec<i64> = (1..=events.len() as i64).collect();
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'Conversation', $1, s, t, '1.0', p::json, '{}'
-           FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS u(s, t, p)",
+         SELECT 'Conversation', $1, s, t, v, p::json, '{}'
+           FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[]) AS u(s, t, p, v)",
     )
     .bind(conversation.to_string())
     .bind(&sequences)
     .bind(&types)
     .bind(&texts)
+    .bind(&versions)
     .execute(pool)
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_tree_reads_parents_from_new_events_and_order_from_old_ones() {
+    let db = TestDatabase::create().await;
+    let conv = Uuid::new_v4();
+    let (m1, m2, edit, regenerated) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let r1 = reply_id_for(m1);
+    let edited = ConversationEvent::UserMessagePosted(UserMessagePosted {
+        message_id: edit,
+        author_id: OWNER,
+        content: "two, again".into(),
+        model: None,
+        parent_id: Some(r1),
+        edit_of: Some(m2),
+    });
+    let requested = ConversationEvent::ReplyRequested(ReplyRequested {
+        reply_id: regenerated,
+        in_reply_to: m1,
+        model: None,
+        requested_by: OWNER,
+    });
+    let mut regenerated_start = start_of(m1);
+    if let ConversationEvent::ReplyStarted(s) = &mut regenerated_start {
+        s.reply_id = regenerated;
+    }
+    append_versions(
+        &db.pool,
+        conv,
+        &[
+            (started(conv), "1.1"),
+            // Written before 1.2: no parent in the payload, linear order.
+            (posted(m1, "one"), "1.1"),
+            (start_of(m1), "1.1"),
+            (completed(m1, "answer one"), "1.0"),
+            (posted(m2, "two"), "1.1"),
+            // Written since: parents said.
+            (edited, "1.2"),
+            (requested, "1.0"),
+            (regenerated_start, "1.1"),
+        ],
+    )
+    .await;
+    let node = |id| message_node(&db.pool, conv, id);
+    assert_eq!(node(m1).await.unwrap(), Some(MessageNode { parent_id: None, is_reply: false }));
+    assert_eq!(node(r1).await.unwrap(), Some(MessageNode { parent_id: Some(m1), is_reply: true }));
+    assert_eq!(node(m2).await.unwrap(), Some(MessageNode { parent_id: Some(r1), is_reply: false }));
+    assert_eq!(node(edit).await.unwrap(), Some(MessageNode { parent_id: Some(r1), is_reply: false }));
+    assert_eq!(node(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(requested_reply(&db.pool, conv, regenerated).await.unwrap(), Some(m1));
+    assert_eq!(requested_reply(&db.pool, conv, r1).await.unwrap(), None);
+
+    let tree = message_tree(&db.pool, conv).await.unwrap();
+    // m1 → {r1 → {m2, edit}, regenerated}: the newest branch wins at each step.
+    assert_eq!(tree::latest_leaf(&tree, m1), Some(regenerated));
+    assert_eq!(tree::latest_leaf(&tree, r1), Some(edit));
+    assert_eq!(tree::path_to(&tree, m2), [m1, r1, m2]);
+    let lookup = EventStoreMessages::new(db.pool.clone());
+    assert_eq!(lookup.latest_leaf(conv, r1).await.unwrap(), Some(edit));
+    assert_eq!(lookup.latest_leaf(conv, Uuid::new_v4()).await.unwrap(), None);
 }
 
 /// The plan of `sql` run with `binds` (conversation id, then numbers), as JSON text.

@@ -114,7 +114,12 @@ impl Projection for ConversationsProjection {
                 false => ("grounded = false,", None),
             },
             E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
-            E::ReplyStarted(_) | E::ReplyCompleted(_) | E::ReplyFailed(_) | E::ReplyCancelled(_) => ("", None),
+            E::ReplyStarted(_)
+            | E::ReplyRequested(_)
+            | E::BranchActivated(_)
+            | E::ReplyCompleted(_)
+            | E::ReplyFailed(_)
+            | E::ReplyCancelled(_) => ("", None),
         };
         let owner = sqlx::query_scalar(&format!(
             "UPDATE {table} SET {set} version = $2, last_activity_at = $3

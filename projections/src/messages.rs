@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use colloquy_domain::conversation::tree::ParentLink;
 use colloquy_domain::conversation::{reply_id_for, ConversationEvent, ReplyFailure, TokenUsage};
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store::StoredEvent;
@@ -202,6 +203,23 @@ async fn end_reply(
     Ok(())
 }
 
+/// Makes `message` the conversation's active leaf as of `sequence`.
+async fn set_leaf(
+    conn: &mut PgConnection,
+    table: &str,
+    conversation: Uuid,
+    message: Uuid,
+    sequence: i64,
+) -> Result<(), ApplyError> {
+    sqlx::query(&format!("UPDATE {table} SET leaf_since = $3 WHERE conversation_id = $1 AND message_id = $2"))
+        .bind(conversation)
+        .bind(message)
+        .bind(sequence)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Projection for MessagesProjection {
     fn name(&self) -> &'static str {
@@ -222,10 +240,22 @@ impl Projection for MessagesProjection {
             e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
         match domain_event::<ConversationEvent>(e)? {
             E::UserMessagePosted(m) => {
+                // Events before 1.2 name no parent: they follow the row recorded before them.
+                let parent_id = match m.parent_link(&e.event_version) {
+                    ParentLink::Explicit(parent) => parent,
+                    ParentLink::Previous => {
+                        sqlx::query_scalar(&format!(
+                            "SELECT message_id FROM {table} WHERE conversation_id = $1 ORDER BY sequence DESC LIMIT 1"
+                        ))
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                    }
+                };
                 sqlx::query(&format!(
                     "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
-                                          status, reply_id, model)
-                     VALUES ($1, $2, $3, $4, 'user', $5, $6, $7, $8, $9)"
+                                          status, reply_id, model, parent_id, edit_of, leaf_since)
+                     VALUES ($1, $2, $3, $4, 'user', $5, $6, $7, $8, $9, $10, $11, $4)"
                 ))
                 .bind(m.message_id)
                 .bind(id)
@@ -236,16 +266,29 @@ impl Projection for MessagesProjection {
                 .bind(status::COMPLETED)
                 .bind(reply_id_for(m.message_id))
                 .bind(&m.model)
+                .bind(parent_id)
+                .bind(m.edit_of)
                 .execute(&mut *conn)
                 .await?;
             }
+            E::ReplyRequested(r) => {
+                // The active path ends at the message until the new reply starts.
+                set_leaf(conn, table, id, r.in_reply_to, e.sequence).await?;
+            }
+            E::BranchActivated(b) => set_leaf(conn, table, id, b.leaf_id, e.sequence).await?,
             E::ReplyStarted(r) => {
                 // The owner is the answered message's: the reply lives in its conversation.
+                // The reply continues the active path if that path ends at its question (as
+                // the aggregate decides: see `Conversation::leaf`).
                 let inserted = sqlx::query(&format!(
                     "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
-                                          status, in_reply_to, model, provider, citations)
-                     SELECT $1, $2, owner_id, $3, 'assistant', '', $4, $5, $6, $7, $8, $9
-                       FROM {table} WHERE conversation_id = $2 AND message_id = $6"
+                                          status, in_reply_to, model, provider, citations, parent_id, leaf_since)
+                     SELECT $1, $2, q.owner_id, $3, 'assistant', '', $4, $5, $6, $7, $8, $9, $6,
+                            CASE WHEN (SELECT l.message_id FROM {table} l
+                                        WHERE l.conversation_id = $2 AND l.leaf_since IS NOT NULL
+                                        ORDER BY l.leaf_since DESC LIMIT 1) = $6
+                                 THEN $3 END
+                       FROM {table} q WHERE q.conversation_id = $2 AND q.message_id = $6"
                 ))
                 .bind(r.reply_id)
                 .bind(id)

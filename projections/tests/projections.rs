@@ -390,6 +390,25 @@ async fn messages_are_listed_in_sequence_order() {
         messages::list(&db.pool, user, conversation, 2, 1).await.unwrap().iter().map(|m| m.sequence).collect();
     assert_eq!(after, [4]);
     assert_eq!(progress(&db.pool, &MessagesProjection, conversation).await, 7);
+    // The tree: each message follows the one before (no replies here), the newest is the leaf.
+    let parents: Vec<(Uuid, Option<Uuid>)> =
+        sqlx::query_as("SELECT message_id, parent_id FROM rm_messages WHERE conversation_id = $1 ORDER BY sequence")
+            .bind(conversation)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        parents,
+        [(one.message_id, None), (two.message_id, Some(one.message_id)), (three.message_id, Some(two.message_id))]
+    );
+    let leaf: Uuid = sqlx::query_scalar(
+        "SELECT message_id FROM rm_messages WHERE conversation_id = $1 ORDER BY leaf_since DESC NULLS LAST LIMIT 1",
+    )
+    .bind(conversation)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaf, three.message_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,7 +134,9 @@ async fn rebuilt_read_models_keep_the_migrations_names() {
             "rm_users_pkey",
             "rm_conversations_owner_activity",
             "rm_conversations_pkey",
+            "rm_messages_children",
             "rm_messages_conversation",
+            "rm_messages_leaf",
             "rm_messages_pkey"
         ]
     );

@@ -65,6 +65,10 @@ pub struct Conversation {
     /// every conversation then had its owner's title.
     #[serde(default)]
     pub title_pending: bool,
+    /// Where the active path of the message tree ends (the newest message, or the branch
+    /// switched to). Snapshots from before this field are deleted by a migration.
+    #[serde(default)]
+    pub leaf: Option<Uuid>,
 }
 
 impl Conversation {
@@ -98,6 +102,29 @@ impl Conversation {
     }
 
     /// Decides whether reply `reply_id` to `in_reply_to` may start.
+    /// The checks a new user message passes (posted or an edit): the owner's live,
+    /// unarchived conversation, valid text and model name, an unused id. Returns the model.
+    async fn check_new_message(
+        &self,
+        actor_id: Uuid,
+        message_id: Uuid,
+        content: &str,
+        requested_model: Option<&str>,
+        services: &ConversationServices,
+    ) -> Result<Option<String>, Refusal<ConversationError>> {
+        self.ensure_owned_by(actor_id)?;
+        if self.status == ConversationStatus::Archived {
+            return Err(ConversationError::Archived.into());
+        }
+        message(content)?;
+        let model = requested_model.map(model).transpose()?;
+        let id = self.id.ok_or(ConversationError::NotFound)?;
+        if services.messages.message_exists(id, message_id).await.map_err(Refusal::PortFailed)? {
+            return Err(ConversationError::DuplicateMessage.into());
+        }
+        Ok(model)
+    }
+
     async fn check_reply_start(
         &self,
         reply_id: Uuid,
@@ -105,13 +132,15 @@ impl Conversation {
         services: &ConversationServices,
     ) -> Result<(), Refusal<ConversationError>> {
         let id = self.ensure_live()?;
-        if reply_id != reply_id_for(in_reply_to) {
+        let lookup = &services.messages;
+        if reply_id != reply_id_for(in_reply_to)
+            && lookup.requested_reply(id, reply_id).await.map_err(Refusal::PortFailed)? != Some(in_reply_to)
+        {
             return Err(ConversationError::ReplyIdMismatch.into());
         }
         if self.open_replies.contains(&reply_id) {
             return Err(ConversationError::ReplyInProgress.into());
         }
-        let lookup = &services.messages;
         // A user message: an id that is taken and is not a reply's.
         let is_message = lookup.message_exists(id, in_reply_to).await.map_err(Refusal::PortFailed)?
             && !lookup.reply_exists(id, in_reply_to).await.map_err(Refusal::PortFailed)?;
@@ -239,17 +268,63 @@ impl Aggregate for Conversation {
                 E::ConversationDeleted(ConversationDeleted {})
             }
             C::PostUserMessage { actor_id, message_id, content, model: m } => {
+                let model = self.check_new_message(actor_id, message_id, &content, m.as_deref(), services).await?;
+                E::UserMessagePosted(UserMessagePosted {
+                    message_id,
+                    author_id: actor_id,
+                    content,
+                    model,
+                    parent_id: self.leaf,
+                    edit_of: None,
+                })
+            }
+            C::EditMessage { actor_id, message_id, new_message_id, content, model: m } => {
+                let model = self.check_new_message(actor_id, new_message_id, &content, m.as_deref(), services).await?;
+                let id = self.ensure_live()?;
+                let edited = services.messages.node(id, message_id).await.map_err(Refusal::PortFailed)?;
+                let edited = edited.ok_or(ConversationError::MessageNotFound)?;
+                if edited.is_reply {
+                    return Err(ConversationError::NotAUserMessage.into());
+                }
+                E::UserMessagePosted(UserMessagePosted {
+                    message_id: new_message_id,
+                    author_id: actor_id,
+                    content,
+                    model,
+                    parent_id: edited.parent_id,
+                    edit_of: Some(message_id),
+                })
+            }
+            C::RegenerateReply { actor_id, message_id, reply_id, model: m } => {
                 self.ensure_owned_by(actor_id)?;
                 if self.status == ConversationStatus::Archived {
                     return Err(ConversationError::Archived.into());
                 }
-                message(&content)?;
                 let model = m.as_deref().map(model).transpose()?;
-                let id = self.id.ok_or(ConversationError::NotFound)?;
-                if services.messages.message_exists(id, message_id).await.map_err(Refusal::PortFailed)? {
+                let id = self.ensure_live()?;
+                let lookup = &services.messages;
+                let node = lookup.node(id, message_id).await.map_err(Refusal::PortFailed)?;
+                let in_reply_to = match node.ok_or(ConversationError::MessageNotFound)? {
+                    MessageNode { is_reply: false, .. } => message_id,
+                    MessageNode { is_reply: true, parent_id: Some(question) } => question,
+                    MessageNode { is_reply: true, parent_id: None } => return Err(ConversationError::MessageNotFound.into()),
+                };
+                if lookup.message_exists(id, reply_id).await.map_err(Refusal::PortFailed)?
+                    || lookup.requested_reply(id, reply_id).await.map_err(Refusal::PortFailed)?.is_some()
+                {
                     return Err(ConversationError::DuplicateMessage.into());
                 }
-                E::UserMessagePosted(UserMessagePosted { message_id, author_id: actor_id, content, model })
+                E::ReplyRequested(ReplyRequested { reply_id, in_reply_to, model, requested_by: actor_id })
+            }
+            C::ActivateBranch { actor_id, message_id } => {
+                self.ensure_owned_by(actor_id)?;
+                let id = self.ensure_live()?;
+                let leaf = services.messages.latest_leaf(id, message_id).await.map_err(Refusal::PortFailed)?;
+                let leaf_id = leaf.ok_or(ConversationError::MessageNotFound)?;
+                if self.leaf == Some(leaf_id) {
+                    return Ok(());
+                }
+                E::BranchActivated(BranchActivated { message_id, leaf_id })
             }
             C::StartReply {
                 reply_id,
@@ -349,8 +424,20 @@ impl Aggregate for Conversation {
             E::ConversationArchived(_) => self.status = ConversationStatus::Archived,
             E::ConversationUnarchived(_) => self.status = ConversationStatus::Active,
             E::ConversationDeleted(_) => self.status = ConversationStatus::Deleted,
-            E::UserMessagePosted(_) => self.message_count += 1,
-            E::ReplyStarted(e) => self.open_replies.push(e.reply_id),
+            E::UserMessagePosted(e) => {
+                self.message_count += 1;
+                self.leaf = Some(e.message_id);
+            }
+            E::ReplyRequested(e) => self.leaf = Some(e.in_reply_to),
+            E::BranchActivated(e) => self.leaf = Some(e.leaf_id),
+            E::ReplyStarted(e) => {
+                // A reply continues the active path only if that path ends at its question
+                // (a message posted meanwhile, or a switched branch, keeps the leaf).
+                if self.leaf == Some(e.in_reply_to) {
+                    self.leaf = Some(e.reply_id);
+                }
+                self.open_replies.push(e.reply_id);
+            }
             E::ReplyCompleted(ReplyCompleted { reply_id, .. })
             | E::ReplyFailed(ReplyFailed { reply_id, .. })
             | E::ReplyCancelled(ReplyCancelled { reply_id, .. }) => self.open_replies.retain(|r| *r != reply_id),
@@ -385,6 +472,19 @@ mod tests {
         async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
             Ok(false)
         }
+
+        async fn node(&self, conversation_id: Uuid, id: Uuid) -> Result<Option<MessageNode>, PortError> {
+            let known = self.message_exists(conversation_id, id).await?;
+            Ok(known.then_some(MessageNode { parent_id: None, is_reply: false }))
+        }
+
+        async fn latest_leaf(&self, conversation_id: Uuid, from: Uuid) -> Result<Option<Uuid>, PortError> {
+            Ok(self.node(conversation_id, from).await?.map(|_| from))
+        }
+
+        async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+            Ok(None)
+        }
     }
 
     struct Unreachable;
@@ -396,6 +496,18 @@ mod tests {
         }
 
         async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            Err(PortError::new("message lookup", "event store unreachable"))
+        }
+
+        async fn node(&self, _: Uuid, _: Uuid) -> Result<Option<MessageNode>, PortError> {
+            Err(PortError::new("message lookup", "event store unreachable"))
+        }
+
+        async fn latest_leaf(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+            Err(PortError::new("message lookup", "event store unreachable"))
+        }
+
+        async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
             Err(PortError::new("message lookup", "event store unreachable"))
         }
     }
@@ -518,6 +630,8 @@ mod tests {
             author_id: OWNER,
             content: "hi".into(),
             model: None,
+            parent_id: None,
+            edit_of: None,
         })
     }
 
@@ -921,6 +1035,8 @@ mod tests {
                 author_id: OWNER,
                 content: "  hi\n\n  there ".into(),
                 model: None,
+                parent_id: None,
+                edit_of: None,
             })]);
     }
 
@@ -934,6 +1050,8 @@ mod tests {
                 author_id: OWNER,
                 content,
                 model: None,
+                parent_id: None,
+                edit_of: None,
             })],
         );
     }
@@ -972,6 +1090,9 @@ mod tests {
                 author_id: OWNER,
                 content: "again".into(),
                 model: None,
+                // It follows the leaf, the earlier post.
+                parent_id: Some(MSG),
+                edit_of: None,
             })]);
     }
 
@@ -1024,6 +1145,8 @@ mod tests {
                 author_id: OWNER,
                 content: content.into(),
                 model: None,
+                parent_id: None,
+                edit_of: None,
             })],
         );
     }

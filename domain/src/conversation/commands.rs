@@ -74,9 +74,45 @@ pub enum ConversationCommand {
         /// The model to answer with, if the poster chose one (validated as a model name).
         model: Option<String>,
     },
+    /// Add a user message that rewrites another: a sibling of it, under the same parent, which
+    /// becomes the active leaf (and gets its own reply).
+    EditMessage {
+        /// Who asks.
+        actor_id: Uuid,
+        /// The user message rewritten.
+        message_id: Uuid,
+        /// The new message's id.
+        new_message_id: Uuid,
+        /// The new text.
+        content: String,
+        /// The model to answer with, if the poster chose one.
+        model: Option<String>,
+    },
+    /// Ask for another reply to a user message (given as the message, or as one of its
+    /// replies). The conversation's active path then ends at that message, and at the new
+    /// reply once it starts.
+    RegenerateReply {
+        /// Who asks.
+        actor_id: Uuid,
+        /// The user message to answer again, or a reply to it.
+        message_id: Uuid,
+        /// The new reply's id (chosen by the caller, fresh).
+        reply_id: Uuid,
+        /// The model to answer with, if the owner chose one.
+        model: Option<String>,
+    },
+    /// Switch the active path to the branch through `message_id`: it ends at that branch's
+    /// newest message.
+    ActivateBranch {
+        /// Who asks.
+        actor_id: Uuid,
+        /// A message of the branch.
+        message_id: Uuid,
+    },
     /// Begin the reply to a user message.
     StartReply {
-        /// [`reply_id_for`](super::reply_id_for)`(in_reply_to)`.
+        /// [`reply_id_for`](super::reply_id_for)`(in_reply_to)`, or the id of a requested
+        /// (regenerated) reply to it.
         reply_id: Uuid,
         /// The user message it answers.
         in_reply_to: Uuid,

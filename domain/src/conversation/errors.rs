@@ -69,12 +69,16 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
-    /// The reply id is not the one derived from the message it answers
-    /// ([`reply_id_for`](super::reply_id_for)).
+    /// Edit of an assistant reply: only user messages can be edited.
+    #[error("only user messages can be edited; regenerate a reply instead")]
+    NotAUserMessage,
+    /// The reply id is neither the one derived from the message it answers
+    /// ([`reply_id_for`](super::reply_id_for)) nor one requested for it.
     #[error("the reply id does not belong to the message it answers")]
     ReplyIdMismatch,
-    /// The message a reply answers is not a user message of this conversation.
-    #[error("the message to reply to does not exist in this conversation")]
+    /// The message a reply answers is not a user message of this conversation, or a message
+    /// to edit, regenerate or switch to is not in it.
+    #[error("the message does not exist in this conversation")]
     MessageNotFound,
     /// The reply was started and has not finished yet.
     #[error("the reply is already in progress")]

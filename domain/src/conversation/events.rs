@@ -88,6 +88,51 @@ pub struct UserMessagePosted {
     /// configuration.
     #[serde(default)]
     pub model: Option<String>,
+    /// The message it follows: the reply (or message) that was the conversation's active leaf,
+    /// or for an edit the edited message's parent; `null` for a first message. Added in 1.2:
+    /// a 1.0 or 1.1 event follows the message recorded just before it (see
+    /// [`parent_link`](Self::parent_link)).
+    #[serde(default)]
+    pub parent_id: Option<Uuid>,
+    /// The user message this one rewrites (an edit is a sibling of it, under the same
+    /// parent), if any. Added in 1.2.
+    #[serde(default)]
+    pub edit_of: Option<Uuid>,
+}
+
+impl UserMessagePosted {
+    /// How this event, stored as `event_version`, names its parent: versions before 1.2
+    /// carry none and follow the message recorded before them.
+    pub fn parent_link(&self, event_version: &str) -> super::tree::ParentLink {
+        match event_version {
+            "1.0" | "1.1" => super::tree::ParentLink::Previous,
+            _ => super::tree::ParentLink::Explicit(self.parent_id),
+        }
+    }
+}
+
+/// Another reply to a user message was asked for (regenerate). The new reply's id is fixed
+/// here, so a worker that receives this event again names the same reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyRequested {
+    /// The id the reply will have.
+    pub reply_id: Uuid,
+    /// The user message it will answer.
+    pub in_reply_to: Uuid,
+    /// The model asked for, if any (else the message's, the conversation's, ...).
+    pub model: Option<String>,
+    /// Who asked.
+    pub requested_by: Uuid,
+}
+
+/// The owner switched the conversation to another branch of its message tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchActivated {
+    /// The message the owner picked.
+    pub message_id: Uuid,
+    /// The active leaf from now on: the newest message at the end of the branch under
+    /// `message_id` (`message_id` itself when nothing follows it).
+    pub leaf_id: Uuid,
 }
 
 /// The generation parameters a reply was asked with; `None` leaves a parameter to the
@@ -266,7 +311,11 @@ crate::domain_events! {
         /// See [`ConversationDeleted`].
         ConversationDeleted(ConversationDeleted) = "1.0",
         /// See [`UserMessagePosted`].
-        UserMessagePosted(UserMessagePosted) = "1.1",
+        UserMessagePosted(UserMessagePosted) = "1.2",
+        /// See [`ReplyRequested`].
+        ReplyRequested(ReplyRequested) = "1.0",
+        /// See [`BranchActivated`].
+        BranchActivated(BranchActivated) = "1.0",
         /// See [`ReplyStarted`].
         ReplyStarted(ReplyStarted) = "1.1",
         /// See [`ReplyCompleted`].
@@ -315,13 +364,24 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 author_id: id,
                 content: "Hello".into(),
                 model: Some("gpt-4o-mini".into()),
+                parent_id: None,
+                edit_of: None,
             }),
             Self::UserMessagePosted(UserMessagePosted {
                 message_id: id,
                 author_id: id,
-                content: "Hi".into(),
+                content: "Hi, again".into(),
                 model: None,
+                parent_id: Some(Uuid::from_u128(2)),
+                edit_of: Some(Uuid::from_u128(5)),
             }),
+            Self::ReplyRequested(ReplyRequested {
+                reply_id: Uuid::from_u128(6),
+                in_reply_to: id,
+                model: Some("gpt-4o-mini".into()),
+                requested_by: id,
+            }),
+            Self::BranchActivated(BranchActivated { message_id: id, leaf_id: reply }),
             Self::GroundingChanged(GroundingChanged { enabled: true }),
             Self::ReplyStarted(ReplyStarted {
                 reply_id: reply,

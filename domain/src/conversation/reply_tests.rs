@@ -40,6 +40,19 @@ impl MessageLookup for Known {
     async fn reply_exists(&self, conversation_id: Uuid, id: Uuid) -> Result<bool, PortError> {
         Ok(conversation_id == CONV && self.replies.contains(&id))
     }
+
+    async fn node(&self, conversation_id: Uuid, id: Uuid) -> Result<Option<MessageNode>, PortError> {
+        let known = conversation_id == CONV && (self.messages.contains(&id) || self.replies.contains(&id));
+        Ok(known.then(|| MessageNode { parent_id: None, is_reply: self.replies.contains(&id) }))
+    }
+
+    async fn latest_leaf(&self, conversation_id: Uuid, from: Uuid) -> Result<Option<Uuid>, PortError> {
+        Ok(self.node(conversation_id, from).await?.map(|_| from))
+    }
+
+    async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+        Ok(None)
+    }
 }
 
 struct Unreachable;
@@ -51,6 +64,18 @@ impl MessageLookup for Unreachable {
     }
 
     async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+        Err(PortError::new("message lookup", "event store unreachable"))
+    }
+
+    async fn node(&self, _: Uuid, _: Uuid) -> Result<Option<MessageNode>, PortError> {
+        Err(PortError::new("message lookup", "event store unreachable"))
+    }
+
+    async fn latest_leaf(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+        Err(PortError::new("message lookup", "event store unreachable"))
+    }
+
+    async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
         Err(PortError::new("message lookup", "event store unreachable"))
     }
 }
@@ -90,6 +115,8 @@ fn posted() -> ConversationEvent {
         author_id: OWNER,
         content: "hi".into(),
         model: None,
+        parent_id: None,
+        edit_of: None,
     })
 }
 
@@ -268,6 +295,8 @@ async fn a_post_keeps_the_trimmed_model_it_asks_for() {
             author_id: OWNER,
             content: "hi".into(),
             model: Some("gpt-4o".into()),
+            parent_id: None,
+            edit_of: None,
         }),
     ]);
 }

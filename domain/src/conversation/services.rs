@@ -24,6 +24,28 @@ pub trait MessageLookup: Send + Sync {
     /// Whether a reply `reply_id` was ever started in `conversation_id` (whether or not it
     /// finished since).
     async fn reply_exists(&self, conversation_id: Uuid, reply_id: Uuid) -> Result<bool, PortError>;
+
+    /// Where message (or reply) `id` sits in the conversation's tree; `None` when the
+    /// conversation has no such message.
+    async fn node(&self, conversation_id: Uuid, id: Uuid) -> Result<Option<MessageNode>, PortError>;
+
+    /// The newest message at the end of the branch under `from` (see
+    /// [`tree::latest_leaf`](super::tree::latest_leaf)); `None` when there is no `from`.
+    async fn latest_leaf(&self, conversation_id: Uuid, from: Uuid) -> Result<Option<Uuid>, PortError>;
+
+    /// The user message a requested (regenerated) reply `reply_id` is to answer, if such a
+    /// reply was requested (`ReplyRequested`).
+    async fn requested_reply(&self, conversation_id: Uuid, reply_id: Uuid) -> Result<Option<Uuid>, PortError>;
+}
+
+/// A message's place in its conversation's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageNode {
+    /// The message it follows (a reply: the user message it answers); `None` for a first
+    /// message.
+    pub parent_id: Option<Uuid>,
+    /// Whether it is an assistant reply (else a user message).
+    pub is_reply: bool,
 }
 
 /// What Conversation decisions reach outside the aggregate.
