@@ -31,3 +31,9 @@ UPDATE rm_messages m SET parent_id = CASE
 
 CREATE INDEX rm_messages_children ON rm_messages (conversation_id, parent_id, sequence);
 CREATE INDEX rm_messages_leaf ON rm_messages (conversation_id, leaf_since DESC) WHERE leaf_since IS NOT NULL;
+
+-- A reply's prompt quotes the replies on its path with the text they ended with: looked up
+-- by reply id among the ends of replies.
+CREATE INDEX events_reply_end_id
+    ON events (aggregate_id, (payload -> event_type ->> 'reply_id'))
+    WHERE aggregate_type = 'Conversation' AND event_type IN ('ReplyCompleted', 'ReplyFailed', 'ReplyCancelled');

@@ -38,6 +38,17 @@ pub fn parse<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))
 }
 
+/// Reads a body that may be left out: none (or only whitespace) is `T::default()`, else it
+/// is read like any JSON body (malformed: 400, wrong shape: 422).
+pub fn optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")))?;
+    parse(value)
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use actix_web::{web, HttpResponse};
 
 use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{auth, conversations, files, health, knowledge, replies, users, ws};
+use crate::routes::{auth, branches, conversations, files, health, knowledge, replies, users, ws};
 
 struct BearerAuth;
 
@@ -112,7 +112,7 @@ impl Modify for CommonResponses {
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,
-        conversations::get_events,
+        conversations::get_events, branches::post_edit, branches::post_regenerate, branches::post_activate,
         files::post_file, files::get_files, files::get_file, files::get_file_content, files::delete_file,
         knowledge::post_document, knowledge::get_documents, knowledge::get_document, knowledge::patch_document,
         knowledge::delete_document, knowledge::get_search,

@@ -90,7 +90,7 @@ pub enum Lifecycle {
     Delete,
 }
 
-type Outcome<T> = Result<Answer<T>, UseCaseError<ConversationError>>;
+pub(crate) type Outcome<T> = Result<Answer<T>, UseCaseError<ConversationError>>;
 
 impl Commands {
     /// Starts a conversation owned by the caller. Model and system prompt default to the
@@ -300,7 +300,7 @@ impl Commands {
 
     /// Reserves `charges` against the caller's quotas, runs `command`, and keeps the
     /// reservation only if the command committed events.
-    async fn execute_charged(
+    pub(crate) async fn execute_charged(
         &self,
         caller: &Caller,
         conversation_id: Uuid,

@@ -4,6 +4,7 @@
 //! command service loads an aggregate, lets it decide and appends its events.
 
 pub mod assistant;
+pub mod branches;
 pub mod caller;
 pub mod command_service;
 pub mod conversations;

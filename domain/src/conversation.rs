@@ -9,6 +9,8 @@ mod replies;
 mod reply_tests;
 mod services;
 #[cfg(test)]
+mod test_ports;
+#[cfg(test)]
 mod tree_tests;
 pub mod tree;
 

@@ -54,7 +54,8 @@ pub struct WorkerSettings {
     /// On shutdown, how long running replies may go on before they end as failed
     /// (`worker_stopped`, partial text kept).
     pub shutdown_grace_ms: u64,
-    /// Most earlier messages read to build a prompt (the context window trims further).
+    /// Most messages of the path to a message read to build its prompt (the context window
+    /// trims further).
     pub history_limit: i64,
 }
 

@@ -327,6 +327,15 @@ pub async fn posted_message<'e>(
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> Result<Option<(i64, UserMessagePosted)>, EventStoreError> {
+    Ok(posted_message_event(db, conversation_id, message_id).await?.map(|(event, posted)| (event.sequence, posted)))
+}
+
+/// [`posted_message`] with the whole stored event.
+async fn posted_message_event<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<Option<(StoredEvent, UserMessagePosted)>, EventStoreError> {
     let Some(row) = sqlx::query(MESSAGE_EVENT.as_str())
         .bind(conversation_id.to_string())
         .bind(message_id.to_string())
@@ -337,7 +346,7 @@ pub async fn posted_message<'e>(
     };
     let (event, _) = decode(&row)?;
     match domain_event(&event)? {
-        ConversationEvent::UserMessagePosted(posted) => Ok(Some((event.sequence, posted))),
+        ConversationEvent::UserMessagePosted(posted) => Ok(Some((event, posted))),
         _ => Ok(None),
     }
 }
@@ -630,64 +639,169 @@ pub struct ConversationMessage {
     pub content: String,
 }
 
-/// The event types that carry message text, and the condition for each: user messages,
-/// completed replies, and failed or cancelled replies that kept some text.
-static RECENT_MESSAGES: LazyLock<String> = LazyLock::new(|| {
+/// Message events (user messages and reply starts) of a conversation before a sequence,
+/// newest first: ids, parents and user text, one backward walk of the primary key.
+static PATH_WINDOW: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM events
-          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence <= $2
-            AND (event_type IN ('UserMessagePosted', 'ReplyCompleted')
-                 OR (event_type IN ('ReplyFailed', 'ReplyCancelled')
-                     AND (payload -> event_type ->> 'partial_content') <> ''))
+        "SELECT sequence, event_version, event_type,
+                coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') AS id,
+                coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent,
+                payload -> event_type ->> 'content' AS content
+           FROM events
+          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence < $2
+            AND event_type IN ('UserMessagePosted', 'ReplyStarted')
           ORDER BY sequence DESC
           LIMIT $3",
         Conversation::TYPE
     )
 });
 
-/// The conversation's messages at or before sequence `up_to`, newest first, at most
-/// `limit`: user messages (`UserMessagePosted`) and assistant messages (`ReplyCompleted`;
-/// `ReplyFailed` and `ReplyCancelled` with non-empty partial text), each with its id (the
-/// reply id for assistant messages), role and text.
-///
-/// One backward walk of the primary key `(aggregate_type, aggregate_id, sequence)` from
-/// `up_to`, filtering event types as it goes and stopping after `limit` matches: the cost
-/// follows `limit`, not the length of the conversation.
-pub async fn recent_messages<'e>(
-    db: impl PgExecutor<'e>,
-    conversation_id: Uuid,
-    up_to: i64,
-    limit: i64,
-) -> Result<Vec<ConversationMessage>, EventStoreError> {
-    let rows = sqlx::query(RECENT_MESSAGES.as_str())
-        .bind(conversation_id.to_string())
-        .bind(up_to)
-        .bind(limit)
-        .fetch_all(db)
-        .await?;
-    let mut messages = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (event, _) = decode(row)?;
-        let (message_id, role, content) = match domain_event(&event)? {
-            ConversationEvent::UserMessagePosted(m) => (m.message_id, MessageRole::User, m.content),
-            ConversationEvent::ReplyCompleted(r) => (r.reply_id, MessageRole::Assistant, r.content),
-            ConversationEvent::ReplyFailed(r) => (r.reply_id, MessageRole::Assistant, r.partial_content),
-            ConversationEvent::ReplyCancelled(r) => (r.reply_id, MessageRole::Assistant, r.partial_content),
-            _ => return Err(malformed(event, "not a message-carrying event", None)),
-        };
-        messages.push(ConversationMessage { sequence: event.sequence, message_id, role, content });
-    }
-    Ok(messages)
-}
-
-static USER_MESSAGE_EVENT: LazyLock<String> = LazyLock::new(|| {
+/// How replies ended, by reply id (served by `events_reply_end_id`).
+static REPLY_ENDS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM events
-          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type = 'UserMessagePosted'
-            AND (payload -> event_type ->> 'message_id') = $2",
+          WHERE aggregate_type = '{}' AND aggregate_id = $1
+            AND event_type IN ('ReplyCompleted', 'ReplyFailed', 'ReplyCancelled')
+            AND (payload -> event_type ->> 'reply_id') = ANY($2)",
         Conversation::TYPE
     )
 });
+
+/// A message event as the path walk reads it.
+struct PathRow {
+    sequence: i64,
+    id: Option<Uuid>,
+    link: ParentLink,
+    user_text: Option<String>,
+}
+
+fn path_row(row: &sqlx::postgres::PgRow) -> Result<PathRow, EventStoreError> {
+    let parse = |text: Option<String>| text.and_then(|t| t.parse::<Uuid>().ok());
+    let event_type: String = row.try_get("event_type")?;
+    let version: String = row.try_get("event_version")?;
+    let link = match (event_type.as_str(), version.as_str()) {
+        ("UserMessagePosted", "1.0" | "1.1") => ParentLink::Previous,
+        _ => ParentLink::Explicit(parse(row.try_get("parent")?)),
+    };
+    let user_text = match event_type.as_str() {
+        "UserMessagePosted" => row.try_get::<Option<String>, _>("content")?,
+        _ => None,
+    };
+    Ok(PathRow { sequence: row.try_get("sequence")?, id: parse(row.try_get("id")?), link, user_text })
+}
+
+/// The messages on the path that leads to user message `to` (its ancestors in the tree,
+/// oldest first, `to` itself excluded), at most the `limit` nearest: user messages, and
+/// replies with the text they ended with (completed; failed or cancelled with some text).
+/// What a reply's prompt is built from: another branch's messages are never in it.
+///
+/// Backward walks of the primary key from `to`, a window at a time, following parent links
+/// until the first message or `limit`; then one indexed read of the path's reply endings. In
+/// a conversation without branches one window holds the whole path: the cost follows
+/// `limit`, not the conversation's length.
+pub async fn path_messages(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    to: Uuid,
+    to_sequence: i64,
+    limit: usize,
+) -> Result<Vec<ConversationMessage>, EventStoreError> {
+    let window = (limit as i64 * 2).clamp(32, 1_000);
+    let mut rows: HashMap<Uuid, PathRow> = HashMap::new();
+    // Rows are read newest first in contiguous windows: everything from `oldest_read` up to
+    // `to` is loaded, and `exhausted` says nothing older exists.
+    let mut oldest_read = to_sequence.saturating_add(1);
+    let mut exhausted = false;
+    let mut path: Vec<Uuid> = Vec::new();
+    let mut at = Some(to);
+    while let Some(id) = at {
+        if path.len() >= limit {
+            break;
+        }
+        let parent = match rows.get(&id) {
+            Some(row) => match row.link {
+                ParentLink::Explicit(parent) => Some(parent),
+                ParentLink::Previous => match previous_in(&rows, row.sequence) {
+                    Some(previous) => Some(Some(previous)),
+                    None if exhausted => Some(None),
+                    None => None,
+                },
+            },
+            // A parent the conversation does not hold: the path ends (never for events the
+            // domain wrote).
+            None if exhausted => break,
+            None => None,
+        };
+        match parent {
+            Some(parent) => {
+                if id != to {
+                    path.push(id);
+                }
+                at = parent;
+            }
+            None => {
+                // Read the next window back.
+                let window_rows = sqlx::query(PATH_WINDOW.as_str())
+                    .bind(conversation_id.to_string())
+                    .bind(oldest_read)
+                    .bind(window)
+                    .fetch_all(pool)
+                    .await?;
+                exhausted = (window_rows.len() as i64) < window;
+                for row in &window_rows {
+                    let row = path_row(row)?;
+                    oldest_read = oldest_read.min(row.sequence);
+                    if let Some(id) = row.id {
+                        rows.insert(id, row);
+                    }
+                }
+            }
+        }
+    }
+    path.reverse();
+    let replies: Vec<String> =
+        path.iter().filter(|id| rows.get(id).is_some_and(|r| r.user_text.is_none())).map(Uuid::to_string).collect();
+    let ends =
+        sqlx::query(REPLY_ENDS.as_str()).bind(conversation_id.to_string()).bind(&replies).fetch_all(pool).await?;
+    let mut reply_texts: HashMap<Uuid, (i64, String)> = HashMap::new();
+    for row in &ends {
+        let (event, _) = decode(row)?;
+        let (reply_id, content) = match domain_event(&event)? {
+            ConversationEvent::ReplyCompleted(r) => (r.reply_id, r.content),
+            ConversationEvent::ReplyFailed(r) => (r.reply_id, r.partial_content),
+            ConversationEvent::ReplyCancelled(r) => (r.reply_id, r.partial_content),
+            _ => return Err(malformed(event, "not a reply's end", None)),
+        };
+        reply_texts.insert(reply_id, (event.sequence, content));
+    }
+    Ok(path
+        .into_iter()
+        .filter_map(|id| {
+            let row = rows.get(&id)?;
+            match &row.user_text {
+                Some(text) => Some(ConversationMessage {
+                    sequence: row.sequence,
+                    message_id: id,
+                    role: MessageRole::User,
+                    content: text.clone(),
+                }),
+                None => reply_texts.get(&id).filter(|(_, text)| !text.is_empty()).map(|(sequence, text)| {
+                    ConversationMessage {
+                        sequence: *sequence,
+                        message_id: id,
+                        role: MessageRole::Assistant,
+                        content: text.clone(),
+                    }
+                }),
+            }
+        })
+        .collect())
+}
+
+/// The id of the message read with the highest sequence below `sequence`.
+fn previous_in(rows: &HashMap<Uuid, PathRow>, sequence: i64) -> Option<Uuid> {
+    rows.values().filter(|r| r.sequence < sequence).max_by_key(|r| r.sequence).and_then(|r| r.id)
+}
 
 static REQUESTED_REPLY: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -704,7 +818,8 @@ static TREE_NODES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT sequence, event_version, event_type,
                 coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') AS id,
-                coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent
+                coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent,
+                NULL::text AS content
            FROM events
           WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type IN ('UserMessagePosted', 'ReplyStarted')
           ORDER BY sequence",
@@ -715,21 +830,17 @@ static TREE_NODES: LazyLock<String> = LazyLock::new(|| {
 /// The conversation's message tree: every user message and started reply with its parent
 /// (see [`tree`](colloquy_domain::conversation::tree)). One read of the conversation's
 /// message events (ids only); used where a whole branch matters (switching branches).
-pub async fn message_tree<'e>(db: impl PgExecutor<'e>, conversation_id: Uuid) -> Result<Vec<TreeNode>, EventStoreError> {
+pub async fn message_tree<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+) -> Result<Vec<TreeNode>, EventStoreError> {
     let rows = sqlx::query(TREE_NODES.as_str()).bind(conversation_id.to_string()).fetch_all(db).await?;
-    let parse = |text: Option<String>| text.and_then(|t| t.parse::<Uuid>().ok());
     let mut records = Vec::with_capacity(rows.len());
     for row in &rows {
-        let sequence: i64 = row.try_get("sequence")?;
-        let Some(id) = parse(row.try_get("id")?) else { continue };
-        let parent = parse(row.try_get("parent")?);
-        let event_type: String = row.try_get("event_type")?;
-        let version: String = row.try_get("event_version")?;
-        let link = match (event_type.as_str(), version.as_str()) {
-            ("UserMessagePosted", "1.0" | "1.1") => ParentLink::Previous,
-            _ => ParentLink::Explicit(parent),
-        };
-        records.push((id, link, sequence));
+        let row = path_row(row)?;
+        if let Some(id) = row.id {
+            records.push((id, row.link, row.sequence));
+        }
     }
     Ok(tree::link(records))
 }
@@ -742,16 +853,7 @@ pub async fn message_node(
     conversation_id: Uuid,
     id: Uuid,
 ) -> Result<Option<MessageNode>, EventStoreError> {
-    let row = sqlx::query(USER_MESSAGE_EVENT.as_str())
-        .bind(conversation_id.to_string())
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?;
-    if let Some(row) = row {
-        let (event, _) = decode(&row)?;
-        let ConversationEvent::UserMessagePosted(posted) = domain_event(&event)? else {
-            return Err(malformed(event, "a UserMessagePosted row holds another event", None));
-        };
+    if let Some((event, posted)) = posted_message_event(pool, conversation_id, id).await? {
         let parent_id = match posted.parent_link(&event.event_version) {
             ParentLink::Explicit(parent) => parent,
             ParentLink::Previous => previous_message(pool, conversation_id, event.sequence).await?,

@@ -4,7 +4,8 @@
 
 use colloquy_domain::conversation::{
     reply_id_for, ConversationEvent, ConversationKind, ConversationStarted, ReplyCancelled, ReplyCompleted,
-    ReplyFailed, ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, TokenUsage, UserMessagePosted, REPLY_NAMESPACE,
+    ReplyFailed, ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, TokenUsage, UserMessagePosted,
+    REPLY_NAMESPACE,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -177,6 +178,10 @@ async fn the_message_tree_reads_parents_from_new_events_and_order_from_old_ones(
     let lookup = EventStoreMessages::new(db.pool.clone());
     assert_eq!(lookup.latest_leaf(conv, r1).await.unwrap(), Some(edit));
     assert_eq!(lookup.latest_leaf(conv, Uuid::new_v4()).await.unwrap(), None);
+    // The edit's prompt path is its branch's: m1 and its reply, not m2.
+    let path: Vec<Uuid> =
+        path_messages(&db.pool, conv, edit, 6, 10).await.unwrap().iter().map(|c| c.message_id).collect();
+    assert_eq!(path, [m1, r1]);
 }
 
 /// The plan of `sql` run with `binds` (conversation id, then numbers), as JSON text.
@@ -220,7 +225,7 @@ async fn reply_ids_share_the_message_id_space() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recent_messages_are_user_messages_and_replies_with_text_newest_first() {
+async fn a_path_is_the_ancestors_with_text_oldest_first() {
     let db = TestDatabase::create().await;
     let conv = Uuid::new_v4();
     let m: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
@@ -246,33 +251,33 @@ async fn recent_messages_are_user_messages_and_replies_with_text_newest_first() 
         ],
     )
     .await;
-    let got = recent_messages(&db.pool, conv, i64::MAX, 100).await.unwrap();
+    // Events before 1.2 name no parents: each message follows the one recorded before it.
+    let got = path_messages(&db.pool, conv, m[4], 14, 100).await.unwrap();
     let seen: Vec<(i64, Uuid, MessageRole, &str)> =
         got.iter().map(|c| (c.sequence, c.message_id, c.role, c.content.as_str())).collect();
     let (user, assistant) = (MessageRole::User, MessageRole::Assistant);
     assert_eq!(
         seen,
         [
-            (14, m[4], user, "five"),
-            (13, reply_id_for(m[3]), assistant, "answer fo"),
-            (11, m[3], user, "four"),
-            (10, reply_id_for(m[2]), assistant, "answer thr"),
-            (8, m[2], user, "three"),
-            (5, m[1], user, "two"),
-            (4, reply_id_for(m[0]), assistant, "answer one"),
             (2, m[0], user, "one"),
+            (4, reply_id_for(m[0]), assistant, "answer one"),
+            (5, m[1], user, "two"),
+            (8, m[2], user, "three"),
+            (10, reply_id_for(m[2]), assistant, "answer thr"),
+            (11, m[3], user, "four"),
+            (13, reply_id_for(m[3]), assistant, "answer fo"),
         ]
     );
-    // Up to a sequence (the prompt of the message posted at 8), at most a few.
-    let upto: Vec<i64> = recent_messages(&db.pool, conv, 8, 3).await.unwrap().iter().map(|c| c.sequence).collect();
-    assert_eq!(upto, [8, 5, 4]);
-    assert_eq!(recent_messages(&db.pool, conv, 1, 10).await.unwrap(), []);
-    assert_eq!(recent_messages(&db.pool, Uuid::new_v4(), i64::MAX, 10).await.unwrap(), []);
+    // At most the `limit` nearest ancestors (the empty failed reply is one of them).
+    let near: Vec<i64> = path_messages(&db.pool, conv, m[2], 8, 3).await.unwrap().iter().map(|c| c.sequence).collect();
+    assert_eq!(near, [4, 5]);
+    assert_eq!(path_messages(&db.pool, conv, m[0], 2, 10).await.unwrap(), []);
+    assert_eq!(path_messages(&db.pool, Uuid::new_v4(), m[0], 2, 10).await.unwrap(), []);
     assert_eq!((MessageRole::User.as_str(), MessageRole::Assistant.as_str()), ("user", "assistant"));
 }
 
-// A 2,000-message conversation (6,001 events with its replies) among others: the history
-// read walks the primary key backwards from `up_to` and stops after `limit` matches, and
+// A 2,000-message conversation (6,001 events with its replies) among others: the path
+// walk reads the primary key backwards from the message and stops after `limit` ancestors, and
 // the id lookups use their partial indexes; no plan scans the table or sorts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_and_the_lookups_use_indexes_in_a_long_conversation() {
@@ -293,15 +298,25 @@ async fn the_history_and_the_lookups_use_indexes_in_a_long_conversation() {
     }
     sqlx::query("ANALYZE events").execute(&db.pool).await.unwrap();
 
-    let history = plan(&db.pool, RECENT_MESSAGES.as_str(), conv, None, &[5_000, 40]).await;
+    // The path walk reads windows of message events backwards along the primary key.
+    let window = plan(&db.pool, PATH_WINDOW.as_str(), conv, None, &[5_000, 80]).await;
     let backward =
-        history.contains(r#""Scan Direction":"Backward""#) && history.contains(r#""Index Name":"events_pkey""#);
-    assert!(backward, "{history}");
-    assert!(!history.contains("Seq Scan") && !history.contains("\"Sort\""), "{history}");
-    let got = recent_messages(&db.pool, conv, 5_000, 40).await.unwrap();
+        window.contains(r#""Scan Direction":"Backward""#) && window.contains(r#""Index Name":"events_pkey""#);
+    assert!(backward, "{window}");
+    assert!(!window.contains("Seq Scan") && !window.contains("\"Sort\""), "{window}");
+    // The replies' endings are looked up by id.
+    let ids = vec![reply_id_for(messages[1_990]).to_string(), reply_id_for(messages[1_991]).to_string()];
+    let explain = format!("EXPLAIN (FORMAT JSON) {}", REPLY_ENDS.as_str());
+    let ends: Value = sqlx::query_scalar(&explain).bind(conv.to_string()).bind(&ids).fetch_one(&db.pool).await.unwrap();
+    let ends = ends.to_string();
+    assert!(ends.contains("events_reply_end_id") && !ends.contains("Seq Scan"), "{ends}");
+    // The 40 nearest messages of the path to the 1,667th message (posted at sequence 5,000).
+    let target = messages[1_666];
+    let got = path_messages(&db.pool, conv, target, 5_000, 40).await.unwrap();
     assert_eq!(got.len(), 40);
-    assert!(got.windows(2).all(|w| w[0].sequence > w[1].sequence));
-    assert!(got.iter().all(|c| c.sequence <= 5_000));
+    assert!(got.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert_eq!(got.last().map(|c| c.message_id), Some(reply_id_for(messages[1_665])));
+    assert_eq!(got.last().map(|c| c.content.as_str()), Some("r1665"));
 
     let probe = Some(reply_id_for(messages[7]).to_string());
     let exists = plan(&db.pool, MESSAGE_EXISTS.as_str(), conv, probe.clone(), &[]).await;

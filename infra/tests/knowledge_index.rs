@@ -223,7 +223,11 @@ async fn the_vector_ranking_is_answered_by_the_hnsw_index_and_stays_exact_and_ow
     document_row(&db.pool, stranger, other, "Stranger's", &[]).await;
     let query_vector = pseudo_random(0, 384);
     let owned: Vec<NewChunk> = (0..60)
-        .map(|i| NewChunk { position: i, content: format!("owned {i}"), embedding: pseudo_random(u64::from(i) + 1, 384) })
+        .map(|i| NewChunk {
+            position: i,
+            content: format!("owned {i}"),
+            embedding: pseudo_random(u64::from(i) + 1, 384),
+        })
         .collect();
     // The stranger's chunks are the query vector itself, nudged: nearer than anything the
     // owner has, so a walk of the (shared) index meets them first and must pass them by.
@@ -250,8 +254,15 @@ async fn the_vector_ranking_is_answered_by_the_hnsw_index_and_stays_exact_and_ow
         .await
         .unwrap();
     for mode in [SearchMode::Vector, SearchMode::Hybrid] {
-        let query =
-            SearchQuery { owner_id: owner, text: "owned", embedding: Some(&query_vector), space: &space, k: 5, tags: &[], mode };
+        let query = SearchQuery {
+            owner_id: owner,
+            text: "owned",
+            embedding: Some(&query_vector),
+            space: &space,
+            k: 5,
+            tags: &[],
+            mode,
+        };
         let plan = knowledge_index::explain(&index_only, &query, false).await.unwrap();
         assert!(
             plan.iter().any(|line| line.contains("Index Scan using knowledge_chunks_hnsw_384")),

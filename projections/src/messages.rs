@@ -386,6 +386,136 @@ pub async fn list(
     Ok(rows.into_iter().map(Message::from).collect())
 }
 
+/// A message on a path of the conversation's tree, with what a client needs to offer its
+/// alternatives ("< 2/3 >"): the ids of the messages under the same parent (itself
+/// included), oldest first, and its index among them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PathMessage {
+    /// The message.
+    #[serde(flatten)]
+    pub message: Message,
+    /// The message it follows (a reply: the message it answers); null for a first message.
+    pub parent_id: Option<Uuid>,
+    /// The message it is an edit of, if it is one.
+    pub edit_of: Option<Uuid>,
+    /// Messages under the same parent, oldest first: its alternatives (regenerated replies,
+    /// edited questions) and itself.
+    pub sibling_ids: Vec<Uuid>,
+    /// Its index in `sibling_ids`, from 0.
+    pub sibling_index: usize,
+}
+
+/// A path through a conversation's tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    /// The message it ends at (none while the conversation has no message).
+    pub leaf_id: Option<Uuid>,
+    /// Its messages after the page's cursor, in order.
+    pub messages: Vec<PathMessage>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PathRow {
+    #[sqlx(flatten)]
+    row: Row,
+    parent_id: Option<Uuid>,
+    edit_of: Option<Uuid>,
+    sibling_ids: Vec<Uuid>,
+}
+
+/// A page of the path of `owner`'s conversation that ends at the active leaf, or at the
+/// newest message of the branch through `through` (its newest child, repeatedly): the
+/// messages after sequence `after`, at most `limit`. `None` when `through` is not a
+/// message of the conversation; an empty path when the conversation has no message.
+pub async fn path(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    through: Option<Uuid>,
+    after: i64,
+    limit: i64,
+) -> Result<Option<Path>, sqlx::Error> {
+    let leaf: Option<Uuid> = match through {
+        None => {
+            sqlx::query_scalar(
+                "SELECT message_id FROM rm_messages
+                  WHERE conversation_id = $1 AND owner_id = $2 AND leaf_since IS NOT NULL
+                  ORDER BY leaf_since DESC LIMIT 1",
+            )
+            .bind(conversation)
+            .bind(owner)
+            .fetch_optional(pool)
+            .await?
+        }
+        Some(through) => {
+            let leaf = sqlx::query_scalar(
+                "WITH RECURSIVE down (message_id, depth) AS (
+                     SELECT message_id, 0 FROM rm_messages
+                      WHERE conversation_id = $1 AND owner_id = $2 AND message_id = $3
+                     UNION ALL
+                     SELECT c.message_id, d.depth + 1 FROM down d
+                      CROSS JOIN LATERAL (SELECT message_id FROM rm_messages
+                                           WHERE conversation_id = $1 AND parent_id = d.message_id
+                                           ORDER BY sequence DESC LIMIT 1) c)
+                 SELECT message_id FROM down ORDER BY depth DESC LIMIT 1",
+            )
+            .bind(conversation)
+            .bind(owner)
+            .bind(through)
+            .fetch_optional(pool)
+            .await?;
+            if leaf.is_none() {
+                return Ok(None);
+            }
+            leaf
+        }
+    };
+    let Some(leaf_id) = leaf else {
+        return Ok(Some(Path { leaf_id: None, messages: Vec::new() }));
+    };
+    let columns = ROW_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ");
+    let rows: Vec<PathRow> = sqlx::query_as(&format!(
+        "WITH RECURSIVE up AS (
+             SELECT m.message_id, m.parent_id, m.sequence FROM rm_messages m
+              WHERE m.conversation_id = $1 AND m.owner_id = $2 AND m.message_id = $3
+             UNION ALL
+             SELECT m.message_id, m.parent_id, m.sequence FROM up
+               JOIN rm_messages m ON m.conversation_id = $1 AND m.message_id = up.parent_id)
+         SELECT {columns}, m.parent_id, m.edit_of,
+                CASE WHEN m.parent_id IS NULL
+                     THEN ARRAY(SELECT s.message_id FROM rm_messages s
+                                 WHERE s.conversation_id = $1 AND s.parent_id IS NULL ORDER BY s.sequence)
+                     ELSE ARRAY(SELECT s.message_id FROM rm_messages s
+                                 WHERE s.conversation_id = $1 AND s.parent_id = m.parent_id ORDER BY s.sequence)
+                END AS sibling_ids
+           FROM up JOIN rm_messages m ON m.conversation_id = $1 AND m.message_id = up.message_id
+          WHERE up.sequence > $4
+          ORDER BY up.sequence LIMIT $5"
+    ))
+    .bind(conversation)
+    .bind(owner)
+    .bind(leaf_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let messages = rows
+        .into_iter()
+        .map(|r| {
+            let message = Message::from(r.row);
+            let sibling_index = r.sibling_ids.iter().position(|id| *id == message.message_id).unwrap_or(0);
+            PathMessage {
+                message,
+                parent_id: r.parent_id,
+                edit_of: r.edit_of,
+                sibling_ids: r.sibling_ids,
+                sibling_index,
+            }
+        })
+        .collect();
+    Ok(Some(Path { leaf_id: Some(leaf_id), messages }))
+}
+
 /// The reply `reply_id` of `owner`'s conversation (another owner's is `None`, like a
 /// missing one), in whatever state the read model has it.
 pub async fn reply(

@@ -44,6 +44,8 @@ pub enum Resource {
     File,
     /// A knowledge document.
     Document,
+    /// A message of a conversation.
+    Message,
 }
 
 impl Resource {
@@ -54,6 +56,7 @@ impl Resource {
             Self::Conversation => "conversation",
             Self::File => "file",
             Self::Document => "knowledge document",
+            Self::Message => "message",
         }
     }
 }
@@ -265,16 +268,18 @@ impl Queries {
         conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))
     }
 
-    /// A page of one of the user's conversations' messages, in order, after sequence `after`.
+    /// A page of a path through one of the user's conversations: the active path, or the
+    /// branch through message `through`; its messages after sequence `after`, in order.
     #[instrument(skip_all, fields(%user, %id))]
     pub async fn messages(
         &self,
         user: Uuid,
         id: Uuid,
+        through: Option<Uuid>,
         after: i64,
         limit: Option<i64>,
         min_version: Option<i64>,
-    ) -> Result<Vec<messages::Message>, QueryError> {
+    ) -> Result<messages::Path, QueryError> {
         let limit = page_size(limit)?;
         if min_version.is_some() {
             check_min_version(min_version)?;
@@ -283,7 +288,9 @@ impl Queries {
         self.await_version(&[conversations::NAME, messages::NAME], &id.to_string(), min_version).await?;
         // A deleted conversation is still the owner's, but no longer listed: not found.
         conversations::find(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))?;
-        Ok(messages::list(&self.pool, user, id, after, limit).await?)
+        messages::path(&self.pool, user, id, through, after, limit)
+            .await?
+            .ok_or(QueryError::NotFound(Resource::Message))
     }
 
     /// A page of the audit trail of one of the user's conversations, from the event store
@@ -331,7 +338,7 @@ impl Queries {
         let (owner, projection) = match resource {
             Resource::File => (event_store::file_owner(&self.pool, id).await?, files::NAME),
             Resource::Document => (event_store::document_owner(&self.pool, id).await?, knowledge::NAME),
-            Resource::User | Resource::Conversation => return Err(QueryError::NotFound(resource)),
+            Resource::User | Resource::Conversation | Resource::Message => return Err(QueryError::NotFound(resource)),
         };
         if owner != Some(user) {
             return Err(QueryError::NotFound(resource));

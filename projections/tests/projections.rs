@@ -749,11 +749,11 @@ async fn another_users_conversation_is_not_found() {
     let queries = queries(&db.pool, &redis, Duration::from_millis(200));
 
     assert_eq!(queries.conversation(ada, conversation, None).await.unwrap().conversation_id, conversation);
-    assert_eq!(queries.messages(ada, conversation, 0, None, None).await.unwrap().len(), 1);
+    assert_eq!(queries.messages(ada, conversation, None, 0, None, None).await.unwrap().messages.len(), 1);
     let not_found = |e: &QueryError| matches!(e, QueryError::NotFound(Resource::Conversation));
     let of_grace = queries.conversation(grace, conversation, None).await.unwrap_err();
     assert!(not_found(&of_grace), "{of_grace:?}");
-    let messages_of_grace = queries.messages(grace, conversation, 0, None, None).await.unwrap_err();
+    let messages_of_grace = queries.messages(grace, conversation, None, 0, None, None).await.unwrap_err();
     assert!(not_found(&messages_of_grace), "{messages_of_grace:?}");
     let list_of_grace = queries.conversations(grace, ListConversations::default()).await.unwrap();
     assert_eq!(page(&list_of_grace), (vec![], None));
@@ -795,10 +795,10 @@ async fn a_reached_min_version_answers_at_once() {
 
     let asked = Instant::now();
     let row = queries.conversation(user, conversation, Some(2)).await.unwrap();
-    let older = queries.messages(user, conversation, 0, None, Some(1)).await.unwrap();
+    let older = queries.messages(user, conversation, None, 0, None, Some(1)).await.unwrap();
     assert!(asked.elapsed() < Duration::from_secs(5), "waited {:?} for a version already there", asked.elapsed());
     assert_eq!((row.version, row.title.as_str()), (2, "Holiday plans"));
-    assert_eq!(older, []);
+    assert!(older.messages.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,7 +829,7 @@ async fn a_page_size_out_of_range_is_an_invalid_limit() {
     for limit in [0, -1, 101] {
         let list = queries.conversations(user, ListConversations { limit: Some(limit), ..Default::default() }).await;
         assert!(matches!(list, Err(QueryError::InvalidLimit)), "limit {limit}: {list:?}");
-        let messages = queries.messages(user, conversation, 0, Some(limit), None).await;
+        let messages = queries.messages(user, conversation, None, 0, Some(limit), None).await;
         assert!(matches!(messages, Err(QueryError::InvalidLimit)), "limit {limit}: {messages:?}");
     }
     let full = queries.conversations(user, ListConversations { limit: Some(100), ..Default::default() }).await;
@@ -860,7 +860,7 @@ async fn a_negative_min_version_is_an_invalid_min_version() {
     let invalid = |e: Result<(), QueryError>| assert!(matches!(e, Err(QueryError::InvalidMinVersion)), "{e:?}");
     invalid(queries.profile(user, Some(-1)).await.map(drop));
     invalid(queries.conversation(user, conversation, Some(-1)).await.map(drop));
-    invalid(queries.messages(user, conversation, 0, None, Some(-1)).await.map(drop));
+    invalid(queries.messages(user, conversation, None, 0, None, Some(-1)).await.map(drop));
     let list = ListConversations { min_version: Some(-1), conversation_id: Some(conversation), ..Default::default() };
     invalid(queries.conversations(user, list).await.map(drop));
 }
@@ -1003,7 +1003,7 @@ async fn a_strangers_min_version_is_not_found_at_once_whether_the_id_exists_or_n
     for id in [projected, fresh, Uuid::new_v4()] {
         let e = at_once(queries.conversation(grace, id, Some(999))).await;
         assert!(not_found(&e), "{id}: {e:?}");
-        let e = at_once(queries.messages(grace, id, 0, None, Some(999))).await;
+        let e = at_once(queries.messages(grace, id, None, 0, None, Some(999))).await;
         assert!(not_found(&e), "{id}: {e:?}");
         let list = ListConversations { conversation_id: Some(id), min_version: Some(999), ..Default::default() };
         let e = at_once(queries.conversations(grace, list)).await;
@@ -1023,11 +1023,11 @@ async fn the_owners_message_query_waits_for_a_conversation_not_projected_yet() {
     let version = post(&commands, user, conversation, "hello").await.version;
     let metrics = Metrics::new();
     let queries = Queries::new(db.pool.clone(), redis.store.clone(), metrics.clone(), Duration::from_secs(60));
-    let waiting = tokio::spawn(async move { queries.messages(user, conversation, 0, None, Some(version)).await });
+    let waiting = tokio::spawn(async move { queries.messages(user, conversation, None, 0, None, Some(version)).await });
     eventually("the query to wait", || async { (metrics.min_version_waiting.get() == 1).then_some(()) }).await;
     project_conversation(&db.pool, conversation).await;
     let messages = waiting.await.unwrap().unwrap();
-    assert_eq!(messages.len(), 1);
+    assert_eq!(messages.messages.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,9 +96,12 @@ pub struct ListQuery {
     pub conversation_id: Option<Uuid>,
 }
 
-/// Message paging.
+/// Which path of the message tree, and paging along it.
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct MessagesQuery {
+    /// Another path than the active one: the branch through this message, to its newest
+    /// message.
+    pub leaf: Option<Uuid>,
     /// Only messages after this sequence.
     #[serde(default)]
     pub after: i64,
@@ -230,7 +233,10 @@ pub async fn get_conversation(
     Ok(HttpResponse::Ok().json(state.queries.conversation(me.user, *id, q.min_version).await?))
 }
 
-/// A conversation's messages, in order.
+/// A path through a conversation's messages, in order: the active path (where the
+/// conversation continues), or with `leaf` the branch through that message. Each message
+/// names its siblings (alternative replies and edits under the same parent) and its index
+/// among them.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", tag = "conversations", params(MessagesQuery),
     responses((status = 200, body = MessagePage)), security(("bearer" = [])))]
 pub async fn get_messages(
@@ -239,15 +245,17 @@ pub async fn get_messages(
     id: web::Path<Uuid>,
     q: web::Query<MessagesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = state.queries.messages(me.user, *id, q.after, q.limit, q.min_version).await?;
-    Ok(HttpResponse::Ok().json(MessagePage { items }))
+    let path = state.queries.messages(me.user, *id, q.leaf, q.after, q.limit, q.min_version).await?;
+    Ok(HttpResponse::Ok().json(MessagePage { leaf_id: path.leaf_id, items: path.messages }))
 }
 
-/// A page of messages.
+/// A page of a path through the messages.
 #[derive(Serialize, ToSchema)]
 pub struct MessagePage {
-    /// The messages, in order.
-    pub items: Vec<messages::Message>,
+    /// Where the path ends (null while the conversation has no message).
+    pub leaf_id: Option<Uuid>,
+    /// Its messages after the cursor, in order.
+    pub items: Vec<messages::PathMessage>,
 }
 
 /// One event of the audit trail.

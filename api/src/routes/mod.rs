@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource; each exposes `configure`.
 
 pub mod auth;
+pub mod branches;
 pub mod conversations;
 pub mod files;
 pub mod health;
@@ -48,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(auth::configure)
             .configure(users::configure)
             .configure(conversations::configure)
+            .configure(branches::configure)
             .configure(files::configure)
             .configure(knowledge::configure)
             .configure(models::configure)

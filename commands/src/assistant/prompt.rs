@@ -1,11 +1,9 @@
-//! The prompt of a reply: the conversation's system prompt, then as much of the
-//! conversation before the user message as fits the model's context window (newest
-//! exchanges kept, oldest dropped), then the user message itself. Tokens are counted with
-//! the model's own tokenizer (passed in as `count`).
+//! The prompt of a reply: the conversation's system prompt, then as much of the path that
+//! leads to the user message as fits the model's context window (the nearest exchanges
+//! kept, the oldest dropped), then the user message itself. Only that path: other branches
+//! of the conversation (regenerated replies, edited questions) are never in it. Tokens are
+//! counted with the model's own tokenizer (passed in as `count`).
 
-use std::collections::HashMap;
-
-use colloquy_domain::conversation::reply_id_for;
 use colloquy_infra::event_store::{ConversationMessage, MessageRole};
 use colloquy_providers::{ChatMessage, Role};
 use uuid::Uuid;
@@ -35,19 +33,16 @@ pub struct PromptTooLong {
     pub budget: usize,
 }
 
-/// A question (its id and text) and its reply, if it has one.
-type Exchange = (Uuid, ChatMessage, Option<(Uuid, ChatMessage)>);
-
-/// Builds the prompt answering `target` (a user message) from `history` (the conversation's
-/// messages in any order, the target among them or not), within `budget` tokens.
+/// Builds the prompt answering `target` (a user message) from `path` (the messages that
+/// lead to it, oldest first, as `event_store::path_messages` reads them), within `budget`
+/// tokens.
 ///
-/// Only messages posted before the target count, each user message followed by the reply
-/// that answered it (replies are paired by their deterministic id, so a reply that finished
-/// after a later message was posted still sits after its own question).
+/// The path is cut into exchanges (a user message and the replies that follow it on the
+/// path); the nearest exchanges that fit are kept whole, older ones are dropped.
 pub fn build(
     system_prompt: Option<&str>,
     target: &ConversationMessage,
-    history: &[ConversationMessage],
+    path: &[ConversationMessage],
     budget: usize,
     count: impl Fn(&ChatMessage) -> usize,
 ) -> Result<Prompt, PromptTooLong> {
@@ -58,40 +53,39 @@ pub fn build(
     if fixed > budget {
         return Err(PromptTooLong { needed: fixed, budget });
     }
-    let replies: HashMap<Uuid, &ConversationMessage> =
-        history.iter().filter(|m| m.role == MessageRole::Assistant).map(|m| (m.message_id, m)).collect();
-    let mut earlier: Vec<&ConversationMessage> = history
-        .iter()
-        .filter(|m| m.role == MessageRole::User && m.sequence < target.sequence && m.message_id != target.message_id)
-        .collect();
-    earlier.sort_by_key(|m| m.sequence);
-    // Newest exchange first, until the budget is spent; an exchange is kept whole or not at all.
-    let mut kept: Vec<Exchange> = Vec::new();
+    // Exchanges, each starting at a user message (a path may also start with a reply).
+    let mut exchanges: Vec<Vec<&ConversationMessage>> = Vec::new();
+    for message in path.iter().filter(|m| m.message_id != target.message_id) {
+        match exchanges.last_mut() {
+            Some(exchange) if message.role == MessageRole::Assistant => exchange.push(message),
+            _ => exchanges.push(vec![message]),
+        }
+    }
+    let chat = |m: &ConversationMessage| {
+        let role = match m.role {
+            MessageRole::User => Role::User,
+            MessageRole::Assistant => Role::Assistant,
+        };
+        ChatMessage::new(role, m.content.clone())
+    };
+    // Nearest exchange first, until the budget is spent; an exchange is kept whole or not at all.
+    let mut kept: Vec<&Vec<&ConversationMessage>> = Vec::new();
     let mut used = fixed;
-    for question in earlier.iter().rev() {
-        let asked = ChatMessage::new(Role::User, question.content.clone());
-        let answer = replies
-            .get(&reply_id_for(question.message_id))
-            .filter(|r| !r.content.is_empty())
-            .map(|r| (r.message_id, ChatMessage::new(Role::Assistant, r.content.clone())));
-        let needed = cost(&asked) + answer.as_ref().map_or(0, |(_, a)| cost(a));
+    for exchange in exchanges.iter().rev() {
+        let needed: usize = exchange.iter().map(|m| cost(&chat(m))).sum();
         if used + needed > budget {
             break;
         }
         used += needed;
-        kept.push((question.message_id, asked, answer));
+        kept.push(exchange);
     }
     kept.reverse();
-    let mut messages = Vec::with_capacity(kept.len() * 2 + 2);
-    let mut context = Vec::with_capacity(kept.len() * 2 + 1);
+    let mut messages: Vec<ChatMessage> = Vec::with_capacity(path.len() + 2);
+    let mut context: Vec<Uuid> = Vec::with_capacity(path.len() + 1);
     messages.extend(system);
-    for (id, asked, answer) in kept {
-        context.push(id);
-        messages.push(asked);
-        if let Some((reply, said)) = answer {
-            context.push(reply);
-            messages.push(said);
-        }
+    for message in kept.into_iter().flatten() {
+        context.push(message.message_id);
+        messages.push(chat(message));
     }
     context.push(target.message_id);
     messages.push(question);
@@ -101,6 +95,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use colloquy_domain::conversation::reply_id_for;
 
     fn user(sequence: i64, text: &str) -> ConversationMessage {
         ConversationMessage {
@@ -130,12 +125,11 @@ mod tests {
     }
 
     #[test]
-    fn exchanges_come_in_order_with_each_reply_after_its_question() {
+    fn the_path_comes_in_order_with_each_reply_after_its_question() {
         let (a, b) = (user(2, "first question"), user(3, "second question"));
-        // The reply to `a` finished after `b` was posted: it still follows `a`.
-        let history = vec![reply(&a, 5, "first answer"), b.clone(), a.clone(), reply(&b, 6, "second answer")];
+        let path = vec![a.clone(), reply(&a, 5, "first answer"), b.clone(), reply(&b, 6, "second answer")];
         let target = user(7, "third question");
-        let p = build(Some("Be brief."), &target, &history, 1000, words).unwrap();
+        let p = build(Some("Be brief."), &target, &path, 1000, words).unwrap();
         assert_eq!(
             texts(&p),
             vec![
@@ -154,10 +148,9 @@ mod tests {
     }
 
     #[test]
-    fn messages_after_the_target_are_left_out() {
+    fn the_target_is_never_repeated() {
         let target = user(2, "now");
-        let later = user(3, "later");
-        let p = build(None, &target, &[target.clone(), later], 1000, words).unwrap();
+        let p = build(None, &target, std::slice::from_ref(&target), 1000, words).unwrap();
         assert_eq!(texts(&p), vec![(Role::User, "now")]);
     }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colloquy_domain::conversation::{
-    reply_id_for, ConversationError, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyFailure,
-    ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted,
+    ConversationError, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyFailure, ReplyParameters,
+    ReplyStarted, TokenUsage, UserMessagePosted,
 };
 use colloquy_infra::event_store::{self, ConversationMessage, MessageRole};
 use colloquy_infra::reply_streams::{ReplyTarget, StreamEntry, StreamUsage};
@@ -43,13 +43,19 @@ pub struct Question {
     pub sequence: i64,
     /// The event.
     pub posted: UserMessagePosted,
+    /// The reply to produce: the message's own
+    /// ([`reply_id_for`](colloquy_domain::conversation::reply_id_for)) or a requested
+    /// (regenerated) one.
+    pub reply_id: Uuid,
+    /// The model a regeneration asked for; it comes before the message's.
+    pub requested_model: Option<String>,
     /// Who the reply's events are attributed to (the assistant, for the message's author).
     pub caller: Caller,
 }
 
 impl Question {
     fn reply_id(&self) -> Uuid {
-        reply_id_for(self.posted.message_id)
+        self.reply_id
     }
 
     fn target(&self) -> ReplyTarget {
@@ -93,7 +99,12 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
     };
     let model = shared
         .router
-        .resolve(&[question.posted.model.as_deref(), Some(conversation.model.as_str()), user_default.as_deref()])
+        .resolve(&[
+            question.requested_model.as_deref(),
+            question.posted.model.as_deref(),
+            Some(conversation.model.as_str()),
+            user_default.as_deref(),
+        ])
         .to_string();
     let info = shared
         .router
@@ -102,10 +113,16 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         .find(|m| m.name == model)
         .ok_or_else(|| infra(format!("model {model} is not configured")))?;
     let parameters = Parameters { max_tokens: Some(info.max_output_tokens), temperature: None, top_p: None };
-    let history =
-        event_store::recent_messages(&shared.pool, question.conversation_id, i64::MAX, shared.settings.history_limit)
-            .await
-            .map_err(infra)?;
+    let limit = usize::try_from(shared.settings.history_limit).unwrap_or(usize::MAX);
+    let history = event_store::path_messages(
+        &shared.pool,
+        question.conversation_id,
+        question.posted.message_id,
+        question.sequence,
+        limit,
+    )
+    .await
+    .map_err(infra)?;
     let target = ConversationMessage {
         sequence: question.sequence,
         message_id: question.posted.message_id,

@@ -6,11 +6,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use colloquy_domain::conversation::{reply_id_for, ConversationEvent};
+use colloquy_domain::conversation::{reply_id_for, ConversationEvent, UserMessagePosted};
 use colloquy_domain::Conversation;
 use colloquy_infra::assistant_settings::WorkerSettings;
 use colloquy_infra::cloudevents;
-use colloquy_infra::event_store::StoredEvent;
+use colloquy_infra::event_store::{self, StoredEvent};
 use colloquy_infra::kafka::{consumer_config, Topics};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::reply_streams::{ReplyStreams, ReplyTarget};
@@ -198,7 +198,7 @@ impl Assistant {
                     tracker.begin(&topic, partition, offset);
                     let event = m.payload().map(cloudevents::decode);
                     match (event, self.slots.clone().try_acquire_owned()) {
-                        (Some(Ok(event)), Ok(permit)) if event.event_type == "UserMessagePosted" => {
+                        (Some(Ok(event)), Ok(permit)) if ASKS_FOR_A_REPLY.contains(&event.event_type.as_str()) => {
                             let job = Job { topic, partition, offset, event, _permit: permit };
                             enqueue(&mut tasks, &self.shared, &queues, job, done_tx.clone(), abort.clone());
                         }
@@ -296,13 +296,48 @@ fn enqueue(
     });
 }
 
-/// Answers one posted message; `true` when its offset may be stored.
+/// The events that ask for a reply: a posted (or edited) message, a regeneration.
+const ASKS_FOR_A_REPLY: [&str; 2] = ["UserMessagePosted", "ReplyRequested"];
+
+/// What `event` asks to answer: the question and the reply's id and model; `None` when it
+/// asks nothing (or its message is gone with its conversation).
+async fn question_of(
+    shared: &Shared,
+    conversation_id: Uuid,
+    event: &StoredEvent,
+) -> Result<Option<(i64, UserMessagePosted, Uuid, Option<String>)>, ReplyError> {
+    match event.to_domain::<ConversationEvent>() {
+        Ok(ConversationEvent::UserMessagePosted(posted)) => {
+            let reply_id = reply_id_for(posted.message_id);
+            Ok(Some((event.sequence, posted, reply_id, None)))
+        }
+        Ok(ConversationEvent::ReplyRequested(requested)) => {
+            let message = event_store::posted_message(&shared.pool, conversation_id, requested.in_reply_to)
+                .await
+                .map_err(|e| ReplyError::Infrastructure(e.to_string()))?;
+            Ok(message.map(|(sequence, posted)| (sequence, posted, requested.reply_id, requested.model)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Answers one posted message or regeneration request; `true` when its offset may be stored.
 async fn run_job(shared: &Arc<Shared>, conversation_id: Uuid, event: StoredEvent, abort: &CancellationToken) -> bool {
-    let posted = match event.to_domain::<ConversationEvent>() {
-        Ok(ConversationEvent::UserMessagePosted(posted)) => posted,
-        _ => return true,
+    let mut backoff = Duration::from_millis(200);
+    let (sequence, posted, reply_id, requested_model) = loop {
+        match question_of(shared, conversation_id, &event).await {
+            Ok(Some(question)) => break question,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, %conversation_id, "Could not read the message to answer; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = abort.cancelled() => return false,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
     };
-    let reply_id = reply_id_for(posted.message_id);
     let correlation = event.metadata.get(colloquy_domain::metadata::CORRELATION_ID).cloned().unwrap_or_default();
     // The posting request's id (`request:<id>`, its causation) and correlation id follow
     // the message into every log line of its reply, provider attempts included.
@@ -311,7 +346,7 @@ async fn run_job(shared: &Arc<Shared>, conversation_id: Uuid, event: StoredEvent
         tracing::info_span!("reply", %conversation_id, %reply_id, correlation_id = %correlation, posted_by = %request);
     async move {
         let caller = Caller::system(WORKER_NAME, posted.author_id, correlation, format!("event:{}", event.event_id));
-        let question = Question { conversation_id, sequence: event.sequence, posted, caller };
+        let question = Question { conversation_id, sequence, posted, reply_id, requested_model, caller };
         let mut backoff = Duration::from_millis(200);
         loop {
             let outcome = match shared.leases.claim(reply_id, conversation_id, question.posted.author_id).await {

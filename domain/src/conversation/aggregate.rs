@@ -455,6 +455,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::conversation::test_ports::Unreachable;
     use crate::decision::PortError;
 
     type ConvTest = TestFramework<Conversation>;
@@ -484,31 +485,6 @@ mod tests {
 
         async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
             Ok(None)
-        }
-    }
-
-    struct Unreachable;
-
-    #[async_trait]
-    impl MessageLookup for Unreachable {
-        async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
-            Err(PortError::new("message lookup", "event store unreachable"))
-        }
-
-        async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
-            Err(PortError::new("message lookup", "event store unreachable"))
-        }
-
-        async fn node(&self, _: Uuid, _: Uuid) -> Result<Option<MessageNode>, PortError> {
-            Err(PortError::new("message lookup", "event store unreachable"))
-        }
-
-        async fn latest_leaf(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
-            Err(PortError::new("message lookup", "event store unreachable"))
-        }
-
-        async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
-            Err(PortError::new("message lookup", "event store unreachable"))
         }
     }
 

@@ -10,6 +10,7 @@ use cqrs_es::Aggregate;
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::test_ports::Unreachable;
 use super::*;
 use crate::decision::{PortError, Refusal};
 use crate::values::{TextField, MODEL_NAME_MAX};
@@ -52,31 +53,6 @@ impl MessageLookup for Known {
 
     async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
         Ok(None)
-    }
-}
-
-struct Unreachable;
-
-#[async_trait]
-impl MessageLookup for Unreachable {
-    async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
-        Err(PortError::new("message lookup", "event store unreachable"))
-    }
-
-    async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
-        Err(PortError::new("message lookup", "event store unreachable"))
-    }
-
-    async fn node(&self, _: Uuid, _: Uuid) -> Result<Option<MessageNode>, PortError> {
-        Err(PortError::new("message lookup", "event store unreachable"))
-    }
-
-    async fn latest_leaf(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
-        Err(PortError::new("message lookup", "event store unreachable"))
-    }
-
-    async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
-        Err(PortError::new("message lookup", "event store unreachable"))
     }
 }
 
