@@ -172,7 +172,8 @@ pub async fn verify(pool: &PgPool, relay_name: &str) -> anyhow::Result<VerifyRep
             }
         }
     }
-    for projection in colloquy_projections::all() {
+    // Names and aggregate types only: prices do not matter here.
+    for projection in colloquy_projections::all(&Default::default()) {
         let behind =
             event_store::aggregates_ahead_of_projection(pool, projection.name(), projection.aggregate_types()).await?;
         report.projections_behind.insert(projection.name().to_string(), behind);

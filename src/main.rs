@@ -38,7 +38,8 @@ enum Command {
     Migrate,
     /// Create the Kafka topics.
     Topics,
-    /// Rebuild a projection (users, conversations, messages) from the event store.
+    /// Rebuild a projection (users, conversations, messages, files, knowledge, usage) from the
+    /// event store; `usage` is priced with the configured `assistant.prices`.
     Rebuild {
         /// The projection's name.
         projection: String,
@@ -144,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Rebuild { projection } => {
-            let p = colloquy_projections::by_name(&projection)
+            let p = colloquy_projections::by_name(&projection, &settings.assistant.prices)
                 .with_context(|| format!("no projection named {projection}"))?;
             let pool = postgres::connect(&settings.database).await?;
             let report = colloquy_projections::rebuild::rebuild(&pool, p.as_ref()).await?;
@@ -197,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 QuarantineAction::Clear { projection, aggregate_id } => {
-                    let p = colloquy_projections::by_name(&projection)
+                    let p = colloquy_projections::by_name(&projection, &settings.assistant.prices)
                         .with_context(|| format!("no projection named {projection}"))?;
                     let cleared = colloquy_projections::quarantine::clear(&pool, p.name(), &aggregate_id)
                         .await?

@@ -150,13 +150,13 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         // Every group first lets the members of a killed predecessor expire (all at once),
         // unless its topics were created just now (then it never had members).
         let topics = kafka::Topics::new(&settings.kafka);
-        let groups: Vec<String> = colloquy_projections::all()
+        let groups: Vec<String> = colloquy_projections::all(&settings.assistant.prices)
             .iter()
             .filter(|p| !p.aggregate_types().iter().all(|t| created.contains(&topics.events(t))))
             .map(|p| topics.group(&format!("projection.{}", p.name())))
             .collect();
         futures::future::join_all(groups.iter().map(|g| kafka::before_joining(&settings.kafka, g))).await;
-        for projection in colloquy_projections::all() {
+        for projection in colloquy_projections::all(&settings.assistant.prices) {
             spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
         }
     }
@@ -334,7 +334,9 @@ async fn spawn_assistant(
 ) -> anyhow::Result<()> {
     let redis = deps.redis.clone().context("the assistant needs Redis")?;
     let router = router(settings, &deps.metrics).await?;
-    let commands = Commands::new(deps.pool.clone(), deps.metrics.clone(), command_settings(settings));
+    // With the configured quotas: the worker checks the token quotas before each call.
+    let commands =
+        Commands::new(deps.pool.clone(), deps.metrics.clone(), command_settings(settings)).with_quotas(settings.quotas);
     let topic = kafka::Topics::new(&settings.kafka).events(colloquy_domain::Conversation::TYPE);
     if !created.contains(&topic) {
         kafka::before_joining(&settings.kafka, &Assistant::group(&settings.kafka)).await;

@@ -8,23 +8,13 @@ mod support;
 use colloquy::runtime::Processes;
 use colloquy_providers::testing::{FakeProvider, Route, Script};
 use serde_json::{json, Value};
-use support::{eventually, isolated_settings, ApiClient, TestApp};
+use support::{isolated_settings, ApiClient, TestApp};
 use uuid::Uuid;
 
 const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
 
 fn id(v: &Value, field: &str) -> Uuid {
     v[field].as_str().unwrap_or_else(|| panic!("no {field} in {v}")).parse().unwrap()
-}
-
-/// Waits until reply `reply` has completed, as the active path or the path through it shows.
-async fn completed(client: &ApiClient, token: &str, conversation: Uuid, reply: Uuid) {
-    eventually("the reply completed", || async {
-        let (_, page) = client.get(&format!("/conversations/{conversation}/messages?leaf={reply}"), token).await;
-        let last = page["items"].as_array()?.last()?.clone();
-        (last["message_id"] == reply.to_string() && last["status"] == "completed").then_some(())
-    })
-    .await;
 }
 
 /// Posts `content`; returns (message id, reply id) once its reply completed.
@@ -34,7 +24,7 @@ async fn post(client: &ApiClient, token: &str, conversation: Uuid, content: &str
         .await;
     assert_eq!(s, 201, "{b}");
     let (message, reply) = (id(&b, "message_id"), id(&b, "reply_id"));
-    completed(client, token, conversation, reply).await;
+    client.reply_completed(token, conversation, &reply.to_string()).await;
     (message, reply)
 }
 
@@ -50,7 +40,7 @@ async fn regenerate(client: &ApiClient, token: &str, conversation: Uuid, message
         .await;
     assert_eq!(s, 202, "{b}");
     let reply = id(&b, "reply_id");
-    completed(client, token, conversation, reply).await;
+    client.reply_completed(token, conversation, &reply.to_string()).await;
     reply
 }
 
@@ -137,7 +127,7 @@ async fn regenerating_twice_and_editing_once_makes_a_tree_whose_paths_are_the_pr
         .await;
     assert_eq!(s, 201, "{b}");
     let (e, re) = (id(&b, "message_id"), id(&b, "reply_id"));
-    completed(client, &token, conversation, re).await;
+    client.reply_completed(&token, conversation, &re.to_string()).await;
 
     // The active path ends at the edit's reply; the edit is the second of two questions.
     let (leaf, active) = path(client, &token, conversation, None).await;

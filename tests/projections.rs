@@ -206,7 +206,7 @@ async fn a_rebuilt_projection_equals_the_live_one() {
         let live = table_json(&app, table, key).await;
         assert!(!live.is_empty());
         let state_before = progress(&app, name).await;
-        let projection = colloquy_projections::by_name(name).unwrap();
+        let projection = colloquy_projections::by_name(name, &Default::default()).unwrap();
         let report = colloquy_projections::rebuild::rebuild(app.pool(), projection.as_ref()).await.unwrap();
         assert!(report.events > 0);
         assert_eq!(table_json(&app, table, key).await, live, "{name} rebuilt differs from live");

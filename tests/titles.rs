@@ -93,7 +93,10 @@ async fn the_model_names_an_untitled_conversation_once_and_the_owners_title_alwa
     let untitled = start(client, &token, json!({})).await;
     assert_eq!(title_of(client, &token, untitled, Some(1)).await, "New conversation");
     fake.push(Route::ChatCompletions, Script::reply(&["Lisbon is ", "lovely in May."]));
-    fake.push(Route::ChatCompletions, Script::reply(&["Title: \"Spring in ", "Lisbon.\"\nHope that helps!"]));
+    fake.push(
+        Route::ChatCompletions,
+        Script::reply(&["Title: \"Spring in ", "Lisbon.\"\nHope that helps!"]).with_usage(30, 4),
+    );
     exchange(client, &token, untitled, "When should I visit Lisbon?", 0).await;
     let asked = title_requests(&fake);
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -101,7 +104,12 @@ async fn the_model_names_an_untitled_conversation_once_and_the_owners_title_alwa
     assert!(shown.contains("When should I visit Lisbon?") && shown.contains("Lisbon is lovely in May."), "{shown}");
     let events = title_events(&app, untitled).await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].0, json!({"title": "Spring in Lisbon", "provider": "fake", "model": "upstream"}));
+    // The naming call's tokens are in the ledger, like a reply's.
+    let usage = json!({"input_tokens": 30, "output_tokens": 4});
+    assert_eq!(
+        events[0].0,
+        json!({"title": "Spring in Lisbon", "provider": "fake", "model": "upstream", "usage": usage})
+    );
     assert_eq!(events[0].1["actor"], "system:assistant");
     assert_eq!(counter(client, "assistant_titles_total", "named").await, 1);
     let named = eventually("the read model shows the title", || async {

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     DuplicateMessage,
     /// Only user messages can be edited (a reply is regenerated instead).
     NotAUserMessage,
+    /// The conversation has as many live shares as allowed; revoke one first.
+    TooManyShares,
     /// The reply has already ended (completed, failed or cancelled).
     ReplyFinished,
     /// The title is empty or too long.
@@ -99,6 +101,8 @@ pub enum ErrorCode {
     ConversationQuotaExceeded,
     /// The user posted as many messages today (UTC) as allowed.
     MessageQuotaExceeded,
+    /// The day's or the month's token quota is spent (`resets_at` says until when).
+    TokenQuotaExceeded,
     /// The user stores as much text as allowed.
     StorageQuotaExceeded,
     // Files and the knowledge base.
@@ -187,6 +191,7 @@ impl ErrorCode {
         Self::NotArchived,
         Self::DuplicateMessage,
         Self::NotAUserMessage,
+        Self::TooManyShares,
         Self::ReplyFinished,
         Self::InvalidTitle,
         Self::InvalidModel,
@@ -197,6 +202,7 @@ impl ErrorCode {
         Self::InvisibleCharacter,
         Self::ConversationQuotaExceeded,
         Self::MessageQuotaExceeded,
+        Self::TokenQuotaExceeded,
         Self::StorageQuotaExceeded,
         Self::InvalidUpload,
         Self::FileTooLarge,
@@ -271,6 +277,7 @@ impl ErrorCode {
             | C::InvalidSystemPrompt
             | C::InvalidMessage
             | C::NotAUserMessage
+            | C::TooManyShares
             | C::ControlCharacter
             | C::InvisibleCharacter
             | C::InvalidFileName
@@ -282,9 +289,11 @@ impl ErrorCode {
             | C::InvalidText
             | C::FileSourcedText
             | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            C::RateLimited | C::ConversationQuotaExceeded | C::MessageQuotaExceeded | C::StorageQuotaExceeded => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            C::RateLimited
+            | C::ConversationQuotaExceeded
+            | C::MessageQuotaExceeded
+            | C::StorageQuotaExceeded
+            | C::TokenQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             C::Unavailable | C::Overloaded | C::EmbedderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -32,6 +32,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// For people.
     pub message: String,
+    /// With `token_quota_exceeded`: when the spent quota is whole again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An error answered to a client.
@@ -52,6 +55,14 @@ pub enum ApiError {
     RateLimited {
         /// Seconds until a retry can succeed.
         retry_after_secs: u64,
+    },
+    /// 429: a token quota is spent until `resets_at`.
+    #[error("{message}")]
+    TokensSpent {
+        /// For people.
+        message: String,
+        /// When the quota is whole again.
+        resets_at: chrono::DateTime<chrono::Utc>,
     },
     /// 500: a bug or an outage; the cause chain is logged, never shown.
     #[error("internal error")]
@@ -84,6 +95,7 @@ impl ApiError {
         match self {
             Self::Coded { code, .. } => *code,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::TokensSpent { .. } => ErrorCode::TokenQuotaExceeded,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -115,6 +127,12 @@ impl ResponseError for ApiError {
             }
             Self::Coded { replayed: true, .. } => {
                 builder.insert_header((crate::requests::REPLAYED_HEADER, "true"));
+            }
+            Self::TokensSpent { resets_at, .. } => {
+                let wait = (*resets_at - chrono::Utc::now()).num_seconds().max(1);
+                builder.insert_header((header::RETRY_AFTER, wait.to_string()));
+                return builder
+                    .json(json!({"error": {"code": self.code(), "message": message, "resets_at": resets_at}}));
             }
             _ => {}
         }
@@ -160,6 +178,8 @@ impl Coded for ConversationError {
             Self::NothingToChange => ErrorCode::EmptyUpdate,
             Self::DuplicateMessage => ErrorCode::DuplicateMessage,
             Self::NotAUserMessage => ErrorCode::NotAUserMessage,
+            Self::ShareNotFound => ErrorCode::NotFound,
+            Self::TooManyShares { .. } => ErrorCode::TooManyShares,
             Self::InvalidTitle { .. } => ErrorCode::InvalidTitle,
             Self::InvalidModel { .. } => ErrorCode::InvalidModel,
             Self::UnknownModel => ErrorCode::UnknownModel,
@@ -272,6 +292,9 @@ impl<R: Coded + Send + Sync + 'static> From<UseCaseError<R>> for ApiError {
                 Quota::MessagesPerDay => ErrorCode::MessageQuotaExceeded,
                 Quota::StoredBytes => ErrorCode::StorageQuotaExceeded,
             },
+            UseCaseError::TokenQuotaExceeded(spent) => {
+                return Self::TokensSpent { message: spent.to_string(), resets_at: spent.resets_at };
+            }
             UseCaseError::Failed(_) => return Self::internal(e),
         };
         Self::new(code, e.to_string())
@@ -287,6 +310,7 @@ impl From<QueryError> for ApiError {
             QueryError::InvalidCursor => ErrorCode::InvalidCursor,
             QueryError::InvalidMinVersion => ErrorCode::InvalidMinVersion,
             QueryError::MinVersionNeedsConversation => ErrorCode::MinVersionNeedsConversationId,
+            QueryError::InvalidRange => ErrorCode::InvalidQuery,
             QueryError::Failed(_) => return Self::internal(e),
         };
         Self::new(code, e.to_string())
@@ -343,6 +367,8 @@ mod tests {
             (rejected(C::InvalidMessage { max: 9 }), 422, "invalid_message"),
             (rejected(C::DuplicateMessage), 409, "duplicate_message"),
             (rejected(C::NotAUserMessage), 422, "not_a_user_message"),
+            (rejected(C::ShareNotFound), 404, "not_found"),
+            (rejected(C::TooManyShares { max: 20 }), 422, "too_many_shares"),
             (rejected(C::ControlCharacter { field: TextField::Message }), 422, "control_character"),
             (rejected(C::InvisibleCharacter { field: TextField::Title }), 422, "invisible_character"),
             (rejected(U::ControlCharacter { field: TextField::FullName }), 422, "control_character"),
@@ -388,8 +414,10 @@ mod tests {
             (QueryError::InvalidEventsLimit.into(), 400, "invalid_limit"),
             (QueryError::InvalidCursor.into(), 400, "invalid_cursor"),
             (QueryError::InvalidMinVersion.into(), 400, "invalid_min_version"),
+            (QueryError::InvalidRange.into(), 400, "invalid_query"),
             (QueryError::MinVersionNeedsConversation.into(), 400, "min_version_needs_conversation_id"),
             (ApiError::RateLimited { retry_after_secs: 3 }, 429, "rate_limited"),
+            (tokens_spent(), 429, "token_quota_exceeded"),
             (ApiError::not_found("route"), 404, "not_found"),
             (ApiError::unauthorized("no token"), 401, "unauthorized"),
         ]
@@ -418,6 +446,28 @@ mod tests {
             assert!(!body.contains("hunter2") && !body.contains("pool"), "{body}");
             assert!(body.contains("\"internal\""));
         }
+    }
+
+    fn tokens_spent() -> ApiError {
+        let spent = colloquy_commands::quotas::TokenQuotaExceeded {
+            period: colloquy_commands::quotas::TokenPeriod::Day,
+            limit: 100,
+            used: 120,
+            resets_at: chrono::Utc::now() + chrono::Duration::seconds(90),
+        };
+        UseCaseError::<ConversationError>::TokenQuotaExceeded(spent).into()
+    }
+
+    #[actix_web::test]
+    async fn a_spent_token_quota_says_when_it_resets() {
+        let error = tokens_spent();
+        let response = error.error_response();
+        let wait: i64 = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap();
+        assert!((85..=90).contains(&wait), "{wait}");
+        let body = body_of(&error).await;
+        let resets_at: chrono::DateTime<chrono::Utc> = body["error"]["resets_at"].as_str().unwrap().parse().unwrap();
+        assert!(resets_at > chrono::Utc::now(), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("120 of 100"), "{body}");
     }
 
     #[test]

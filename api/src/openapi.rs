@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use actix_web::{web, HttpResponse};
 
 use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{auth, branches, conversations, files, health, knowledge, replies, users, ws};
+use crate::routes::{auth, branches, conversations, files, health, knowledge, replies, shares, users, ws};
 
 struct BearerAuth;
 
@@ -108,15 +108,16 @@ impl Modify for CommonResponses {
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
     paths(
         auth::post_register, auth::post_login, auth::post_refresh, auth::post_logout,
-        users::get_me, users::patch_me, users::delete_me,
+        users::get_me, users::patch_me, users::delete_me, users::get_usage,
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,
-        conversations::get_events, branches::post_edit, branches::post_regenerate, branches::post_activate,
+        conversations::get_events, conversations::get_export, branches::post_edit, branches::post_regenerate, branches::post_activate,
         files::post_file, files::get_files, files::get_file, files::get_file_content, files::delete_file,
         knowledge::post_document, knowledge::get_documents, knowledge::get_document, knowledge::patch_document,
         knowledge::delete_document, knowledge::get_search,
         replies::get_reply_stream, replies::post_cancel, ws::get_ws,
+        shares::post_share, shares::get_shares, shares::delete_share, shares::get_shared,
         health::get_health, health::get_ready, health::get_metrics,
     )
 )]

@@ -61,6 +61,7 @@ impl Commands {
         let request = (conversation_id, message_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "edit_message", &request, || async {
+                self.ensure_tokens_left(caller).await?;
                 let new_message_id = input.id.unwrap_or_else(Uuid::new_v4);
                 let charges =
                     [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
@@ -100,6 +101,7 @@ impl Commands {
         let request = (conversation_id, message_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "regenerate_reply", &request, || async {
+                self.ensure_tokens_left(caller).await?;
                 // Fresh per request; a retry under the Idempotency-Key gets this answer again.
                 let reply_id = Uuid::new_v4();
                 let command = ConversationCommand::RegenerateReply {

@@ -232,6 +232,7 @@ impl Commands {
         let request = (conversation_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
+                self.ensure_tokens_left(caller).await?;
                 let message_id = input.id.unwrap_or_else(Uuid::new_v4);
                 let charges =
                     [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
@@ -277,6 +278,15 @@ impl Commands {
                 }
             })
             .await
+    }
+
+    /// Refuses a request that would make the model answer once the caller has spent the
+    /// day's or the month's tokens (before anything is recorded: no message, no call).
+    pub(crate) async fn ensure_tokens_left(&self, caller: &Caller) -> Result<(), UseCaseError<ConversationError>> {
+        match self.quotas.tokens_exhausted(caller.user).await? {
+            Some(spent) => Err(UseCaseError::TokenQuotaExceeded(spent)),
+            None => Ok(()),
+        }
     }
 
     /// Runs `command` on an existing conversation once per Idempotency-Key; `request` is what

@@ -34,6 +34,10 @@ pub enum UseCaseError<R: std::error::Error> {
     /// Idempotency-Key): the same request may succeed once usage drops or the day turns.
     #[error(transparent)]
     QuotaExceeded(crate::quotas::QuotaExceeded),
+    /// The user has spent the day's or the month's tokens: no provider call until it resets.
+    /// Not final either.
+    #[error(transparent)]
+    TokenQuotaExceeded(crate::quotas::TokenQuotaExceeded),
     /// The infrastructure failed.
     #[error("the request could not be completed")]
     Failed(#[from] Failure),

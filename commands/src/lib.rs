@@ -18,6 +18,7 @@ pub mod models;
 pub mod quotas;
 pub mod replies;
 pub mod sessions;
+pub mod shares;
 pub mod snapshots;
 pub mod users;
 

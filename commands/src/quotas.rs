@@ -11,6 +11,7 @@
 //! Anything that stores text (files, when they land) adds a [`Charge`] of
 //! [`Quota::StoredBytes`].
 
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use colloquy_infra::settings::QuotaSettings;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -76,6 +77,63 @@ impl Charge {
     pub fn new(quota: Quota, amount: usize) -> Self {
         Self { quota, amount: i64::try_from(amount).unwrap_or(i64::MAX) }
     }
+}
+
+/// A period of the token quotas (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenPeriod {
+    /// The day.
+    Day,
+    /// The calendar month.
+    Month,
+}
+
+/// The user has spent a period's tokens: no provider call until the period resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("the token quota of the {} is spent ({used} of {limit} tokens); it resets at {resets_at}",
+    match period { TokenPeriod::Day => "day", TokenPeriod::Month => "month" })]
+pub struct TokenQuotaExceeded {
+    /// Which quota.
+    pub period: TokenPeriod,
+    /// Its limit.
+    pub limit: u64,
+    /// Tokens spent in the period so far.
+    pub used: u64,
+    /// When the period ends and the quota is whole again.
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Whether tokens spent `today` and `this_month` (as of `now`) leave anything of `limits`.
+pub fn token_check(
+    limits: &QuotaSettings,
+    now: DateTime<Utc>,
+    today: u64,
+    this_month: u64,
+) -> Option<TokenQuotaExceeded> {
+    let day = now.date_naive();
+    let midnight = |d: NaiveDate| d.and_time(NaiveTime::MIN).and_utc();
+    if this_month >= limits.tokens_per_month {
+        let next_month = match day.month() {
+            12 => NaiveDate::from_ymd_opt(day.year() + 1, 1, 1),
+            m => NaiveDate::from_ymd_opt(day.year(), m + 1, 1),
+        };
+        return Some(TokenQuotaExceeded {
+            period: TokenPeriod::Month,
+            limit: limits.tokens_per_month,
+            used: this_month,
+            resets_at: next_month.map_or(now, midnight),
+        });
+    }
+    if today >= limits.tokens_per_day {
+        return Some(TokenQuotaExceeded {
+            period: TokenPeriod::Day,
+            limit: limits.tokens_per_day,
+            used: today,
+            resets_at: day.succ_opt().map_or(now, midnight),
+        });
+    }
+    None
 }
 
 /// Why a reservation was not made.
@@ -182,6 +240,21 @@ impl Quotas {
         Ok(())
     }
 
+    /// Whether `user` may still spend tokens now: `Some` names the token quota (day or
+    /// month) they have spent. Read from the usage ledger (`tokens_spent`, over the `usage`
+    /// read model), so calls still running count once their reply has ended: a user can go
+    /// past a quota by the calls already under way, never start one after it is spent.
+    pub async fn tokens_exhausted(&self, user: Uuid) -> Result<Option<TokenQuotaExceeded>, sqlx::Error> {
+        let now = Utc::now();
+        let (today, this_month): (i64, i64) = sqlx::query_as("SELECT today, this_month FROM tokens_spent($1, $2)")
+            .bind(user)
+            .bind(now.date_naive())
+            .fetch_one(&self.pool)
+            .await?;
+        let spent = |n: i64| u64::try_from(n).unwrap_or_default();
+        Ok(token_check(&self.limits, now, spent(today), spent(this_month)))
+    }
+
     /// What `user` has used of `quota` now (today, for daily quotas).
     pub async fn used(&self, user: Uuid, quota: Quota) -> Result<i64, sqlx::Error> {
         let used: Option<i64> = sqlx::query_scalar(
@@ -233,5 +306,28 @@ impl Drop for Reservation {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_spent_quota_names_its_reset() {
+        let limits = QuotaSettings { tokens_per_day: 100, tokens_per_month: 1_000, ..QuotaSettings::default() };
+        let now = at("2026-12-31T15:00:00Z");
+        assert_eq!(token_check(&limits, now, 99, 500), None);
+        let day = token_check(&limits, now, 100, 500).map(|e| (e.period, e.resets_at));
+        assert_eq!(day, Some((TokenPeriod::Day, at("2027-01-01T00:00:00Z"))));
+        // The month's limit wins when both are spent; December rolls over into January.
+        let month = token_check(&limits, now, 150, 1_000).map(|e| (e.period, e.used, e.resets_at));
+        assert_eq!(month, Some((TokenPeriod::Month, 1_000, at("2027-01-01T00:00:00Z"))));
+        let june = token_check(&limits, at("2026-06-10T08:00:00Z"), 0, 1_200).map(|e| e.resets_at);
+        assert_eq!(june, Some(at("2026-07-01T00:00:00Z")));
     }
 }

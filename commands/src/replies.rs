@@ -5,7 +5,7 @@
 //! started twice, ends once).
 
 use colloquy_domain::conversation::{
-    ConversationCommand, ConversationError, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyStarted,
+    ConversationCommand, ConversationError, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyStarted, TokenUsage,
 };
 use colloquy_domain::{Conversation, User};
 use tracing::instrument;
@@ -36,6 +36,13 @@ impl Commands {
         self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await
     }
 
+    /// Whether `user` has spent the day's or the month's tokens (see
+    /// [`Quotas::tokens_exhausted`](crate::quotas::Quotas::tokens_exhausted)): the assistant
+    /// asks before every provider call.
+    pub async fn tokens_exhausted(&self, user: Uuid) -> Result<Option<crate::quotas::TokenQuotaExceeded>, sqlx::Error> {
+        self.quotas.tokens_exhausted(user).await
+    }
+
     /// Records the title the assistant wrote for a conversation started without one (no
     /// event once its owner has renamed it).
     #[instrument(skip_all, fields(%conversation_id))]
@@ -46,8 +53,9 @@ impl Commands {
         title: String,
         provider: String,
         model: String,
+        usage: TokenUsage,
     ) -> Recorded {
-        let command = ConversationCommand::GenerateTitle { title, provider, model };
+        let command = ConversationCommand::GenerateTitle { title, provider, model, usage };
         self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await
     }
 

@@ -13,9 +13,8 @@
 //! markers) is only a cache: with it gone, [`Commands::access_allowed`] still refuses.
 
 use colloquy_domain::user::UserStatus;
-use rand::RngCore;
+use colloquy_infra::secrets;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::instrument;
 use uuid::Uuid;
@@ -83,15 +82,13 @@ pub struct Sessions {
 
 /// A new refresh token and the hash stored for it.
 fn new_refresh_token() -> (String, Vec<u8>) {
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let token = format!("{REFRESH_TOKEN_PREFIX}{}", hex::encode(secret));
+    let token = secrets::new_secret(REFRESH_TOKEN_PREFIX);
     let hash = hash_token(&token);
     (token, hash)
 }
 
 fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+    secrets::sha256(token).to_vec()
 }
 
 impl Sessions {

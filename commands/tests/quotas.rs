@@ -24,7 +24,7 @@ fn commands(pool: &PgPool, limits: QuotaSettings) -> Commands {
 }
 
 fn limits(conversations: u64, messages_per_day: u64, stored_bytes: u64) -> QuotaSettings {
-    QuotaSettings { conversations, messages_per_day, stored_bytes }
+    QuotaSettings { conversations, messages_per_day, stored_bytes, ..QuotaSettings::default() }
 }
 
 /// A registered user, written directly (no password hashing needed here).

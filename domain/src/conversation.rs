@@ -9,6 +9,8 @@ mod replies;
 mod reply_tests;
 mod services;
 #[cfg(test)]
+mod share_tests;
+#[cfg(test)]
 mod test_ports;
 #[cfg(test)]
 mod tree_tests;
@@ -18,15 +20,18 @@ pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
-    BranchActivated, Citation, ConversationArchived, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
+    BranchActivated, Citation, ConversationArchived, ConversationShared, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, GroundingChanged, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
-    ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, TitleGenerated, TokenUsage, UserMessagePosted,
+    ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, ShareRevoked, TitleGenerated, TokenUsage, UserMessagePosted,
 };
 pub use replies::{reply_id_for, REPLY_NAMESPACE};
 pub use services::{ConversationServices, MessageLookup, MessageNode};
 
 /// The title of a conversation started without one, until the assistant names it.
 pub const UNTITLED: &str = "New conversation";
+
+/// Live shares a conversation may have at once.
+pub const SHARES_MAX: usize = 20;
 
 /// Longest accepted user message, in characters.
 pub const MESSAGE_MAX: usize = 32_000;

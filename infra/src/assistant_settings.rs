@@ -36,6 +36,37 @@ pub struct AssistantSettings {
     pub local: LocalSettings,
     /// The assistant worker (`colloquy assistant`).
     pub worker: WorkerSettings,
+    /// What provider calls cost, by `provider/upstream-model` (as routes name targets). A
+    /// call to a model with no price costs 0 and is listed as unpriced. Costs are a
+    /// projection of the usage ledger: change a price and rebuild the `usage` read model to
+    /// re-price the past.
+    pub prices: PriceTable,
+}
+
+/// Prices by `provider/upstream-model`.
+pub type PriceTable = BTreeMap<String, ModelPrice>;
+
+/// The price of one model, per million tokens (in the currency the operator bills in).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    /// Per million prompt tokens.
+    pub input_per_million: f64,
+    /// Per million generated tokens.
+    pub output_per_million: f64,
+}
+
+impl ModelPrice {
+    /// What `input` prompt and `output` generated tokens cost.
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input_per_million + output as f64 * self.output_per_million) / 1_000_000.0
+    }
+}
+
+impl AssistantSettings {
+    /// The price of `model` at `provider` (`prices["provider/model"]`), if configured.
+    pub fn price(&self, provider: &str, model: &str) -> Option<ModelPrice> {
+        self.prices.get(&format!("{provider}/{model}")).copied()
+    }
 }
 
 /// The assistant worker's knobs.
@@ -95,6 +126,7 @@ impl Default for AssistantSettings {
             circuit: CircuitSettings::default(),
             local: LocalSettings::default(),
             worker: WorkerSettings::default(),
+            prices: BTreeMap::new(),
         }
     }
 }

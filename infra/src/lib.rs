@@ -17,6 +17,7 @@ pub mod passwords;
 pub mod postgres;
 pub mod redis_store;
 pub mod reply_streams;
+pub mod secrets;
 pub mod settings;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -470,11 +470,22 @@ pub struct QuotaSettings {
     /// Bytes (UTF-8) of text a user may store: titles, system prompts and messages (files
     /// will count here too). The event store keeps history, so deleting frees nothing.
     pub stored_bytes: u64,
+    /// Tokens (prompt and generated, of every provider call) a user may spend per UTC day;
+    /// checked before a call, from the usage ledger.
+    pub tokens_per_day: u64,
+    /// Tokens a user may spend per UTC calendar month.
+    pub tokens_per_month: u64,
 }
 
 impl Default for QuotaSettings {
     fn default() -> Self {
-        Self { conversations: 10_000, messages_per_day: 10_000, stored_bytes: 1 << 30 }
+        Self {
+            conversations: 10_000,
+            messages_per_day: 10_000,
+            stored_bytes: 1 << 30,
+            tokens_per_day: 2_000_000,
+            tokens_per_month: 20_000_000,
+        }
     }
 }
 

@@ -117,6 +117,8 @@ impl Projection for ConversationsProjection {
             E::ReplyStarted(_)
             | E::ReplyRequested(_)
             | E::BranchActivated(_)
+            | E::ConversationShared(_)
+            | E::ShareRevoked(_)
             | E::ReplyCompleted(_)
             | E::ReplyFailed(_)
             | E::ReplyCancelled(_) => ("", None),

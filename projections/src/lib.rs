@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod conversations;
+pub mod export;
 pub mod files;
 pub mod freshness;
 pub mod knowledge;
@@ -17,24 +18,30 @@ pub mod queries;
 pub mod rebuild;
 pub mod reconcile;
 pub mod relay;
+pub mod shares;
+pub mod usage;
 pub mod users;
 
 use std::sync::Arc;
 
+use colloquy_infra::assistant_settings::PriceTable;
+
 pub use projection::{ApplyError, Projection};
 
-/// Every projection, by name.
-pub fn all() -> Vec<Arc<dyn Projection>> {
+/// Every projection, by name; the usage ledger's priced with `prices`.
+pub fn all(prices: &PriceTable) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(users::UsersProjection),
         Arc::new(conversations::ConversationsProjection),
         Arc::new(messages::MessagesProjection),
         Arc::new(files::FilesProjection),
         Arc::new(knowledge::KnowledgeProjection),
+        Arc::new(usage::UsageProjection::new(prices.clone())),
+        Arc::new(shares::SharesProjection),
     ]
 }
 
-/// The projection called `name`.
-pub fn by_name(name: &str) -> Option<Arc<dyn Projection>> {
-    all().into_iter().find(|p| p.name() == name)
+/// The projection called `name` (the usage ledger's priced with `prices`).
+pub fn by_name(name: &str, prices: &PriceTable) -> Option<Arc<dyn Projection>> {
+    all(prices).into_iter().find(|p| p.name() == name)
 }

@@ -353,7 +353,9 @@ impl Projection for MessagesProjection {
                     .execute(&mut *conn)
                     .await?;
             }
-            E::ConversationStarted(_)
+            E::ConversationShared(_)
+            | E::ShareRevoked(_)
+            | E::ConversationStarted(_)
             | E::ConversationRenamed(_)
             | E::TitleGenerated(_)
             | E::ConversationArchived(_)
@@ -473,8 +475,81 @@ pub async fn path(
     let Some(leaf_id) = leaf else {
         return Ok(Some(Path { leaf_id: None, messages: Vec::new() }));
     };
+    let rows = walk(pool, owner, conversation, leaf_id, after, limit).await?;
+    let messages = rows
+        .into_iter()
+        .map(|r| {
+            let message = Message::from(r.row);
+            let sibling_index = r.sibling_ids.iter().position(|id| *id == message.message_id).unwrap_or(0);
+            PathMessage {
+                message,
+                parent_id: r.parent_id,
+                edit_of: r.edit_of,
+                sibling_ids: r.sibling_ids,
+                sibling_index,
+            }
+        })
+        .collect();
+    Ok(Some(Path { leaf_id: Some(leaf_id), messages }))
+}
+
+/// The whole tree of a conversation.
+pub struct Tree {
+    /// The active leaf.
+    pub leaf_id: Option<Uuid>,
+    /// Every message, oldest first, with its parent and what it edits.
+    pub messages: Vec<(Message, Option<Uuid>, Option<Uuid>)>,
+}
+
+/// Every message of `owner`'s conversation (all branches), oldest first.
+pub async fn tree(pool: &PgPool, owner: Uuid, conversation: Uuid) -> Result<Tree, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct TreeRow {
+        #[sqlx(flatten)]
+        row: Row,
+        parent_id: Option<Uuid>,
+        edit_of: Option<Uuid>,
+        leaf_since: Option<i64>,
+    }
+    let rows: Vec<TreeRow> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS}, parent_id, edit_of, leaf_since FROM rm_messages
+          WHERE conversation_id = $1 AND owner_id = $2 ORDER BY sequence"
+    ))
+    .bind(conversation)
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    let leaf_id = rows.iter().filter(|r| r.leaf_since.is_some()).max_by_key(|r| r.leaf_since).map(|r| r.row.message_id);
+    let messages = rows.into_iter().map(|r| (Message::from(r.row), r.parent_id, r.edit_of)).collect();
+    Ok(Tree { leaf_id, messages })
+}
+
+/// The messages of `owner`'s conversation on the path that ends exactly at `leaf`, as far as
+/// conversation version `version` (a shared conversation), oldest first.
+pub async fn path_until(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    leaf: Uuid,
+    version: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let rows = walk(pool, owner, conversation, leaf, 0, i64::MAX).await?;
+    Ok(rows.into_iter().map(|r| Message::from(r.row)).filter(|m| m.sequence <= version).collect())
+}
+
+/// The path from the first message to `leaf_id`, its rows after sequence `after`, at most
+/// `limit`: one recursive walk up the parent links (primary key lookups), the siblings of
+/// each row by the children index.
+async fn walk(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    leaf_id: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<PathRow>, sqlx::Error> {
     let columns = ROW_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ");
-    let rows: Vec<PathRow> = sqlx::query_as(&format!(
+    sqlx::query_as(&format!(
         "WITH RECURSIVE up AS (
              SELECT m.message_id, m.parent_id, m.sequence FROM rm_messages m
               WHERE m.conversation_id = $1 AND m.owner_id = $2 AND m.message_id = $3
@@ -498,22 +573,7 @@ pub async fn path(
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    let messages = rows
-        .into_iter()
-        .map(|r| {
-            let message = Message::from(r.row);
-            let sibling_index = r.sibling_ids.iter().position(|id| *id == message.message_id).unwrap_or(0);
-            PathMessage {
-                message,
-                parent_id: r.parent_id,
-                edit_of: r.edit_of,
-                sibling_ids: r.sibling_ids,
-                sibling_index,
-            }
-        })
-        .collect();
-    Ok(Some(Path { leaf_id: Some(leaf_id), messages }))
+    .await
 }
 
 /// The reply `reply_id` of `owner`'s conversation (another owner's is `None`, like a

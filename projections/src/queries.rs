@@ -46,6 +46,8 @@ pub enum Resource {
     Document,
     /// A message of a conversation.
     Message,
+    /// A shared conversation's link.
+    Share,
 }
 
 impl Resource {
@@ -57,6 +59,7 @@ impl Resource {
             Self::File => "file",
             Self::Document => "knowledge document",
             Self::Message => "message",
+            Self::Share => "shared conversation",
         }
     }
 }
@@ -88,9 +91,34 @@ pub enum QueryError {
     /// `min_version` on the list without the conversation it refers to.
     #[error("on the list, min_version refers to the conversation named by conversation_id")]
     MinVersionNeedsConversation,
+    /// A date range that ends before it starts or spans more than a year.
+    #[error("from must not be after to, and the range may span at most {MAX_USAGE_DAYS} days")]
+    InvalidRange,
     /// A read model or the event store failed.
     #[error("the query failed")]
     Failed(#[source] QueryFailure),
+}
+
+/// The longest usage report, in days.
+pub const MAX_USAGE_DAYS: i64 = 366;
+
+/// A user's usage of the models between two UTC days.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    /// The first day (UTC).
+    pub from: chrono::NaiveDate,
+    /// The last day (UTC), included.
+    pub to: chrono::NaiveDate,
+    /// Per day and model, oldest first.
+    pub days: Vec<crate::usage::UsageDay>,
+    /// Calls over the range.
+    pub calls: i64,
+    /// Prompt tokens over the range.
+    pub input_tokens: i64,
+    /// Generated tokens over the range.
+    pub output_tokens: i64,
+    /// What they cost by the price table.
+    pub cost: f64,
 }
 
 /// An infrastructure failure underneath a query.
@@ -324,6 +352,56 @@ impl Queries {
         Ok(EventPage { items, next_after })
     }
 
+    /// The shares of one of `user`'s conversations (a deleted one's included: they are
+    /// listed as revoked).
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn shares(&self, user: Uuid, id: Uuid) -> Result<Vec<crate::shares::ShareSummary>, QueryError> {
+        if event_store::conversation_owner(&self.pool, id).await? != Some(user) {
+            return Err(QueryError::NotFound(Resource::Conversation));
+        }
+        Ok(crate::shares::list(&self.pool, user, id).await?)
+    }
+
+    /// One of `user`'s conversations exported (the whole tree).
+    #[instrument(skip_all, fields(%user, %id))]
+    pub async fn export(&self, user: Uuid, id: Uuid) -> Result<crate::export::Export, QueryError> {
+        crate::export::export(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))
+    }
+
+    /// The conversation a link's token shows; an unknown token, a revoked share and a deleted
+    /// conversation are all the same "not found".
+    pub async fn shared(&self, token: &str) -> Result<crate::shares::SharedConversation, QueryError> {
+        let hash = colloquy_infra::secrets::sha256_hex(token);
+        crate::shares::shared(&self.pool, &hash).await?.ok_or(QueryError::NotFound(Resource::Share))
+    }
+
+    /// `user`'s usage between UTC days `from` and `to` (both included; default: the 30 days
+    /// up to today).
+    #[instrument(skip_all, fields(%user))]
+    pub async fn usage(
+        &self,
+        user: Uuid,
+        from: Option<chrono::NaiveDate>,
+        to: Option<chrono::NaiveDate>,
+    ) -> Result<UsageReport, QueryError> {
+        let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let from = from.unwrap_or(to - chrono::Days::new(29));
+        let span = (to - from).num_days();
+        if !(0..MAX_USAGE_DAYS).contains(&span) {
+            return Err(QueryError::InvalidRange);
+        }
+        let days = crate::usage::days(&self.pool, user, from, to).await?;
+        Ok(UsageReport {
+            from,
+            to,
+            calls: days.iter().map(|d| d.calls).sum(),
+            input_tokens: days.iter().map(|d| d.input_tokens).sum(),
+            output_tokens: days.iter().map(|d| d.output_tokens).sum(),
+            cost: days.iter().map(|d| d.cost).sum(),
+            days,
+        })
+    }
+
     /// Waits for `min_version` of one of `user`'s files or documents, after checking from
     /// the event store that it is theirs (a stranger is answered "not found" at once).
     async fn await_owned(
@@ -338,7 +416,9 @@ impl Queries {
         let (owner, projection) = match resource {
             Resource::File => (event_store::file_owner(&self.pool, id).await?, files::NAME),
             Resource::Document => (event_store::document_owner(&self.pool, id).await?, knowledge::NAME),
-            Resource::User | Resource::Conversation | Resource::Message => return Err(QueryError::NotFound(resource)),
+            Resource::User | Resource::Conversation | Resource::Message | Resource::Share => {
+                return Err(QueryError::NotFound(resource))
+            }
         };
         if owner != Some(user) {
             return Err(QueryError::NotFound(resource));

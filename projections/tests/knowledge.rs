@@ -806,7 +806,8 @@ async fn both_projections_are_registered_and_rebuild_to_the_live_tables() {
     let db = TestDatabase::create().await;
     let pool = &db.pool;
     for (name, table, aggregate) in [("files", "rm_files", FILE), ("knowledge", "rm_knowledge_documents", DOC)] {
-        let p = colloquy_projections::by_name(name).unwrap_or_else(|| panic!("{name} is not in all()"));
+        let p = colloquy_projections::by_name(name, &Default::default())
+            .unwrap_or_else(|| panic!("{name} is not in all()"));
         assert_eq!((p.table(), p.aggregate_types()), (table, &[aggregate][..]));
     }
 

@@ -142,7 +142,7 @@ async fn rebuilt_read_models_keep_the_migrations_names() {
     );
 
     for round in 1..=2 {
-        for projection in colloquy_projections::all() {
+        for projection in colloquy_projections::all(&Default::default()) {
             rebuild_ok(pool, projection.as_ref()).await;
         }
         assert_eq!(shapes(pool, &tables).await, migrated, "rebuild {round}: the catalog differs from the migrations'");
@@ -173,6 +173,8 @@ async fn rebuilt_read_models_keep_the_migrations_names() {
             [
                 ("conversations".to_string(), conversation.to_string(), 2),
                 ("messages".to_string(), conversation.to_string(), 2),
+                ("shares".to_string(), conversation.to_string(), 2),
+                ("usage".to_string(), conversation.to_string(), 2),
                 ("users".to_string(), user.to_string(), 1),
             ]
         );

@@ -236,6 +236,30 @@ impl ApiClient {
         (b["conversation_id"].as_str().unwrap().parse().unwrap(), b["version"].as_i64().unwrap())
     }
 
+    /// Waits until reply `reply` of `conversation` has completed (read along the branch
+    /// through it, so wherever the active path is).
+    pub async fn reply_completed(&self, token: &str, conversation: Uuid, reply: &str) {
+        eventually("the reply completed", || async {
+            let (_, page) = self.get(&format!("/conversations/{conversation}/messages?leaf={reply}"), token).await;
+            let last = page["items"].as_array()?.last()?.clone();
+            (last["message_id"] == reply && last["status"] == "completed").then_some(())
+        })
+        .await;
+    }
+
+    /// Posts `content` and waits until the assistant's reply to it completed; returns the
+    /// message's and the reply's ids.
+    pub async fn exchange(&self, token: &str, conversation: Uuid, content: &str) -> (Uuid, Uuid) {
+        let (s, b) = self
+            .post_json(&format!("/conversations/{conversation}/messages"), Some(token), json!({"content": content}))
+            .await;
+        assert_eq!(s, 201, "post message: {b}");
+        let id = |field: &str| -> Uuid { b[field].as_str().unwrap().parse().unwrap() };
+        let (message, reply) = (id("message_id"), id("reply_id"));
+        self.reply_completed(token, conversation, &reply.to_string()).await;
+        (message, reply)
+    }
+
     /// Posts a message; returns the new version.
     pub async fn message(&self, token: &str, conversation: Uuid, content: &str) -> i64 {
         let (s, b) = self

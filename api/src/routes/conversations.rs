@@ -258,6 +258,48 @@ pub struct MessagePage {
     pub items: Vec<messages::PathMessage>,
 }
 
+/// The export's format.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ExportQuery {
+    /// `json` (default: the whole tree, colloquy's import format) or `markdown` (the
+    /// active path, for people).
+    pub format: Option<String>,
+}
+
+/// Exports a conversation: as JSON, the whole message tree with models, usage and citations
+/// (what `POST /conversations/import` reads); as Markdown, the active path.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/export", tag = "conversations", params(ExportQuery),
+    responses((status = 200, body = colloquy_projections::export::Export), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_export(
+    state: web::Data<AppState>,
+    me: Authenticated,
+    id: web::Path<Uuid>,
+    q: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let markdown = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("markdown") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                crate::errors::ErrorCode::InvalidQuery,
+                format!("format must be json or markdown, not {other}"),
+            ))
+        }
+    };
+    let export = state.queries.export(me.user, *id).await?;
+    let name = format!("conversation-{id}");
+    Ok(match markdown {
+        true => HttpResponse::Ok()
+            .content_type("text/markdown; charset=utf-8")
+            .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}.md\"")))
+            .body(colloquy_projections::export::markdown(&export)),
+        false => HttpResponse::Ok()
+            .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}.json\"")))
+            .json(export),
+    })
+}
+
 /// One event of the audit trail.
 #[derive(Serialize, ToSchema)]
 pub struct AuditEvent<'a> {
@@ -349,5 +391,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(post_message))
             .route(web::get().to(get_messages)),
     )
-    .service(super::resource("/conversations/{id}/events", "GET").route(web::get().to(get_events)));
+    .service(super::resource("/conversations/{id}/events", "GET").route(web::get().to(get_events)))
+    .service(super::resource("/conversations/{id}/export", "GET").route(web::get().to(get_export)));
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod knowledge;
 pub mod models;
 pub mod replies;
+pub mod shares;
 pub mod users;
 pub mod ws;
 
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(knowledge::configure)
             .configure(models::configure)
             .configure(replies::configure)
+            .configure(shares::configure)
             .configure(ws::configure),
     );
 }

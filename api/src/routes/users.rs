@@ -3,6 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use colloquy_commands::users::{UpdateProfile, UserAccepted};
+use colloquy_projections::queries::UsageReport;
 use colloquy_projections::users;
 use serde::Deserialize;
 use serde_json::Value;
@@ -74,6 +75,27 @@ pub async fn delete_me(state: web::Data<AppState>, me: Authenticated) -> Result<
 }
 
 /// Registers the routes. Profiles are personal: `Cache-Control: no-store`.
+/// The usage report's range.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct UsageQuery {
+    /// First UTC day (`YYYY-MM-DD`), default 29 days before `to`.
+    pub from: Option<chrono::NaiveDate>,
+    /// Last UTC day, included (default today); at most 366 days after `from`.
+    pub to: Option<chrono::NaiveDate>,
+}
+
+/// The authenticated user's use of the models per day and model: calls, tokens and their
+/// cost by the configured price table (replies and conversation titles).
+#[utoipa::path(get, path = "/api/v1/users/me/usage", tag = "users", params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_usage(
+    state: web::Data<AppState>,
+    me: Authenticated,
+    q: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.queries.usage(me.user, q.from, q.to).await?))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/users/me", "GET, PATCH, DELETE")
@@ -81,5 +103,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(patch_me))
             .route(web::delete().to(delete_me))
             .wrap(super::no_store()),
-    );
+    )
+    .service(super::resource("/users/me/usage", "GET").route(web::get().to(get_usage)).wrap(super::no_store()));
 }

@@ -184,6 +184,12 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         let failure = ReplyFailure { code: "prompt_too_long".into(), message: e.to_string() };
         return fail(shared, question, failure, vec![], String::new(), None, Usage::default()).await;
     }
+    // The token quotas, checked again right before the call: messages accepted while the
+    // quota still had room may find it spent by the replies before them.
+    if let Some(spent) = shared.commands.tokens_exhausted(question.posted.author_id).await.map_err(infra)? {
+        let failure = ReplyFailure { code: "token_quota_exceeded".into(), message: spent.to_string() };
+        return fail(shared, question, failure, vec![], String::new(), None, Usage::default()).await;
+    }
     let cancel = shared.register(reply_id);
     // A conversation started without a title is named after its first completed exchange.
     let name = conversation.title_pending;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use colloquy_domain::conversation::TokenUsage;
 use colloquy_domain::values::TITLE_MAX;
 use colloquy_providers::{ChatMessage, Parameters, Role, StreamItem};
 use futures::StreamExt;
@@ -32,23 +33,39 @@ const NAMING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Asks `model` to name the conversation of `question` after `answer`, and records it.
 pub(super) async fn name(shared: &Shared, question: &Question, model: &str, answer: &str) {
+    // Naming is a provider call too: not once the owner's tokens are spent.
+    match shared.commands.tokens_exhausted(question.posted.author_id).await {
+        Ok(None) => {}
+        Ok(Some(spent)) => {
+            tracing::info!(conversation_id = %question.conversation_id, %spent, "Not naming: the token quota is spent.");
+            return shared.titled("failed");
+        }
+        Err(e) => {
+            tracing::warn!(conversation_id = %question.conversation_id, error = %e, "Could not check the token quota.");
+            return shared.titled("failed");
+        }
+    }
     let exchange = format!("User: {}\n\nAssistant: {}", excerpt(&question.posted.content), excerpt(answer));
     let messages = vec![ChatMessage::new(Role::System, INSTRUCTION), ChatMessage::new(Role::User, exchange)];
     let parameters = Parameters { max_tokens: Some(TITLE_TOKENS), temperature: None, top_p: None };
     let written = tokio::time::timeout(NAMING_TIMEOUT, async {
         let mut routed = shared.router.stream(model, messages, parameters).await.map_err(|f| f.error)?;
         let mut text = routed.first.clone();
+        let mut spent = TokenUsage::default();
         while let Some(item) = routed.rest.next().await {
             match item? {
                 StreamItem::Delta(delta) => text.push_str(&delta),
-                StreamItem::Usage(usage) => shared.router.record_usage(&routed.provider, &routed.model, usage),
+                StreamItem::Usage(usage) => {
+                    shared.router.record_usage(&routed.provider, &routed.model, usage);
+                    spent = TokenUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens };
+                }
                 StreamItem::Finished(_) => break,
             }
         }
-        Ok::<_, colloquy_providers::ProviderError>((text, routed.provider.clone(), routed.model.clone()))
+        Ok::<_, colloquy_providers::ProviderError>((text, routed.provider.clone(), routed.model.clone(), spent))
     })
     .await;
-    let (text, provider, upstream) = match written {
+    let (text, provider, upstream, usage) = match written {
         Ok(Ok(written)) => written,
         Ok(Err(e)) => {
             tracing::warn!(conversation_id = %question.conversation_id, error = %e, "Naming the conversation failed.");
@@ -63,7 +80,11 @@ pub(super) async fn name(shared: &Shared, question: &Question, model: &str, answ
         tracing::warn!(conversation_id = %question.conversation_id, "The model wrote no usable title.");
         return shared.titled("failed");
     };
-    match shared.commands.generate_title(&question.caller, question.conversation_id, title, provider, upstream).await {
+    match shared
+        .commands
+        .generate_title(&question.caller, question.conversation_id, title, provider, upstream, usage)
+        .await
+    {
         Ok(committed) if committed.events > 0 => {
             tracing::info!(conversation_id = %question.conversation_id, "Conversation named.");
             shared.titled("named");

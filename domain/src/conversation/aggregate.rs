@@ -69,6 +69,9 @@ pub struct Conversation {
     /// switched to). Snapshots from before this field are deleted by a migration.
     #[serde(default)]
     pub leaf: Option<Uuid>,
+    /// Live (not revoked) shares, at most [`SHARES_MAX`].
+    #[serde(default)]
+    pub shares: Vec<Uuid>,
 }
 
 impl Conversation {
@@ -235,12 +238,12 @@ impl Aggregate for Conversation {
                 self.ensure_owned_by(actor_id)?;
                 E::ConversationRenamed(ConversationRenamed { title: title(&t)? })
             }
-            C::GenerateTitle { title: t, provider, model } => {
+            C::GenerateTitle { title: t, provider, model, usage } => {
                 self.ensure_live()?;
                 if !self.title_pending {
                     return Ok(());
                 }
-                E::TitleGenerated(TitleGenerated { title: title(&t)?, provider, model })
+                E::TitleGenerated(TitleGenerated { title: title(&t)?, provider, model, usage })
             }
             C::SetGrounding { actor_id, enabled } => {
                 self.ensure_owned_by(actor_id)?;
@@ -315,6 +318,28 @@ impl Aggregate for Conversation {
                     return Err(ConversationError::DuplicateMessage.into());
                 }
                 E::ReplyRequested(ReplyRequested { reply_id, in_reply_to, model, requested_by: actor_id })
+            }
+            C::ShareConversation { actor_id, share_id, token_sha256 } => {
+                self.ensure_owned_by(actor_id)?;
+                if self.shares.len() >= SHARES_MAX {
+                    return Err(ConversationError::TooManyShares { max: SHARES_MAX }.into());
+                }
+                if self.shares.contains(&share_id) {
+                    return Ok(());
+                }
+                E::ConversationShared(ConversationShared {
+                    share_id,
+                    token_sha256,
+                    title: self.title.clone(),
+                    leaf_id: self.leaf,
+                })
+            }
+            C::RevokeShare { actor_id, share_id } => {
+                self.ensure_owned_by(actor_id)?;
+                if !self.shares.contains(&share_id) {
+                    return Err(ConversationError::ShareNotFound.into());
+                }
+                E::ShareRevoked(ShareRevoked { share_id })
             }
             C::ActivateBranch { actor_id, message_id } => {
                 self.ensure_owned_by(actor_id)?;
@@ -430,6 +455,8 @@ impl Aggregate for Conversation {
             }
             E::ReplyRequested(e) => self.leaf = Some(e.in_reply_to),
             E::BranchActivated(e) => self.leaf = Some(e.leaf_id),
+            E::ConversationShared(e) => self.shares.push(e.share_id),
+            E::ShareRevoked(e) => self.shares.retain(|s| *s != e.share_id),
             E::ReplyStarted(e) => {
                 // A reply continues the active path only if that path ends at its question
                 // (a message posted meanwhile, or a switched branch, keeps the leaf).
@@ -533,7 +560,12 @@ mod tests {
     }
 
     fn generate(t: &str) -> ConversationCommand {
-        ConversationCommand::GenerateTitle { title: t.into(), provider: "local".into(), model: "smollm2-135m".into() }
+        ConversationCommand::GenerateTitle {
+            title: t.into(),
+            provider: "local".into(),
+            model: "smollm2-135m".into(),
+            usage: TokenUsage { input_tokens: 40, output_tokens: 5 },
+        }
     }
 
     fn generated(t: &str) -> ConversationEvent {
@@ -541,6 +573,7 @@ mod tests {
             title: t.into(),
             provider: "local".into(),
             model: "smollm2-135m".into(),
+            usage: TokenUsage { input_tokens: 40, output_tokens: 5 },
         })
     }
 

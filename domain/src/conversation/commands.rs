@@ -40,6 +40,8 @@ pub enum ConversationCommand {
         provider: String,
         /// The upstream model that wrote it.
         model: String,
+        /// Tokens the naming call consumed.
+        usage: TokenUsage,
     },
     /// Turn grounding in the owner's knowledge base on or off (no event when unchanged).
     SetGrounding {
@@ -108,6 +110,22 @@ pub enum ConversationCommand {
         actor_id: Uuid,
         /// A message of the branch.
         message_id: Uuid,
+    },
+    /// Make a read-only link to the conversation as it is now.
+    ShareConversation {
+        /// Who asks.
+        actor_id: Uuid,
+        /// The new share's id.
+        share_id: Uuid,
+        /// SHA-256 (hex) of the link's token (made by the use case, shown once).
+        token_sha256: String,
+    },
+    /// Revoke a share.
+    RevokeShare {
+        /// Who asks.
+        actor_id: Uuid,
+        /// The share.
+        share_id: Uuid,
     },
     /// Begin the reply to a user message.
     StartReply {

@@ -69,6 +69,15 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
+    /// A share that does not exist (or was revoked already).
+    #[error("the share does not exist")]
+    ShareNotFound,
+    /// As many live shares as allowed; revoke one first.
+    #[error("the conversation has {max} live shares; revoke one first")]
+    TooManyShares {
+        /// The limit.
+        max: usize,
+    },
     /// Edit of an assistant reply: only user messages can be edited.
     #[error("only user messages can be edited; regenerate a reply instead")]
     NotAUserMessage,

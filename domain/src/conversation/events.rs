@@ -44,6 +44,9 @@ pub struct TitleGenerated {
     pub provider: String,
     /// The upstream model that wrote it.
     pub model: String,
+    /// Tokens the naming call consumed (1.1; absent from 1.0 events: zero).
+    #[serde(default)]
+    pub usage: TokenUsage,
 }
 
 /// The title changed.
@@ -133,6 +136,28 @@ pub struct BranchActivated {
     /// The active leaf from now on: the newest message at the end of the branch under
     /// `message_id` (`message_id` itself when nothing follows it).
     pub leaf_id: Uuid,
+}
+
+/// The owner made a read-only link to the conversation as it is now: the link shows the
+/// messages up to the version before this event (its `sequence` − 1), along the path that
+/// ended at `leaf_id`, and nothing added later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationShared {
+    /// The share.
+    pub share_id: Uuid,
+    /// SHA-256 (hex) of the link's secret token; the token itself is never stored.
+    pub token_sha256: String,
+    /// The title when shared (the link shows it, whatever the title becomes).
+    pub title: String,
+    /// The active path's end when shared (none while the conversation had no message).
+    pub leaf_id: Option<Uuid>,
+}
+
+/// The owner revoked a share: its link stops working.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ShareRevoked {
+    /// The share.
+    pub share_id: Uuid,
 }
 
 /// The generation parameters a reply was asked with; `None` leaves a parameter to the
@@ -301,7 +326,7 @@ crate::domain_events! {
         /// See [`ConversationRenamed`].
         ConversationRenamed(ConversationRenamed) = "1.0",
         /// See [`TitleGenerated`].
-        TitleGenerated(TitleGenerated) = "1.0",
+        TitleGenerated(TitleGenerated) = "1.1",
         /// See [`ConversationArchived`].
         ConversationArchived(ConversationArchived) = "1.0",
         /// See [`GroundingChanged`].
@@ -316,6 +341,10 @@ crate::domain_events! {
         ReplyRequested(ReplyRequested) = "1.0",
         /// See [`BranchActivated`].
         BranchActivated(BranchActivated) = "1.0",
+        /// See [`ConversationShared`].
+        ConversationShared(ConversationShared) = "1.0",
+        /// See [`ShareRevoked`].
+        ShareRevoked(ShareRevoked) = "1.0",
         /// See [`ReplyStarted`].
         ReplyStarted(ReplyStarted) = "1.1",
         /// See [`ReplyCompleted`].
@@ -355,6 +384,7 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 title: "Planning a trip to Lisbon".into(),
                 provider: "local".into(),
                 model: "smollm2-135m".into(),
+                usage: TokenUsage { input_tokens: 48, output_tokens: 6 },
             }),
             Self::ConversationArchived(ConversationArchived {}),
             Self::ConversationUnarchived(ConversationUnarchived {}),
@@ -382,6 +412,13 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 requested_by: id,
             }),
             Self::BranchActivated(BranchActivated { message_id: id, leaf_id: reply }),
+            Self::ConversationShared(ConversationShared {
+                share_id: Uuid::from_u128(7),
+                token_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+                title: "Trip".into(),
+                leaf_id: Some(reply),
+            }),
+            Self::ShareRevoked(ShareRevoked { share_id: Uuid::from_u128(7) }),
             Self::GroundingChanged(GroundingChanged { enabled: true }),
             Self::ReplyStarted(ReplyStarted {
                 reply_id: reply,
