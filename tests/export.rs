@@ -8,6 +8,7 @@ use colloquy::runtime::Processes;
 use colloquy_providers::testing::{FakeProvider, Route, Script};
 use serde_json::{json, Value};
 use support::isolated_settings;
+use uuid::Uuid;
 
 const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
 
@@ -87,6 +88,58 @@ async fn the_json_export_holds_every_branch_and_the_markdown_the_active_path() {
         "{text}"
     );
     assert!(!text.contains("A1 again") && !text.contains("\nQ1\n"), "{text}");
+
+    // Import it back: a new conversation with the same tree and active path, new ids, its
+    // events saying it was imported, and no model asked for anything.
+    let asked = fake.requests_to(Route::ChatCompletions).len();
+    let (s, b) = client.post_json("/conversations/import", Some(&token), export.clone()).await;
+    assert_eq!(s, 201, "{b}");
+    let imported: Uuid = id(&b, "conversation_id").parse().unwrap();
+    let version = b["version"].as_i64().unwrap();
+    let (s, copy) = client.get(&format!("/conversations/{imported}/export?min_version={version}"), &token).await;
+    assert_eq!(s, 200, "{copy}");
+    let shape = |e: &Value| -> Vec<(Option<usize>, String, String)> {
+        let messages = e["messages"].as_array().unwrap();
+        let index = |id: &Value| messages.iter().position(|m| &m["id"] == id);
+        messages.iter().map(|m| (index(&m["parent_id"]), id(m, "role"), id(m, "content"))).collect()
+    };
+    assert_eq!(shape(&copy), shape(&export));
+    assert_eq!(copy["conversation"]["title"], "Plans");
+    let ids: Vec<&str> = copy["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&q1.as_str()), "imported messages get new ids");
+    let (_, page) = client.get(&format!("/conversations/{imported}/messages?min_version={version}"), &token).await;
+    let path: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(path, ["Q1 edited", "A1 edited"]);
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(imported.to_string())
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(kinds[..2], ["ConversationStarted".to_string(), "ConversationImported".to_string()]);
+    assert_eq!(kinds.iter().filter(|k| *k == "MessageImported").count(), 5);
+    assert!(!kinds.iter().any(|k| k.starts_with("Reply")), "{kinds:?}");
+    assert_eq!(fake.requests_to(Route::ChatCompletions).len(), asked);
+    // The conversation goes on from the imported path: the next reply's prompt holds it.
+    fake.push(Route::ChatCompletions, Script::reply(&["A2"]));
+    client.exchange(&token, imported, "Q2").await;
+    let prompt = fake.requests_to(Route::ChatCompletions).last().unwrap().body["messages"].clone();
+    let said: Vec<&str> = prompt.as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(said, ["Q1 edited", "A1 edited", "Q2"]);
+
+    // What is not an export of colloquy's is refused, and nothing is created.
+    let before = app.event_count().await;
+    let mut wrong = export.clone();
+    wrong["format_version"] = json!(2);
+    let (s, b) = client.post_json("/conversations/import", Some(&token), wrong).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_import")), "{b}");
+    let mut orphan = export.clone();
+    orphan["messages"][1]["parent_id"] = json!(Uuid::new_v4());
+    let (s, b) = client.post_json("/conversations/import", Some(&token), orphan).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_import")), "{b}");
+    let (s, b) = client.post_json("/conversations/import", Some(&token), json!({"messages": []})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_request")), "{b}");
+    assert_eq!(app.event_count().await, before);
 
     let (s, b) = client.get(&format!("/conversations/{conversation}/export?format=pdf"), &token).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_query")), "{b}");

@@ -77,6 +77,8 @@ pub enum ErrorCode {
     NotAUserMessage,
     /// The conversation has as many live shares as allowed; revoke one first.
     TooManyShares,
+    /// The body is not an export colloquy can import (format, version, or a broken tree).
+    InvalidImport,
     /// The reply has already ended (completed, failed or cancelled).
     ReplyFinished,
     /// The title is empty or too long.
@@ -192,6 +194,7 @@ impl ErrorCode {
         Self::DuplicateMessage,
         Self::NotAUserMessage,
         Self::TooManyShares,
+        Self::InvalidImport,
         Self::ReplyFinished,
         Self::InvalidTitle,
         Self::InvalidModel,
@@ -278,6 +281,7 @@ impl ErrorCode {
             | C::InvalidMessage
             | C::NotAUserMessage
             | C::TooManyShares
+            | C::InvalidImport
             | C::ControlCharacter
             | C::InvisibleCharacter
             | C::InvalidFileName

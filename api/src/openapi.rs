@@ -112,7 +112,7 @@ impl Modify for CommonResponses {
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,
-        conversations::get_events, conversations::get_export, branches::post_edit, branches::post_regenerate, branches::post_activate,
+        conversations::get_events, conversations::get_export, conversations::post_import, branches::post_edit, branches::post_regenerate, branches::post_activate,
         files::post_file, files::get_files, files::get_file, files::get_file_content, files::delete_file,
         knowledge::post_document, knowledge::get_documents, knowledge::get_document, knowledge::patch_document,
         knowledge::delete_document, knowledge::get_search,

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod errors;
 pub mod files;
 pub mod idempotency;
+pub mod imports;
 pub mod ingest;
 pub mod knowledge;
 pub mod models;

@@ -336,6 +336,18 @@ async fn posted_message_event<'e>(
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> Result<Option<(StoredEvent, UserMessagePosted)>, EventStoreError> {
+    Ok(match message_event(db, conversation_id, message_id).await? {
+        Some((event, ConversationEvent::UserMessagePosted(posted))) => Some((event, posted)),
+        _ => None,
+    })
+}
+
+/// The event that added user message (or imported message) `message_id`, decoded.
+async fn message_event<'e>(
+    db: impl PgExecutor<'e>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<Option<(StoredEvent, ConversationEvent)>, EventStoreError> {
     let Some(row) = sqlx::query(MESSAGE_EVENT.as_str())
         .bind(conversation_id.to_string())
         .bind(message_id.to_string())
@@ -345,10 +357,24 @@ async fn posted_message_event<'e>(
         return Ok(None);
     };
     let (event, _) = decode(&row)?;
-    match domain_event(&event)? {
-        ConversationEvent::UserMessagePosted(posted) => Ok(Some((event, posted))),
-        _ => Ok(None),
-    }
+    let decoded = domain_event(&event)?;
+    Ok(Some((event, decoded)))
+}
+
+/// The text and requested model of user message `message_id` (posted or imported), with the
+/// sequence that recorded it: what a regenerated reply answers.
+pub async fn user_message_text(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<Option<(i64, String, Option<String>)>, EventStoreError> {
+    Ok(match message_event(pool, conversation_id, message_id).await? {
+        Some((event, ConversationEvent::UserMessagePosted(m))) => Some((event.sequence, m.content, m.model)),
+        Some((event, ConversationEvent::MessageImported(m))) if m.role == "user" => {
+            Some((event.sequence, m.content, m.model))
+        }
+        _ => None,
+    })
 }
 
 static DOCUMENT_SOURCES: LazyLock<String> = LazyLock::new(|| {
@@ -646,10 +672,10 @@ static PATH_WINDOW: LazyLock<String> = LazyLock::new(|| {
         "SELECT sequence, event_version, event_type,
                 coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') AS id,
                 coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent,
-                payload -> event_type ->> 'content' AS content
+                payload -> event_type ->> 'content' AS content, payload -> event_type ->> 'role' AS role
            FROM events
           WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence < $2
-            AND event_type IN ('UserMessagePosted', 'ReplyStarted')
+            AND event_type IN ('UserMessagePosted', 'ReplyStarted', 'MessageImported')
           ORDER BY sequence DESC
           LIMIT $3",
         Conversation::TYPE
@@ -672,22 +698,32 @@ struct PathRow {
     sequence: i64,
     id: Option<Uuid>,
     link: ParentLink,
-    user_text: Option<String>,
+    /// Who wrote it.
+    role: MessageRole,
+    /// Its text when the event carries it (a user message, an imported message); a reply's
+    /// is in the event that ended it.
+    text: Option<String>,
 }
 
 fn path_row(row: &sqlx::postgres::PgRow) -> Result<PathRow, EventStoreError> {
     let parse = |text: Option<String>| text.and_then(|t| t.parse::<Uuid>().ok());
     let event_type: String = row.try_get("event_type")?;
     let version: String = row.try_get("event_version")?;
-    let link = match (event_type.as_str(), version.as_str()) {
-        ("UserMessagePosted", "1.0" | "1.1") => ParentLink::Previous,
-        _ => ParentLink::Explicit(parse(row.try_get("parent")?)),
+    let explicit = ParentLink::Explicit(parse(row.try_get("parent")?));
+    let content: Option<String> = row.try_get("content")?;
+    let (link, role, text) = match (event_type.as_str(), version.as_str()) {
+        ("UserMessagePosted", "1.0" | "1.1") => (ParentLink::Previous, MessageRole::User, content),
+        ("UserMessagePosted", _) => (explicit, MessageRole::User, content),
+        ("MessageImported", _) => {
+            let role = match row.try_get::<Option<String>, _>("role")?.as_deref() {
+                Some("assistant") => MessageRole::Assistant,
+                _ => MessageRole::User,
+            };
+            (explicit, role, content)
+        }
+        _ => (explicit, MessageRole::Assistant, None),
     };
-    let user_text = match event_type.as_str() {
-        "UserMessagePosted" => row.try_get::<Option<String>, _>("content")?,
-        _ => None,
-    };
-    Ok(PathRow { sequence: row.try_get("sequence")?, id: parse(row.try_get("id")?), link, user_text })
+    Ok(PathRow { sequence: row.try_get("sequence")?, id: parse(row.try_get("id")?), link, role, text })
 }
 
 /// The messages on the path that leads to user message `to` (its ancestors in the tree,
@@ -760,7 +796,7 @@ pub async fn path_messages(
     }
     path.reverse();
     let replies: Vec<String> =
-        path.iter().filter(|id| rows.get(id).is_some_and(|r| r.user_text.is_none())).map(Uuid::to_string).collect();
+        path.iter().filter(|id| rows.get(id).is_some_and(|r| r.text.is_none())).map(Uuid::to_string).collect();
     let ends =
         sqlx::query(REPLY_ENDS.as_str()).bind(conversation_id.to_string()).bind(&replies).fetch_all(pool).await?;
     let mut reply_texts: HashMap<Uuid, (i64, String)> = HashMap::new();
@@ -778,13 +814,14 @@ pub async fn path_messages(
         .into_iter()
         .filter_map(|id| {
             let row = rows.get(&id)?;
-            match &row.user_text {
-                Some(text) => Some(ConversationMessage {
+            match &row.text {
+                Some(text) if !(text.is_empty() && row.role == MessageRole::Assistant) => Some(ConversationMessage {
                     sequence: row.sequence,
                     message_id: id,
-                    role: MessageRole::User,
+                    role: row.role,
                     content: text.clone(),
                 }),
+                Some(_) => None,
                 None => reply_texts.get(&id).filter(|(_, text)| !text.is_empty()).map(|(sequence, text)| {
                     ConversationMessage {
                         sequence: *sequence,
@@ -819,9 +856,10 @@ static TREE_NODES: LazyLock<String> = LazyLock::new(|| {
         "SELECT sequence, event_version, event_type,
                 coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') AS id,
                 coalesce(payload -> event_type ->> 'parent_id', payload -> event_type ->> 'in_reply_to') AS parent,
-                NULL::text AS content
+                NULL::text AS content, NULL::text AS role
            FROM events
-          WHERE aggregate_type = '{}' AND aggregate_id = $1 AND event_type IN ('UserMessagePosted', 'ReplyStarted')
+          WHERE aggregate_type = '{}' AND aggregate_id = $1
+            AND event_type IN ('UserMessagePosted', 'ReplyStarted', 'MessageImported')
           ORDER BY sequence",
         Conversation::TYPE
     )
@@ -853,12 +891,18 @@ pub async fn message_node(
     conversation_id: Uuid,
     id: Uuid,
 ) -> Result<Option<MessageNode>, EventStoreError> {
-    if let Some((event, posted)) = posted_message_event(pool, conversation_id, id).await? {
-        let parent_id = match posted.parent_link(&event.event_version) {
-            ParentLink::Explicit(parent) => parent,
-            ParentLink::Previous => previous_message(pool, conversation_id, event.sequence).await?,
-        };
-        return Ok(Some(MessageNode { parent_id, is_reply: false }));
+    match message_event(pool, conversation_id, id).await? {
+        Some((_, ConversationEvent::MessageImported(m))) => {
+            return Ok(Some(MessageNode { parent_id: m.parent_id, is_reply: m.role == "assistant" }));
+        }
+        Some((event, ConversationEvent::UserMessagePosted(posted))) => {
+            let parent_id = match posted.parent_link(&event.event_version) {
+                ParentLink::Explicit(parent) => parent,
+                ParentLink::Previous => previous_message(pool, conversation_id, event.sequence).await?,
+            };
+            return Ok(Some(MessageNode { parent_id, is_reply: false }));
+        }
+        _ => {}
     }
     Ok(reply_started(pool, conversation_id, id)
         .await?
@@ -874,7 +918,7 @@ async fn previous_message(
     let sql = format!(
         "SELECT coalesce(payload -> event_type ->> 'message_id', payload -> event_type ->> 'reply_id') FROM events
           WHERE aggregate_type = '{}' AND aggregate_id = $1 AND sequence < $2
-            AND event_type IN ('UserMessagePosted', 'ReplyStarted')
+            AND event_type IN ('UserMessagePosted', 'ReplyStarted', 'MessageImported')
           ORDER BY sequence DESC LIMIT 1",
         Conversation::TYPE
     );

@@ -114,11 +114,14 @@ impl Projection for ConversationsProjection {
                 false => ("grounded = false,", None),
             },
             E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
+            E::MessageImported(m) if m.role == "user" => ("message_count = message_count + 1,", None),
             E::ReplyStarted(_)
             | E::ReplyRequested(_)
             | E::BranchActivated(_)
             | E::ConversationShared(_)
             | E::ShareRevoked(_)
+            | E::ConversationImported(_)
+            | E::MessageImported(_)
             | E::ReplyCompleted(_)
             | E::ReplyFailed(_)
             | E::ReplyCancelled(_) => ("", None),

@@ -4,82 +4,14 @@
 
 use std::fmt::Write;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
+use colloquy_domain::conversation::export::{Export, ExportedConversation, ExportedMessage, FORMAT, FORMAT_VERSION};
+use colloquy_domain::conversation::{Citation, TokenUsage};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::conversations::{self, ConversationSummary};
-use crate::messages::{Message, MessageCitation, MessageUsage};
-
-/// The `format` of colloquy's export document.
-pub const FORMAT: &str = "colloquy.conversation";
-/// Its version; an importer reads this version.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// A conversation as exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Export {
-    /// Always `colloquy.conversation`.
-    pub format: String,
-    /// The format's version (1).
-    pub format_version: u32,
-    /// When exported.
-    pub exported_at: DateTime<Utc>,
-    /// The conversation's settings.
-    pub conversation: ExportedConversation,
-    /// Every message of the tree, oldest first (parents before their children).
-    pub messages: Vec<ExportedMessage>,
-    /// Where the active path ends (null for a conversation without messages).
-    pub active_leaf_id: Option<Uuid>,
-}
-
-/// The conversation's settings as exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ExportedConversation {
-    /// Its id in the exporting colloquy.
-    pub id: Uuid,
-    /// The title.
-    pub title: String,
-    /// `chat` or `knowledge`.
-    pub kind: String,
-    /// The model.
-    pub model: String,
-    /// The system prompt.
-    pub system_prompt: Option<String>,
-    /// Whether replies were grounded in the owner's knowledge base.
-    pub grounded: bool,
-    /// When started.
-    pub created_at: DateTime<Utc>,
-}
-
-/// One message of the tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ExportedMessage {
-    /// Its id in the exporting colloquy.
-    pub id: Uuid,
-    /// The message it follows (a reply: the one it answers); null for a first message.
-    pub parent_id: Option<Uuid>,
-    /// `user` or `assistant`.
-    pub role: String,
-    /// The text (a failed or cancelled reply's partial text).
-    pub content: String,
-    /// When written.
-    pub created_at: DateTime<Utc>,
-    /// `completed`, `failed`, `cancelled` (or `streaming` for a reply still running).
-    pub status: String,
-    /// A reply's model (a user message's: the one it asked for).
-    pub model: Option<String>,
-    /// A reply's provider.
-    pub provider: Option<String>,
-    /// A reply's tokens.
-    pub usage: Option<MessageUsage>,
-    /// The message it is an edit of.
-    pub edit_of: Option<Uuid>,
-    /// The passages a grounded reply's prompt quoted.
-    #[serde(default)]
-    pub citations: Vec<MessageCitation>,
-}
+use crate::messages::Message;
 
 /// `owner`'s conversation `id` exported, or `None` when it is not theirs (or deleted).
 pub async fn export(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<Export>, sqlx::Error> {
@@ -117,9 +49,24 @@ fn exported(m: Message, parent_id: Option<Uuid>, edit_of: Option<Uuid>) -> Expor
         status: m.status,
         model: m.model,
         provider: m.provider,
-        usage: m.usage,
+        usage: m.usage.map(|u| TokenUsage {
+            input_tokens: u32::try_from(u.input_tokens).unwrap_or(u32::MAX),
+            output_tokens: u32::try_from(u.output_tokens).unwrap_or(u32::MAX),
+        }),
         edit_of,
-        citations: m.citations,
+        citations: m
+            .citations
+            .into_iter()
+            .map(|c| Citation {
+                document_id: c.document_id,
+                version: c.version,
+                chunk_id: c.chunk_id,
+                position: c.position,
+                title: c.title,
+                text: c.text,
+                score: c.score,
+            })
+            .collect(),
     }
 }
 

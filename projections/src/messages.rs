@@ -271,6 +271,37 @@ impl Projection for MessagesProjection {
                 .execute(&mut *conn)
                 .await?;
             }
+            E::MessageImported(m) => {
+                let usage = m.usage.unwrap_or_default();
+                let is_reply = m.role == "assistant";
+                // The owner from the event store (the conversation's first event).
+                let started = colloquy_infra::event_store::conversation_started(&mut *conn, id).await?;
+                let owner =
+                    started.map(|s| s.owner_id).ok_or_else(|| ApplyError::poison("an import of no conversation"))?;
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
+                                          status, in_reply_to, model, provider, input_tokens, output_tokens,
+                                          citations, parent_id, leaf_since)
+                     VALUES ($1, $2, $15, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $3)"
+                ))
+                .bind(m.message_id)
+                .bind(id)
+                .bind(e.sequence)
+                .bind(&m.role)
+                .bind(&m.content)
+                .bind(m.written_at)
+                .bind(&m.status)
+                .bind(m.parent_id.filter(|_| is_reply))
+                .bind(&m.model)
+                .bind(&m.provider)
+                .bind(m.usage.map(|_| i64::from(usage.input_tokens)))
+                .bind(m.usage.map(|_| i64::from(usage.output_tokens)))
+                .bind(sqlx::types::Json(&m.citations))
+                .bind(m.parent_id)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?;
+            }
             E::ReplyRequested(r) => {
                 // The active path ends at the message until the new reply starts.
                 set_leaf(conn, table, id, r.in_reply_to, e.sequence).await?;
@@ -355,6 +386,7 @@ impl Projection for MessagesProjection {
             }
             E::ConversationShared(_)
             | E::ShareRevoked(_)
+            | E::ConversationImported(_)
             | E::ConversationStarted(_)
             | E::ConversationRenamed(_)
             | E::TitleGenerated(_)

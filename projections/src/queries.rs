@@ -364,7 +364,17 @@ impl Queries {
 
     /// One of `user`'s conversations exported (the whole tree).
     #[instrument(skip_all, fields(%user, %id))]
-    pub async fn export(&self, user: Uuid, id: Uuid) -> Result<crate::export::Export, QueryError> {
+    pub async fn export(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        min_version: Option<i64>,
+    ) -> Result<colloquy_domain::conversation::export::Export, QueryError> {
+        if min_version.is_some() {
+            check_min_version(min_version)?;
+            self.ensure_owner(user, id).await?;
+        }
+        self.await_version(&[conversations::NAME, messages::NAME], &id.to_string(), min_version).await?;
         crate::export::export(&self.pool, user, id).await?.ok_or(QueryError::NotFound(Resource::Conversation))
     }
 

@@ -264,12 +264,14 @@ pub struct ExportQuery {
     /// `json` (default: the whole tree, colloquy's import format) or `markdown` (the
     /// active path, for people).
     pub format: Option<String>,
+    /// Wait until the read models reflect this conversation version.
+    pub min_version: Option<i64>,
 }
 
 /// Exports a conversation: as JSON, the whole message tree with models, usage and citations
 /// (what `POST /conversations/import` reads); as Markdown, the active path.
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/export", tag = "conversations", params(ExportQuery),
-    responses((status = 200, body = colloquy_projections::export::Export), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Object, description = "colloquy's export document (JSON) or the active path (Markdown)"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_export(
     state: web::Data<AppState>,
@@ -287,7 +289,7 @@ pub async fn get_export(
             ))
         }
     };
-    let export = state.queries.export(me.user, *id).await?;
+    let export = state.queries.export(me.user, *id, q.min_version).await?;
     let name = format!("conversation-{id}");
     Ok(match markdown {
         true => HttpResponse::Ok()
@@ -298,6 +300,26 @@ pub async fn get_export(
             .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}.json\"")))
             .json(export),
     })
+}
+
+/// Largest export `POST /conversations/import` reads.
+pub const IMPORT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Creates a conversation from colloquy's own export (`GET .../export`): the tree, the
+/// active branch and the settings, with new ids; its events say it was imported, and no
+/// model is asked for anything.
+#[utoipa::path(post, path = "/api/v1/conversations/import", tag = "conversations",
+    request_body(content = Object, description = "colloquy's export document"),
+    responses((status = 201, body = ConversationAccepted), (status = 422, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_import(
+    state: web::Data<AppState>,
+    me: Authenticated,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let export = parse(body.into_inner())?;
+    let accepted = state.commands.import_conversation(&me.caller, export).await?;
+    Ok(answer(StatusCode::CREATED, accepted))
 }
 
 /// One event of the audit trail.
@@ -377,6 +399,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         super::resource("/conversations", "GET, POST")
             .route(web::post().to(post_conversation))
             .route(web::get().to(get_conversations)),
+    )
+    // Before `/conversations/{id}`, which would take `import` for an id.
+    .service(
+        super::resource("/conversations/import", "POST")
+            .app_data(crate::body::json_config(IMPORT_LIMIT_BYTES))
+            .route(web::post().to(post_import)),
     )
     .service(
         super::resource("/conversations/{id}", "GET, PATCH, DELETE")

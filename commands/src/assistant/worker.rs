@@ -312,10 +312,21 @@ async fn question_of(
             Ok(Some((event.sequence, posted, reply_id, None)))
         }
         Ok(ConversationEvent::ReplyRequested(requested)) => {
-            let message = event_store::posted_message(&shared.pool, conversation_id, requested.in_reply_to)
+            // The message answered again: posted here or imported.
+            let message = event_store::user_message_text(&shared.pool, conversation_id, requested.in_reply_to)
                 .await
                 .map_err(|e| ReplyError::Infrastructure(e.to_string()))?;
-            Ok(message.map(|(sequence, posted)| (sequence, posted, requested.reply_id, requested.model)))
+            Ok(message.map(|(sequence, content, model)| {
+                let posted = UserMessagePosted {
+                    message_id: requested.in_reply_to,
+                    author_id: requested.requested_by,
+                    content,
+                    model,
+                    parent_id: None,
+                    edit_of: None,
+                };
+                (sequence, posted, requested.reply_id, requested.model)
+            }))
         }
         _ => Ok(None),
     }

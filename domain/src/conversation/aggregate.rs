@@ -163,6 +163,36 @@ impl Conversation {
     }
 }
 
+/// Checks imported messages form a tree in order: unique ids, each parent an earlier
+/// message, known roles, user text that passes as a message, at most
+/// [`IMPORT_MAX_MESSAGES`], and a leaf among them.
+fn check_import(messages: &[MessageImported], leaf: Option<Uuid>) -> Result<(), ConversationError> {
+    let invalid = |reason: String| ConversationError::InvalidImport { reason };
+    if messages.len() > IMPORT_MAX_MESSAGES {
+        return Err(invalid(format!("{} messages; at most {IMPORT_MAX_MESSAGES}", messages.len())));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(parent) = m.parent_id.filter(|p| !seen.contains(p)) {
+            return Err(invalid(format!("message {i} follows {parent}, which is not an earlier message")));
+        }
+        match m.role.as_str() {
+            "user" => message(&m.content)?,
+            "assistant" => {}
+            other => return Err(invalid(format!("message {i} has role {other}"))),
+        }
+        if !seen.insert(m.message_id) {
+            return Err(invalid(format!("message {i} repeats the id {}", m.message_id)));
+        }
+    }
+    match leaf {
+        Some(leaf) if !seen.contains(&leaf) => {
+            Err(invalid(format!("the active leaf {leaf} is not one of the messages")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The rejection for a refused piece of text: `length` when it is empty or too long.
 fn text_error(field: TextField, length: ConversationError) -> impl FnOnce(TextError) -> ConversationError {
     move |e| match e {
@@ -217,6 +247,46 @@ impl Aggregate for Conversation {
         use ConversationCommand as C;
         use ConversationEvent as E;
         let event = match command {
+            C::ImportConversation {
+                conversation_id,
+                owner_id,
+                title: t,
+                kind,
+                model: m,
+                system_prompt: prompt,
+                grounded,
+                source,
+                messages,
+                leaf_id,
+            } => {
+                if self.status != ConversationStatus::New {
+                    return Err(ConversationError::AlreadyStarted.into());
+                }
+                let started = ConversationStarted {
+                    conversation_id,
+                    owner_id,
+                    title: title(&t)?,
+                    kind,
+                    model: model(&m)?,
+                    system_prompt: prompt.as_deref().map(system_prompt).transpose()?,
+                    title_pending: false,
+                };
+                check_import(&messages, leaf_id)?;
+                let mut events = vec![E::ConversationStarted(started)];
+                if grounded != (kind == ConversationKind::Knowledge) {
+                    events.push(E::GroundingChanged(GroundingChanged { enabled: grounded }));
+                }
+                events.push(E::ConversationImported(source));
+                let last = messages.last().map(|m| m.message_id);
+                events.extend(messages.into_iter().map(E::MessageImported));
+                if let Some(leaf_id) = leaf_id.filter(|l| Some(*l) != last) {
+                    events.push(E::BranchActivated(BranchActivated { message_id: leaf_id, leaf_id }));
+                }
+                for event in events {
+                    sink.write(event, self).await;
+                }
+                return Ok(());
+            }
             C::StartConversation { conversation_id, owner_id, title: t, kind, model: m, system_prompt: prompt } => {
                 if self.status != ConversationStatus::New {
                     return Err(ConversationError::AlreadyStarted.into());
@@ -456,6 +526,13 @@ impl Aggregate for Conversation {
             E::ReplyRequested(e) => self.leaf = Some(e.in_reply_to),
             E::BranchActivated(e) => self.leaf = Some(e.leaf_id),
             E::ConversationShared(e) => self.shares.push(e.share_id),
+            E::ConversationImported(_) => {}
+            E::MessageImported(e) => {
+                if e.role == "user" {
+                    self.message_count += 1;
+                }
+                self.leaf = Some(e.message_id);
+            }
             E::ShareRevoked(e) => self.shares.retain(|s| *s != e.share_id),
             E::ReplyStarted(e) => {
                 // A reply continues the active path only if that path ends at its question

@@ -111,6 +111,30 @@ pub enum ConversationCommand {
         /// A message of the branch.
         message_id: Uuid,
     },
+    /// Create the conversation from an export: started, then every message recorded as
+    /// imported (no model is asked), then the active leaf set.
+    ImportConversation {
+        /// The new conversation's id.
+        conversation_id: Uuid,
+        /// Its owner (the importer).
+        owner_id: Uuid,
+        /// The title.
+        title: String,
+        /// The type.
+        kind: ConversationKind,
+        /// The model to answer with from now on.
+        model: String,
+        /// The system prompt.
+        system_prompt: Option<String>,
+        /// Whether replies are grounded.
+        grounded: bool,
+        /// Where it came from.
+        source: super::ConversationImported,
+        /// The messages, parents before children, with their new ids.
+        messages: Vec<super::MessageImported>,
+        /// The active leaf (one of `messages`).
+        leaf_id: Option<Uuid>,
+    },
     /// Make a read-only link to the conversation as it is now.
     ShareConversation {
         /// Who asks.

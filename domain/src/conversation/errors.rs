@@ -69,6 +69,13 @@ pub enum ConversationError {
     /// A message with this id is already in the conversation.
     #[error("a message with this id already exists")]
     DuplicateMessage,
+    /// An import whose messages do not form a tree (a parent that is not an earlier message,
+    /// an id twice, an unknown role, a leaf that is not one of them) or are too many.
+    #[error("the export is not a conversation colloquy can import: {reason}")]
+    InvalidImport {
+        /// What is wrong.
+        reason: String,
+    },
     /// A share that does not exist (or was revoked already).
     #[error("the share does not exist")]
     ShareNotFound,

@@ -160,6 +160,47 @@ pub struct ShareRevoked {
     pub share_id: Uuid,
 }
 
+/// The conversation was created from an export (its messages follow as
+/// [`MessageImported`] events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationImported {
+    /// The exported conversation's id, where it came from.
+    pub source_conversation_id: Uuid,
+    /// The export format read (`colloquy.conversation`).
+    pub format: String,
+    /// Its version.
+    pub format_version: u32,
+    /// How many messages were imported.
+    pub messages: u32,
+}
+
+/// A message recorded from an export, not written here: no model was asked for it, and no
+/// reply follows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageImported {
+    /// Its id in this conversation.
+    pub message_id: Uuid,
+    /// The message it follows (a reply: the one it answers), already in this conversation;
+    /// `null` for a first message.
+    pub parent_id: Option<Uuid>,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// A reply's status in the export (`completed`, `failed`, `cancelled`).
+    pub status: String,
+    /// The model that wrote a reply (or a user message asked for).
+    pub model: Option<String>,
+    /// The provider that wrote a reply.
+    pub provider: Option<String>,
+    /// A reply's tokens as exported (not a call of this colloquy: not in its usage ledger).
+    pub usage: Option<TokenUsage>,
+    /// The passages a reply quoted.
+    pub citations: Vec<Citation>,
+    /// When it was written, as exported.
+    pub written_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The generation parameters a reply was asked with; `None` leaves a parameter to the
 /// provider's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -345,6 +386,10 @@ crate::domain_events! {
         ConversationShared(ConversationShared) = "1.0",
         /// See [`ShareRevoked`].
         ShareRevoked(ShareRevoked) = "1.0",
+        /// See [`ConversationImported`].
+        ConversationImported(ConversationImported) = "1.0",
+        /// See [`MessageImported`].
+        MessageImported(MessageImported) = "1.0",
         /// See [`ReplyStarted`].
         ReplyStarted(ReplyStarted) = "1.1",
         /// See [`ReplyCompleted`].
@@ -419,6 +464,24 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 leaf_id: Some(reply),
             }),
             Self::ShareRevoked(ShareRevoked { share_id: Uuid::from_u128(7) }),
+            Self::ConversationImported(ConversationImported {
+                source_conversation_id: Uuid::from_u128(8),
+                format: "colloquy.conversation".into(),
+                format_version: 1,
+                messages: 2,
+            }),
+            Self::MessageImported(MessageImported {
+                message_id: Uuid::from_u128(9),
+                parent_id: Some(id),
+                role: "assistant".into(),
+                content: "Lisbon is lovely in May.".into(),
+                status: "completed".into(),
+                model: Some("gpt-4o-mini".into()),
+                provider: Some("openai".into()),
+                usage: Some(TokenUsage { input_tokens: 20, output_tokens: 8 }),
+                citations: vec![],
+                written_at: chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap_or_default(),
+            }),
             Self::GroundingChanged(GroundingChanged { enabled: true }),
             Self::ReplyStarted(ReplyStarted {
                 reply_id: reply,
