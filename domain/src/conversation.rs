@@ -14,7 +14,7 @@ mod import_tests;
 #[cfg(test)]
 mod share_tests;
 #[cfg(test)]
-mod test_ports;
+mod test_support;
 #[cfg(test)]
 mod tree_tests;
 pub mod tree;

@@ -62,11 +62,10 @@ impl ModelPrice {
     }
 }
 
-impl AssistantSettings {
-    /// The price of `model` at `provider` (`prices["provider/model"]`), if configured.
-    pub fn price(&self, provider: &str, model: &str) -> Option<ModelPrice> {
-        self.prices.get(&format!("{provider}/{model}")).copied()
-    }
+/// The price of `model` at `provider` in `prices` (keyed `provider/model`, as routes name
+/// their targets), if configured.
+pub fn price_of(prices: &PriceTable, provider: &str, model: &str) -> Option<ModelPrice> {
+    prices.get(&format!("{provider}/{model}")).copied()
 }
 
 /// The assistant worker's knobs.

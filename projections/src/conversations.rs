@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, domain_event, ApplyError, Projection};
 
 /// Projects Conversation events into `rm_conversations`.
 pub struct ConversationsProjection;
@@ -74,8 +74,7 @@ impl Projection for ConversationsProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
-        let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         // Every change but start and delete is one UPDATE of some columns, guarded by the
         // row's version: applying an event twice cannot count twice, whatever the caller.
         let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {

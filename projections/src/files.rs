@@ -22,7 +22,7 @@ use cqrs_es::Aggregate;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, domain_event, ApplyError, Projection};
 
 /// Projects File events into `rm_files`.
 pub struct FilesProjection;
@@ -74,7 +74,7 @@ impl Projection for FilesProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
-        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("file id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         let owner = match domain_event::<FileEvent>(e)? {
             FileEvent::FileUploaded(u) => {
                 if u.file_id != id {

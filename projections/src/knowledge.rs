@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::files::column;
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, domain_event, ApplyError, Projection};
 
 /// Projects KnowledgeDocument events into `rm_knowledge_documents`.
 pub struct KnowledgeProjection;
@@ -91,8 +91,7 @@ impl Projection for KnowledgeProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use KnowledgeDocumentEvent as E;
-        let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("document id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         let owner = match domain_event::<KnowledgeDocumentEvent>(e)? {
             E::DocumentCreated(c) => {
                 if c.document_id != id {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, conversation_owner, domain_event, ApplyError, Projection};
 
 /// Projects Conversation events into `rm_messages`.
 pub struct MessagesProjection;
@@ -236,8 +236,7 @@ impl Projection for MessagesProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
-        let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         match domain_event::<ConversationEvent>(e)? {
             E::UserMessagePosted(m) => {
                 // Events before 1.2 name no parent: they follow the row recorded before them.
@@ -274,10 +273,7 @@ impl Projection for MessagesProjection {
             E::MessageImported(m) => {
                 let usage = m.usage.unwrap_or_default();
                 let is_reply = m.role == "assistant";
-                // The owner from the event store (the conversation's first event).
-                let started = colloquy_infra::event_store::conversation_started(&mut *conn, id).await?;
-                let owner =
-                    started.map(|s| s.owner_id).ok_or_else(|| ApplyError::poison("an import of no conversation"))?;
+                let owner = conversation_owner(conn, id).await?;
                 sqlx::query(&format!(
                     "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
                                           status, in_reply_to, model, provider, input_tokens, output_tokens,

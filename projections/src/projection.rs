@@ -351,6 +351,22 @@ pub async fn apply_batch(
 }
 
 /// Decodes the domain event of a stored event, or a poison error.
+/// The event's aggregate id as a UUID (every aggregate's is one); anything else is poison.
+pub fn aggregate_uuid(event: &StoredEvent) -> Result<Uuid, ApplyError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|_| ApplyError::poison(format!("{} id {} is not a UUID", event.aggregate_type, event.aggregate_id)))
+}
+
+/// The owner of conversation `id`, from the event store (its `ConversationStarted`, by
+/// primary key): projections do not read each other's tables, which may lag behind theirs.
+pub async fn conversation_owner(conn: &mut PgConnection, id: Uuid) -> Result<Uuid, ApplyError> {
+    event_store::conversation_owner(&mut *conn, id)
+        .await?
+        .ok_or_else(|| ApplyError::poison(format!("conversation {id} has no ConversationStarted")))
+}
+
 pub fn domain_event<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Result<E, ApplyError> {
     event.to_domain().map_err(|e| {
         ApplyError::poison_because(format!("{} is not a valid {}", event.event_type, event.aggregate_type), e)

@@ -5,14 +5,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use colloquy_domain::conversation::ConversationEvent;
 use colloquy_domain::Conversation;
-use colloquy_infra::event_store::{self, StoredEvent};
+use colloquy_infra::event_store::StoredEvent;
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::messages::{self, Message};
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, conversation_owner, domain_event, ApplyError, Projection};
 
 /// The projection's name.
 pub const NAME: &str = "shares";
@@ -36,14 +36,10 @@ impl Projection for SharesProjection {
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
-        let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         match domain_event::<ConversationEvent>(e)? {
             E::ConversationShared(s) => {
-                // The owner from the event store: projections do not read each other's tables.
-                let started = event_store::conversation_started(&mut *conn, id).await?;
-                let owner =
-                    started.map(|s| s.owner_id).ok_or_else(|| ApplyError::poison("a share of no conversation"))?;
+                let owner = conversation_owner(conn, id).await?;
                 sqlx::query(&format!(
                     "INSERT INTO {table} (share_id, conversation_id, owner_id, token_sha256, title, version, leaf_id, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"

@@ -11,14 +11,14 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use colloquy_domain::conversation::{ConversationEvent, TokenUsage};
 use colloquy_domain::Conversation;
-use colloquy_infra::assistant_settings::PriceTable;
-use colloquy_infra::event_store::{self, StoredEvent};
+use colloquy_infra::assistant_settings::{price_of, PriceTable};
+use colloquy_infra::event_store::StoredEvent;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, conversation_owner, domain_event, ApplyError, Projection};
 
 /// The projection's name.
 pub const NAME: &str = "usage";
@@ -76,14 +76,9 @@ impl Projection for UsageProjection {
         };
         // A reply that ended before any provider answered made no call worth a row.
         let Some(call) = call else { return Ok(None) };
-        let id: Uuid =
-            e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("conversation id {}", e.aggregate_id)))?;
-        // The owner from the event store (the conversation's first event): projections do not
-        // read each other's tables, which may lag.
-        let started = event_store::conversation_started(&mut *conn, id).await?;
-        let owner = started.map(|s| s.owner_id).ok_or_else(|| ApplyError::poison("a reply of no conversation"))?;
+        let owner = conversation_owner(conn, aggregate_uuid(e)?).await?;
         let (input, output) = (u64::from(call.usage.input_tokens), u64::from(call.usage.output_tokens));
-        let price = self.prices.get(&format!("{}/{}", call.provider, call.model));
+        let price = price_of(&self.prices, call.provider, call.model);
         let cost = price.map_or(0.0, |p| p.cost(input, output));
         sqlx::query(&format!(
             "INSERT INTO {table} (owner_id, day, provider, model, calls, input_tokens, output_tokens, cost, priced)

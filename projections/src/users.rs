@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::projection::{domain_event, ApplyError, Projection};
+use crate::projection::{aggregate_uuid, domain_event, ApplyError, Projection};
 
 /// Projects User events into `rm_users`.
 pub struct UsersProjection;
@@ -58,7 +58,7 @@ impl Projection for UsersProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
-        let id: Uuid = e.aggregate_id.parse().map_err(|_| ApplyError::poison(format!("user id {}", e.aggregate_id)))?;
+        let id = aggregate_uuid(e)?;
         match domain_event::<UserEvent>(e)? {
             UserEvent::UserRegistered(r) => {
                 let role =

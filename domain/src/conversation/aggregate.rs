@@ -559,7 +559,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::conversation::test_ports::Unreachable;
+    use crate::conversation::test_support::Unreachable;
     use crate::decision::PortError;
 
     type ConvTest = TestFramework<Conversation>;

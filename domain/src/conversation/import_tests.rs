@@ -6,14 +6,12 @@ use std::sync::Arc;
 use cqrs_es::test::TestFramework;
 use uuid::Uuid;
 
-use super::test_ports::Unreachable;
+use super::test_support::{started, Unreachable, CONV, OWNER};
 use super::*;
 use crate::decision::Refusal;
 
 type ConvTest = TestFramework<Conversation>;
 
-const OWNER: Uuid = Uuid::from_u128(1);
-const CONV: Uuid = Uuid::from_u128(9);
 const Q: Uuid = Uuid::from_u128(11);
 const A: Uuid = Uuid::from_u128(12);
 const A2: Uuid = Uuid::from_u128(13);
@@ -46,7 +44,7 @@ fn import(messages: Vec<MessageImported>, leaf_id: Option<Uuid>, grounded: bool)
     ConversationCommand::ImportConversation {
         conversation_id: CONV,
         owner_id: OWNER,
-        title: "Plans".into(),
+        title: "t".into(),
         kind: ConversationKind::Chat,
         model: "m".into(),
         system_prompt: None,
@@ -55,18 +53,6 @@ fn import(messages: Vec<MessageImported>, leaf_id: Option<Uuid>, grounded: bool)
         messages,
         leaf_id,
     }
-}
-
-fn started() -> ConversationEvent {
-    ConversationEvent::ConversationStarted(ConversationStarted {
-        conversation_id: CONV,
-        owner_id: OWNER,
-        title: "Plans".into(),
-        kind: ConversationKind::Chat,
-        model: "m".into(),
-        system_prompt: None,
-        title_pending: false,
-    })
 }
 
 fn test() -> ConvTest {

@@ -10,7 +10,7 @@ use cqrs_es::Aggregate;
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use super::test_ports::Unreachable;
+use super::test_support::Unreachable;
 use super::*;
 use crate::decision::{PortError, Refusal};
 use crate::values::{TextField, MODEL_NAME_MAX};

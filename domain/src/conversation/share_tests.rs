@@ -6,40 +6,14 @@ use std::sync::Arc;
 use cqrs_es::test::TestFramework;
 use uuid::Uuid;
 
-use super::test_ports::Unreachable;
+use super::test_support::{posted, started, Unreachable, OWNER, STRANGER};
 use super::*;
 use crate::decision::Refusal;
 
 type ConvTest = TestFramework<Conversation>;
 
-const OWNER: Uuid = Uuid::from_u128(1);
-const STRANGER: Uuid = Uuid::from_u128(2);
-const CONV: Uuid = Uuid::from_u128(9);
 const MSG: Uuid = Uuid::from_u128(11);
 const SHARE: Uuid = Uuid::from_u128(40);
-
-fn started() -> ConversationEvent {
-    ConversationEvent::ConversationStarted(ConversationStarted {
-        conversation_id: CONV,
-        owner_id: OWNER,
-        title: "t".into(),
-        kind: ConversationKind::Chat,
-        model: "m".into(),
-        system_prompt: None,
-        title_pending: false,
-    })
-}
-
-fn posted() -> ConversationEvent {
-    ConversationEvent::UserMessagePosted(UserMessagePosted {
-        message_id: MSG,
-        author_id: OWNER,
-        content: "hi".into(),
-        model: None,
-        parent_id: None,
-        edit_of: None,
-    })
-}
 
 fn shared(share_id: Uuid, leaf_id: Option<Uuid>) -> ConversationEvent {
     ConversationEvent::ConversationShared(ConversationShared {
@@ -61,7 +35,7 @@ fn test() -> ConvTest {
 
 #[tokio::test]
 async fn a_share_pins_the_end_of_the_active_path() {
-    test().given(vec![started(), posted()]).when_async(share(OWNER, SHARE)).await.then_expect_events(vec![shared(SHARE, Some(MSG))]);
+    test().given(vec![started(), posted(MSG, None, None)]).when_async(share(OWNER, SHARE)).await.then_expect_events(vec![shared(SHARE, Some(MSG))]);
     test().given(vec![started()]).when_async(share(OWNER, SHARE)).await.then_expect_events(vec![shared(SHARE, None)]);
     // The same share again records nothing (a retried request).
     test().given(vec![started(), shared(SHARE, None)]).when_async(share(OWNER, SHARE)).await.then_expect_events(vec![]);

@@ -9,15 +9,13 @@ use async_trait::async_trait;
 use cqrs_es::test::TestFramework;
 use uuid::Uuid;
 
+use super::test_support::{posted, started, CONV, OWNER, STRANGER};
 use super::tree::{self, ParentLink, TreeNode};
 use super::*;
 use crate::decision::{PortError, Refusal};
 
 type ConvTest = TestFramework<Conversation>;
 
-const OWNER: Uuid = Uuid::from_u128(1);
-const STRANGER: Uuid = Uuid::from_u128(2);
-const CONV: Uuid = Uuid::from_u128(9);
 const M1: Uuid = Uuid::from_u128(11);
 const M2: Uuid = Uuid::from_u128(12);
 const NEW: Uuid = Uuid::from_u128(20);
@@ -77,29 +75,6 @@ impl MessageLookup for Tree {
     async fn requested_reply(&self, conversation: Uuid, reply_id: Uuid) -> Result<Option<Uuid>, PortError> {
         Ok(self.requested.get(&reply_id).copied().filter(|_| conversation == CONV))
     }
-}
-
-fn started() -> ConversationEvent {
-    ConversationEvent::ConversationStarted(ConversationStarted {
-        conversation_id: CONV,
-        owner_id: OWNER,
-        title: "t".into(),
-        kind: ConversationKind::Chat,
-        model: "m".into(),
-        system_prompt: None,
-        title_pending: false,
-    })
-}
-
-fn posted(id: Uuid, parent: Option<Uuid>, edit_of: Option<Uuid>) -> ConversationEvent {
-    ConversationEvent::UserMessagePosted(UserMessagePosted {
-        message_id: id,
-        author_id: OWNER,
-        content: format!("message {}", id.as_u128()),
-        model: None,
-        parent_id: parent,
-        edit_of,
-    })
 }
 
 fn reply_started(reply_id: Uuid, to: Uuid) -> ConversationEvent {
