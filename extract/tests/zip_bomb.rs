@@ -5,23 +5,38 @@
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::cell::Cell;
 
 use colloquy_extract::{extract, sniff, ExtractError, Format, Limits};
 
-/// The system allocator, keeping the bytes currently allocated and their high-water mark.
+/// The system allocator, keeping for each thread the bytes it has allocated and their
+/// high-water mark: tests run on parallel threads, and only the measured thread's allocations
+/// may count (memory freed by another thread than the one that allocated it only lowers that
+/// thread's figure, hence signed counters).
 struct Counting;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(by: usize) {
-    let now = CURRENT.fetch_add(by, Ordering::SeqCst) + by;
-    PEAK.fetch_max(now, Ordering::SeqCst);
+thread_local! {
+    static CURRENT: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated around it.
+fn grew(by: usize) {
+    let by = isize::try_from(by).unwrap_or(isize::MAX);
+    // `try_with`: a thread being torn down has no counters left; its allocations do not count.
+    let _ = CURRENT.try_with(|current| {
+        let now = current.get().saturating_add(by);
+        current.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+fn shrank(by: usize) {
+    let by = isize::try_from(by).unwrap_or(isize::MAX);
+    let _ = CURRENT.try_with(|current| current.set(current.get().saturating_sub(by)));
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only thread-local counters (const
+// initialised, so touching them never allocates) are updated around it.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let pointer = unsafe { System.alloc(layout) };
@@ -33,13 +48,13 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         unsafe { System.dealloc(pointer, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+        shrank(layout.size());
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let moved = unsafe { System.realloc(pointer, layout, new_size) };
         if !moved.is_null() {
-            CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+            shrank(layout.size());
             grew(new_size);
         }
         moved
@@ -49,16 +64,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// One measurement at a time: tests run on parallel threads and share the counters.
-static MEASURING: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns its result with the most bytes it had allocated at once.
+/// Runs `f` on this thread and returns its result with the most bytes it had allocated at
+/// once (extraction runs on the calling thread).
 fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let _guard = MEASURING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let baseline = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(baseline, Ordering::SeqCst);
+    let baseline = CURRENT.with(Cell::get);
+    PEAK.with(|peak| peak.set(baseline));
     let result = f();
-    (result, PEAK.load(Ordering::SeqCst).saturating_sub(baseline))
+    let peak = PEAK.with(Cell::get);
+    (result, usize::try_from(peak.saturating_sub(baseline)).unwrap_or(0))
 }
 
 const MIB: usize = 1024 * 1024;
