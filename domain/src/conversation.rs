@@ -23,7 +23,7 @@ pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
 pub use commands::ConversationCommand;
 pub use errors::ConversationError;
 pub use events::{
-    BranchActivated, Citation, ConversationArchived, ConversationImported, ConversationShared, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
+    BranchActivated, Citation, ConversationArchived, ConversationImported, ConversationOpenedFromApi, ConversationShared, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,
     ConversationStarted, ConversationUnarchived, GroundingChanged, MessageImported, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed,
     ReplyFailure, ReplyParameters, ReplyRequested, ReplyStarted, ShareRevoked, TitleGenerated, TokenUsage, UserMessagePosted,
 };

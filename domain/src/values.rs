@@ -96,6 +96,8 @@ pub enum TextField {
     Category,
     /// A knowledge document's text.
     DocumentText,
+    /// The name of an API key.
+    ApiKeyName,
 }
 
 impl std::fmt::Display for TextField {
@@ -106,6 +108,7 @@ impl std::fmt::Display for TextField {
             Self::Model => "model name",
             Self::SystemPrompt => "system prompt",
             Self::FullName => "full name",
+            Self::ApiKeyName => "API key name",
             Self::FileName => "file name",
             Self::Tag => "tag",
             Self::Category => "category",

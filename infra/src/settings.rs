@@ -574,6 +574,9 @@ pub struct StreamSettings {
     pub ws_buffer: usize,
     /// Seconds an SSE client waits for a reply's stream to start.
     pub wait_for_start_secs: u64,
+    /// Seconds a non-streaming chat completion (`POST /v1/chat/completions` without
+    /// `stream`) waits for its reply to end before answering 504 (the reply is cancelled).
+    pub completion_timeout_secs: u64,
 }
 
 impl Default for StreamSettings {
@@ -587,6 +590,7 @@ impl Default for StreamSettings {
             ws_timeout_secs: 30,
             ws_buffer: 256,
             wait_for_start_secs: 60,
+            completion_timeout_secs: 600,
         }
     }
 }

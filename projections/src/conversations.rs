@@ -52,6 +52,14 @@ pub struct ConversationSummary {
     pub created_at: DateTime<Utc>,
     /// Time of the last change.
     pub last_activity_at: DateTime<Utc>,
+    /// Where it came from: `app` (started here), `import` (from an export) or `api` (a chat
+    /// completion asked through the OpenAI-compatible API).
+    #[serde(default = "app_origin")]
+    pub origin: String,
+}
+
+fn app_origin() -> String {
+    "app".into()
 }
 
 fn enum_str<T: Serialize>(v: T) -> String {
@@ -114,12 +122,13 @@ impl Projection for ConversationsProjection {
             },
             E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
             E::MessageImported(m) if m.role == "user" => ("message_count = message_count + 1,", None),
+            E::ConversationImported(_) => ("origin = 'import',", None),
+            E::ConversationOpenedFromApi(_) => ("origin = 'api',", None),
             E::ReplyStarted(_)
             | E::ReplyRequested(_)
             | E::BranchActivated(_)
             | E::ConversationShared(_)
             | E::ShareRevoked(_)
-            | E::ConversationImported(_)
             | E::MessageImported(_)
             | E::ReplyCompleted(_)
             | E::ReplyFailed(_)

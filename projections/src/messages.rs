@@ -383,6 +383,7 @@ impl Projection for MessagesProjection {
             E::ConversationShared(_)
             | E::ShareRevoked(_)
             | E::ConversationImported(_)
+            | E::ConversationOpenedFromApi(_)
             | E::ConversationStarted(_)
             | E::ConversationRenamed(_)
             | E::TitleGenerated(_)

@@ -106,6 +106,15 @@ impl Projection for UsersProjection {
                 .execute(&mut *conn)
                 .await?;
             }
+            // Keys are not part of the profile (their list is the credential table's); the
+            // version still moves, so that `min_version` waits end.
+            UserEvent::ApiKeyCreated(_) | UserEvent::ApiKeyRevoked(_) => {
+                sqlx::query(&format!("UPDATE {table} SET version = $2 WHERE user_id = $1 AND version < $2"))
+                    .bind(id)
+                    .bind(e.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
         Ok(Some(id))
     }

@@ -254,6 +254,7 @@ async fn a_started_conversation_is_projected_with_its_settings() {
         version: 1,
         created_at: at,
         last_activity_at: at,
+        origin: "app".into(),
     };
     assert_eq!(conversation_row(&db.pool, user, conversation).await, expected);
     assert_eq!(progress(&db.pool, &ConversationsProjection, conversation).await, 1);

@@ -38,6 +38,12 @@ pub fn estimate(messages: &[ChatMessage]) -> usize {
     count_with(tiktoken_rs::cl100k_base_singleton(), messages)
 }
 
+/// An estimate of the tokens of a plain text (no chat framing), with `cl100k_base`: what
+/// OpenAI's embedding models count.
+pub fn estimate_text(text: &str) -> usize {
+    tiktoken_rs::cl100k_base_singleton().encode_ordinary(text).len()
+}
+
 fn count_with(bpe: &CoreBPE, messages: &[ChatMessage]) -> usize {
     messages.iter().map(|m| PER_MESSAGE + PER_ROLE + bpe.encode_ordinary(&m.content).len()).sum::<usize>()
         + REPLY_PRIMING

@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource; each exposes `configure`.
 
+pub mod api_keys;
 pub mod auth;
 pub mod branches;
 pub mod conversations;
@@ -7,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod knowledge;
 pub mod models;
+pub mod openai;
 pub mod replies;
 pub mod shares;
 pub mod users;
@@ -48,6 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .configure(auth::configure)
+            .configure(api_keys::configure)
             .configure(users::configure)
             .configure(conversations::configure)
             .configure(branches::configure)

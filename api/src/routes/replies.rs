@@ -137,7 +137,15 @@ pub async fn get_reply_stream(
                 .body(replay_ended(&reply, after.is_some())));
         }
     }
-    let request = RelayRequest { reply_id, conversation_id, owner: me.user, target, after };
+    let request = RelayRequest {
+        reply_id,
+        conversation_id,
+        owner: me.user,
+        target,
+        after,
+        usage_chunk: true,
+        cancel_on_disconnect: false,
+    };
     let active = Active::new(&state.scrape.metrics.sse_streams_active);
     let relay = SseRelay::new(state.streams.clone(), sub, request, active);
     Ok(HttpResponse::Ok()

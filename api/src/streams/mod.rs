@@ -2,6 +2,7 @@
 //! instance), SSE in OpenAI's `chat.completion.chunk` format ([`sse`]) and the WebSocket
 //! session carrying every reply of a user's conversations ([`ws`]).
 
+pub mod collect;
 pub mod hub;
 pub mod sse;
 pub mod ws;

@@ -31,6 +31,7 @@ pub struct ChunkFormatter {
     completion_id: String,
     model: String,
     created: i64,
+    usage_chunk: bool,
 }
 
 fn event(out: &mut String, id: Option<&str>, data: &Value) {
@@ -61,7 +62,15 @@ pub fn not_found_events() -> String {
 impl ChunkFormatter {
     /// A formatter for `reply_id`'s chunks (`id` = `chatcmpl-<reply_id>`).
     pub fn new(reply_id: Uuid) -> Self {
-        Self { completion_id: format!("chatcmpl-{reply_id}"), model: String::new(), created: 0 }
+        Self { completion_id: format!("chatcmpl-{reply_id}"), model: String::new(), created: 0, usage_chunk: true }
+    }
+
+    /// Whether a completed reply's usage follows its last chunk as a chunk of its own (with
+    /// no choices). colloquy's own stream always sends it; the OpenAI-compatible route only
+    /// when the request asked (`stream_options.include_usage`), as OpenAI does.
+    pub fn with_usage_chunk(mut self, usage_chunk: bool) -> Self {
+        self.usage_chunk = usage_chunk;
+        self
     }
 
     /// Takes the model and creation time from a `Started` entry (for a client resuming
@@ -113,7 +122,9 @@ impl ChunkFormatter {
             }
             StreamEntry::Completed { finish_reason, usage } => {
                 event(out, Some(id), &self.chunk(json!({}), Some(finish_reason)));
-                event(out, Some(id), &self.usage(usage));
+                if self.usage_chunk {
+                    event(out, Some(id), &self.usage(usage));
+                }
                 done(out);
                 true
             }
@@ -159,7 +170,47 @@ pub struct SseRelay {
     keepalive: Duration,
     next_keepalive: Instant,
     finished: bool,
+    cancel_on_disconnect: Option<CancelOnDrop>,
     _active: Active,
+}
+
+/// Asks for a reply to be cancelled when dropped while armed: a client that goes away
+/// before its reply ended stops the generation (the OpenAI-compatible route's behaviour,
+/// as with OpenAI's API), wherever the worker runs.
+pub struct CancelOnDrop {
+    streams: ReplyStreams,
+    reply_id: Uuid,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    /// Armed for `reply_id`.
+    pub fn new(streams: ReplyStreams, reply_id: Uuid) -> Self {
+        Self { streams, reply_id, armed: true }
+    }
+
+    /// The reply ended: nothing to cancel any more.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (streams, reply_id) = (self.streams.clone(), self.reply_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = streams.request_cancel(reply_id).await {
+                    tracing::warn!(error = %e, %reply_id, "Could not cancel the reply of a client that went away.");
+                } else {
+                    tracing::info!(%reply_id, "Client went away before its reply ended; reply cancelled.");
+                }
+            });
+        }
+    }
 }
 
 /// What a relay is asked to relay.
@@ -174,6 +225,10 @@ pub struct RelayRequest {
     pub target: Target,
     /// `Last-Event-ID`: resume after this entry.
     pub after: Option<EntryId>,
+    /// Whether the usage chunk is sent (see [`ChunkFormatter::with_usage_chunk`]).
+    pub usage_chunk: bool,
+    /// Cancel the reply if the client goes away before it ended.
+    pub cancel_on_disconnect: bool,
 }
 
 impl SseRelay {
@@ -183,6 +238,8 @@ impl SseRelay {
         let settings = streams.settings();
         let keepalive = Duration::from_secs(settings.sse_keepalive_secs.max(1));
         let now = Instant::now();
+        let cancel_on_disconnect =
+            request.cancel_on_disconnect.then(|| CancelOnDrop::new(streams.clone(), request.reply_id));
         Self {
             wait_until: now + Duration::from_secs(settings.wait_for_start_secs),
             streams,
@@ -192,7 +249,8 @@ impl SseRelay {
             owner: request.owner,
             target: request.target,
             last: request.after.map(|id| (id, id.to_string())),
-            formatter: ChunkFormatter::new(request.reply_id),
+            formatter: ChunkFormatter::new(request.reply_id).with_usage_chunk(request.usage_chunk),
+            cancel_on_disconnect,
             knows_start: request.after.is_none(),
             started: false,
             catch_up: true,
@@ -224,6 +282,9 @@ impl SseRelay {
             self.last = Some((id, raw.clone()));
             if self.formatter.write(raw, entry, &mut out) {
                 self.finished = true;
+                if let Some(guard) = self.cancel_on_disconnect.as_mut() {
+                    guard.disarm();
+                }
                 break;
             }
         }

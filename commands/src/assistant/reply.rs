@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colloquy_domain::conversation::{
-    ConversationError, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyFailure, ReplyParameters,
-    ReplyStarted, TokenUsage, UserMessagePosted,
+    Conversation, ConversationError, ReplyAttempt, ReplyCancelled, ReplyCompleted, ReplyFailed, ReplyFailure,
+    ReplyParameters, ReplyStarted, TokenUsage, UserMessagePosted,
 };
 use colloquy_infra::event_store::{self, ConversationMessage, MessageRole};
 use colloquy_infra::reply_streams::{ReplyTarget, StreamEntry, StreamUsage};
@@ -78,6 +78,20 @@ enum Ending {
     LeaseLost,
 }
 
+/// The sampling parameters of a reply in `conversation`: the model's output limit, and for a
+/// conversation started through the OpenAI-compatible API what its request asked for (a
+/// `max_tokens` above the model's limit is capped at it).
+fn parameters_for(conversation: &Conversation, max_output_tokens: u32) -> Parameters {
+    match &conversation.api_parameters {
+        None => Parameters { max_tokens: Some(max_output_tokens), temperature: None, top_p: None },
+        Some(asked) => Parameters {
+            max_tokens: Some(asked.max_tokens.map_or(max_output_tokens, |m| m.min(max_output_tokens))),
+            temperature: asked.temperature,
+            top_p: asked.top_p,
+        },
+    }
+}
+
 /// Answers `question`, whose lease this worker holds. `Ok` once the reply has its final
 /// event (or never needs one: already answered, conversation gone).
 pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &CancellationToken) -> Result<(), ReplyError> {
@@ -112,7 +126,7 @@ pub async fn answer(shared: &Arc<Shared>, question: &Question, abort: &Cancellat
         .into_iter()
         .find(|m| m.name == model)
         .ok_or_else(|| infra(format!("model {model} is not configured")))?;
-    let parameters = Parameters { max_tokens: Some(info.max_output_tokens), temperature: None, top_p: None };
+    let parameters = parameters_for(&conversation, info.max_output_tokens);
     let limit = usize::try_from(shared.settings.history_limit).unwrap_or(usize::MAX);
     let history = event_store::path_messages(
         &shared.pool,
@@ -508,5 +522,27 @@ where
 async fn publish(shared: &Arc<Shared>, target: &ReplyTarget, entry: StreamEntry) {
     if let Err(e) = shared.streams.append(target, &entry).await {
         tracing::warn!(reply_id = %target.reply_id, error = %e, "Could not append to the reply's stream.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use colloquy_domain::conversation::{Conversation, ReplyParameters};
+
+    use super::parameters_for;
+
+    #[test]
+    fn an_api_conversation_answers_with_its_requests_parameters_within_the_models_limit() {
+        let mut conversation = Conversation::default();
+        let plain = parameters_for(&conversation, 512);
+        assert_eq!((plain.max_tokens, plain.temperature, plain.top_p), (Some(512), None, None));
+        conversation.api_parameters =
+            Some(ReplyParameters { max_tokens: Some(40), temperature: Some(0.3), top_p: Some(0.9) });
+        let asked = parameters_for(&conversation, 512);
+        assert_eq!((asked.max_tokens, asked.temperature, asked.top_p), (Some(40), Some(0.3), Some(0.9)));
+        conversation.api_parameters = Some(ReplyParameters { max_tokens: Some(4096), temperature: None, top_p: None });
+        assert_eq!(parameters_for(&conversation, 512).max_tokens, Some(512));
+        conversation.api_parameters = Some(ReplyParameters::default());
+        assert_eq!(parameters_for(&conversation, 512).max_tokens, Some(512));
     }
 }

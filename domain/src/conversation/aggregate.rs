@@ -72,6 +72,10 @@ pub struct Conversation {
     /// Live (not revoked) shares, at most [`SHARES_MAX`].
     #[serde(default)]
     pub shares: Vec<Uuid>,
+    /// The sampling parameters of a conversation started through the OpenAI-compatible API
+    /// (its replies use them); `None` for every other conversation.
+    #[serde(default)]
+    pub api_parameters: Option<ReplyParameters>,
 }
 
 impl Conversation {
@@ -282,6 +286,59 @@ impl Aggregate for Conversation {
                 if let Some(leaf_id) = leaf_id.filter(|l| Some(*l) != last) {
                     events.push(E::BranchActivated(BranchActivated { message_id: leaf_id, leaf_id }));
                 }
+                for event in events {
+                    sink.write(event, self).await;
+                }
+                return Ok(());
+            }
+            C::StartApiConversation {
+                conversation_id,
+                owner_id,
+                title: t,
+                model: m,
+                system_prompt: prompt,
+                request,
+                history,
+                message_id,
+                content,
+            } => {
+                if self.status != ConversationStatus::New {
+                    return Err(ConversationError::AlreadyStarted.into());
+                }
+                let model = model(&m)?;
+                let started = ConversationStarted {
+                    conversation_id,
+                    owner_id,
+                    title: title(&t)?,
+                    kind: ConversationKind::Chat,
+                    model: model.clone(),
+                    system_prompt: prompt.as_deref().map(system_prompt).transpose()?,
+                    title_pending: false,
+                };
+                check_import(&history, None)?;
+                message(&content)?;
+                let mut parent = None;
+                for (i, m) in history.iter().enumerate() {
+                    if m.parent_id != parent {
+                        let reason = format!("message {i} does not follow the message before it");
+                        return Err(ConversationError::InvalidImport { reason }.into());
+                    }
+                    parent = Some(m.message_id);
+                }
+                if history.iter().any(|m| m.message_id == message_id) {
+                    return Err(ConversationError::DuplicateMessage.into());
+                }
+                let posted = UserMessagePosted {
+                    message_id,
+                    author_id: owner_id,
+                    content,
+                    model: Some(model),
+                    parent_id: parent,
+                    edit_of: None,
+                };
+                let mut events = vec![E::ConversationStarted(started), E::ConversationOpenedFromApi(request)];
+                events.extend(history.into_iter().map(E::MessageImported));
+                events.push(E::UserMessagePosted(posted));
                 for event in events {
                     sink.write(event, self).await;
                 }
@@ -527,6 +584,7 @@ impl Aggregate for Conversation {
             E::BranchActivated(e) => self.leaf = Some(e.leaf_id),
             E::ConversationShared(e) => self.shares.push(e.share_id),
             E::ConversationImported(_) => {}
+            E::ConversationOpenedFromApi(e) => self.api_parameters = Some(e.parameters),
             E::MessageImported(e) => {
                 if e.role == "user" {
                     self.message_count += 1;

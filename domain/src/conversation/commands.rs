@@ -136,6 +136,29 @@ pub enum ConversationCommand {
         leaf_id: Option<Uuid>,
     },
     /// Make a read-only link to the conversation as it is now.
+    /// Starts a conversation for a chat completion asked through the OpenAI-compatible API:
+    /// the request's earlier turns as imported messages, its last message as posted (the
+    /// assistant answers it), in one decision.
+    StartApiConversation {
+        /// The new conversation's id.
+        conversation_id: Uuid,
+        /// The caller.
+        owner_id: Uuid,
+        /// The title (made from the request; the assistant is not asked for one).
+        title: String,
+        /// The model the request named.
+        model: String,
+        /// The request's system (and developer) messages, joined.
+        system_prompt: Option<String>,
+        /// What to record about the request.
+        request: super::ConversationOpenedFromApi,
+        /// The earlier turns, in order, each following the one before.
+        history: Vec<super::MessageImported>,
+        /// The last user message's id.
+        message_id: Uuid,
+        /// Its text.
+        content: String,
+    },
     ShareConversation {
         /// Who asks.
         actor_id: Uuid,

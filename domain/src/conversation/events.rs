@@ -160,6 +160,23 @@ pub struct ShareRevoked {
     pub share_id: Uuid,
 }
 
+/// The conversation was started by a request to the OpenAI-compatible API
+/// (`POST /v1/chat/completions`): the request's earlier turns follow as
+/// [`MessageImported`] events, its last user message as a [`UserMessagePosted`], which the
+/// assistant answers like any other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationOpenedFromApi {
+    /// The API key the request carried; `null` for an access token.
+    pub api_key_id: Option<Uuid>,
+    /// The route (`chat.completions`).
+    pub endpoint: String,
+    /// The sampling parameters the request asked for; the replies of this conversation use
+    /// them (`max_tokens` capped at the model's own limit).
+    pub parameters: ReplyParameters,
+    /// How many earlier turns the request carried (recorded as [`MessageImported`]).
+    pub earlier_messages: u32,
+}
+
 /// The conversation was created from an export (its messages follow as
 /// [`MessageImported`] events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -390,6 +407,8 @@ crate::domain_events! {
         ConversationImported(ConversationImported) = "1.0",
         /// See [`MessageImported`].
         MessageImported(MessageImported) = "1.0",
+        /// See [`ConversationOpenedFromApi`].
+        ConversationOpenedFromApi(ConversationOpenedFromApi) = "1.0",
         /// See [`ReplyStarted`].
         ReplyStarted(ReplyStarted) = "1.1",
         /// See [`ReplyCompleted`].
@@ -464,6 +483,12 @@ impl crate::event_catalog::EventExamples for ConversationEvent {
                 leaf_id: Some(reply),
             }),
             Self::ShareRevoked(ShareRevoked { share_id: Uuid::from_u128(7) }),
+            Self::ConversationOpenedFromApi(ConversationOpenedFromApi {
+                api_key_id: Some(Uuid::from_u128(10)),
+                endpoint: "chat.completions".into(),
+                parameters: ReplyParameters { max_tokens: Some(256), temperature: Some(0.2), top_p: None },
+                earlier_messages: 2,
+            }),
             Self::ConversationImported(ConversationImported {
                 source_conversation_id: Uuid::from_u128(8),
                 format: "colloquy.conversation".into(),

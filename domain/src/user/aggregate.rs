@@ -3,7 +3,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ProfileUpdated, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX};
+use super::{ApiKeyCreated, ApiKeyRevoked, ProfileUpdated, API_KEYS_MAX, API_KEY_NAME_MAX, Role, UserCommand, UserDeactivated, UserError, UserEvent, UserRegistered, FULL_NAME_MAX};
 use crate::decision::Refusal;
 use crate::registry::Registered;
 use crate::values::{self, bounded_text, EmailAddress, TextError, TextField, MODEL_NAME_MAX, SYSTEM_PROMPT_MAX};
@@ -44,6 +44,8 @@ pub struct User {
     pub role: Role,
     /// Lifecycle state.
     pub status: UserStatus,
+    /// The live API keys' ids (at most [`API_KEYS_MAX`]).
+    pub api_keys: Vec<Uuid>,
 }
 
 impl User {
@@ -117,6 +119,25 @@ impl Aggregate for User {
                 };
                 sink.write(UserEvent::ProfileUpdated(event), self).await;
             }
+            UserCommand::CreateApiKey { key_id, name, hint } => {
+                self.ensure_active()?;
+                let name = values::name_text(&name, API_KEY_NAME_MAX)
+                    .map_err(text_error(TextField::ApiKeyName, UserError::InvalidApiKeyName { max: API_KEY_NAME_MAX }))?;
+                if self.api_keys.contains(&key_id) {
+                    return Ok(());
+                }
+                if self.api_keys.len() >= API_KEYS_MAX {
+                    return Err(UserError::TooManyApiKeys { max: API_KEYS_MAX }.into());
+                }
+                sink.write(UserEvent::ApiKeyCreated(ApiKeyCreated { key_id, name, hint }), self).await;
+            }
+            UserCommand::RevokeApiKey { key_id } => {
+                self.ensure_active()?;
+                if !self.api_keys.contains(&key_id) {
+                    return Err(UserError::ApiKeyNotFound.into());
+                }
+                sink.write(UserEvent::ApiKeyRevoked(ApiKeyRevoked { key_id }), self).await;
+            }
             UserCommand::DeactivateUser { reason } => {
                 self.ensure_active()?;
                 let reason = reason.and_then(|r| bounded_text(&r, 1_000));
@@ -147,6 +168,8 @@ impl Aggregate for User {
                 }
             }
             UserEvent::UserDeactivated(_) => self.status = UserStatus::Deactivated,
+            UserEvent::ApiKeyCreated(e) => self.api_keys.push(e.key_id),
+            UserEvent::ApiKeyRevoked(e) => self.api_keys.retain(|k| *k != e.key_id),
         }
     }
 }
@@ -416,5 +439,75 @@ mod tests {
         assert_eq!(user.full_name, "Ada Lovelace");
         user.apply(UserEvent::UserDeactivated(UserDeactivated { reason: None }));
         assert_eq!(user.status, UserStatus::Deactivated);
+    }
+
+    // API keys.
+
+    fn key(n: u128) -> Uuid {
+        Uuid::from_u128(100 + n)
+    }
+
+    fn key_created(n: u128) -> UserEvent {
+        UserEvent::ApiKeyCreated(ApiKeyCreated { key_id: key(n), name: format!("key {n}"), hint: "abcd".into() })
+    }
+
+    fn create_key(n: u128, name: &str) -> UserCommand {
+        UserCommand::CreateApiKey { key_id: key(n), name: name.into(), hint: "abcd".into() }
+    }
+
+    #[tokio::test]
+    async fn an_api_key_is_recorded_with_its_trimmed_name_and_no_secret() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when_async(create_key(1, "  key 1 "))
+            .await
+            .then_expect_events(vec![key_created(1)]);
+    }
+
+    #[tokio::test]
+    async fn creating_the_same_key_twice_records_it_once() {
+        UserTest::with(()).given(vec![registered(), key_created(1)]).when_async(create_key(1, "key 1")).await.then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn api_key_names_are_checked() {
+        expect_err(vec![registered()], create_key(1, "  "), UserError::InvalidApiKeyName { max: API_KEY_NAME_MAX }).await;
+        expect_err(
+            vec![registered()],
+            create_key(1, "line\u{1b}[31m"),
+            UserError::ControlCharacter { field: TextField::ApiKeyName },
+        )
+        .await;
+        let long = "k".repeat(API_KEY_NAME_MAX + 1);
+        expect_err(vec![registered()], create_key(1, &long), UserError::InvalidApiKeyName { max: API_KEY_NAME_MAX }).await;
+    }
+
+    #[tokio::test]
+    async fn live_api_keys_are_bounded_and_a_revoked_one_frees_its_place() {
+        let mut given = vec![registered()];
+        given.extend((0..API_KEYS_MAX as u128).map(key_created));
+        expect_err(given.clone(), create_key(99, "one more"), UserError::TooManyApiKeys { max: API_KEYS_MAX }).await;
+        given.push(UserEvent::ApiKeyRevoked(ApiKeyRevoked { key_id: key(0) }));
+        UserTest::with(()).given(given).when_async(create_key(99, "one more")).await.then_expect_events(vec![
+            UserEvent::ApiKeyCreated(ApiKeyCreated { key_id: key(99), name: "one more".into(), hint: "abcd".into() }),
+        ]);
+    }
+
+    #[tokio::test]
+    async fn revoking_needs_a_live_key_of_the_users() {
+        UserTest::with(())
+            .given(vec![registered(), key_created(1)])
+            .when_async(UserCommand::RevokeApiKey { key_id: key(1) })
+            .await
+            .then_expect_events(vec![UserEvent::ApiKeyRevoked(ApiKeyRevoked { key_id: key(1) })]);
+        let revoked = UserEvent::ApiKeyRevoked(ApiKeyRevoked { key_id: key(1) });
+        expect_err(vec![registered(), key_created(1), revoked], UserCommand::RevokeApiKey { key_id: key(1) }, UserError::ApiKeyNotFound)
+            .await;
+        expect_err(vec![registered()], UserCommand::RevokeApiKey { key_id: key(2) }, UserError::ApiKeyNotFound).await;
+    }
+
+    #[tokio::test]
+    async fn a_deactivated_user_gets_no_api_key() {
+        expect_err(vec![registered(), deactivated()], create_key(1, "late"), UserError::Deactivated).await;
     }
 }

@@ -26,6 +26,21 @@ pub enum UserCommand {
         system_prompt: Option<Option<String>>,
     },
     /// Deactivate the account; a deactivated user can no longer log in or issue commands.
+    /// Records a new API key (made and hashed by the application layer; the secret never
+    /// reaches the aggregate).
+    CreateApiKey {
+        /// The key's id.
+        key_id: Uuid,
+        /// The owner's label.
+        name: String,
+        /// The key's last four characters.
+        hint: String,
+    },
+    /// Revokes one of the user's API keys.
+    RevokeApiKey {
+        /// The key.
+        key_id: Uuid,
+    },
     DeactivateUser {
         /// Why, for the audit trail.
         reason: Option<String>,

@@ -49,4 +49,19 @@ pub enum UserError {
     /// An update that names no field.
     #[error("the update changes nothing")]
     EmptyUpdate,
+    /// An API key name that is empty, too long or holds control characters.
+    #[error("the API key name must be between 1 and {max} characters")]
+    InvalidApiKeyName {
+        /// Most characters.
+        max: usize,
+    },
+    /// The user holds the most live API keys allowed.
+    #[error("at most {max} API keys can be live at once; revoke one first")]
+    TooManyApiKeys {
+        /// The limit.
+        max: usize,
+    },
+    /// No live API key of the user's has this id.
+    #[error("API key not found")]
+    ApiKeyNotFound,
 }

@@ -52,6 +52,25 @@ pub struct UserDeactivated {
     pub reason: Option<String>,
 }
 
+/// An API key was made for the user (for the OpenAI-compatible routes). The secret never
+/// enters an event: only the credential table holds its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyCreated {
+    /// The key's id (to list and revoke it).
+    pub key_id: Uuid,
+    /// The owner's label for it.
+    pub name: String,
+    /// The key's last four characters, so its owner can tell keys apart.
+    pub hint: String,
+}
+
+/// An API key was revoked: requests carrying it are refused from then on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyRevoked {
+    /// The key.
+    pub key_id: Uuid,
+}
+
 crate::domain_events! {
     /// Everything that can happen to a User.
     pub enum UserEvent {
@@ -61,6 +80,10 @@ crate::domain_events! {
         ProfileUpdated(ProfileUpdated) = "1.0",
         /// See [`UserDeactivated`].
         UserDeactivated(UserDeactivated) = "1.0",
+        /// See [`ApiKeyCreated`].
+        ApiKeyCreated(ApiKeyCreated) = "1.0",
+        /// See [`ApiKeyRevoked`].
+        ApiKeyRevoked(ApiKeyRevoked) = "1.0",
     }
 }
 
@@ -81,6 +104,8 @@ impl crate::event_catalog::EventExamples for UserEvent {
             }),
             Self::ProfileUpdated(ProfileUpdated::default()),
             Self::UserDeactivated(UserDeactivated { reason: Some("left".into()) }),
+            Self::ApiKeyCreated(ApiKeyCreated { key_id: Uuid::from_u128(2), name: "laptop".into(), hint: "x9Qa".into() }),
+            Self::ApiKeyRevoked(ApiKeyRevoked { key_id: Uuid::from_u128(2) }),
         ]
     }
 }
