@@ -18,7 +18,7 @@ use colloquy::runtime::Processes;
 use colloquy_providers::testing::{FakeProvider, Route, Script};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use support::{eventually, isolated_settings, only_event, ApiClient, TestApp};
+use support::{eventually, isolated_settings, only_event, usage_with, ApiClient, TestApp};
 use uuid::Uuid;
 
 const EVERYTHING: Processes = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
@@ -48,16 +48,6 @@ async fn v1(app: &TestApp, method: reqwest::Method, path: &str, key: &str, body:
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// The user's usage report once it shows `calls` calls.
-async fn usage_with(client: &ApiClient, token: &str, calls: i64) -> Value {
-    eventually("the usage is projected", || async {
-        let (s, report) = client.get("/users/me/usage", token).await;
-        assert_eq!(s, 200, "{report}");
-        (report["calls"].as_i64() == Some(calls)).then_some(report)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -226,6 +216,19 @@ async fn keys_belong_to_their_user_bad_requests_record_nothing_and_a_client_that
     assert_eq!(s, 404);
     let (s, _) = v1(&app, reqwest::Method::GET, "/models", &alice_key, None).await;
     assert_eq!(s, 200);
+    // A key opens `/v1` only: it manages nothing and reads nothing through `/api/v1`.
+    let (s, b) = client.get("/users/me/api-keys", &alice_key).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")), "{b}");
+    let (s, _) = client.post_json("/users/me/api-keys", Some(&alice_key), json!({"name": "more"})).await;
+    assert_eq!(s, 401);
+    // A deactivated account's keys stop working at once.
+    let (_, carol) = client.user().await;
+    let (_, carol_key) = api_key(client, &carol, "carol").await;
+    assert_eq!(v1(&app, reqwest::Method::GET, "/models", &carol_key, None).await.0, 200);
+    let (s, _, _) = client.send(reqwest::Method::DELETE, "/users/me", Some(&carol), None).await;
+    assert!(s < 300, "{s}");
+    let (s, b) = v1(&app, reqwest::Method::GET, "/models", &carol_key, None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{b}");
     // A bad name changes nothing.
     let (s, b) = client.post_json("/users/me/api-keys", Some(&bob), json!({"name": " "})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_api_key_name")));
@@ -251,11 +254,44 @@ async fn keys_belong_to_their_user_bad_requests_record_nothing_and_a_client_that
     assert_eq!(app.event_count().await, events);
     assert!(fake.requests().is_empty());
 
+    // A stream without `stream_options.include_usage` has no usage chunk, as with OpenAI.
+    fake.push(Route::ChatCompletions, Script::reply(&["Short."]).with_usage(3, 1));
+    let url = format!("{}/v1/chat/completions", client.base);
+    let body = json!({"model": "fake-model", "messages": user, "stream": true});
+    let response = reqwest::Client::new().post(&url).bearer_auth(&alice_key).json(&body).send().await.unwrap();
+    let events = response.text().await.unwrap();
+    let data: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{events}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(
+        chunks.iter().all(|c| c["usage"].is_null() && c["choices"].as_array().is_some_and(|a| a.len() == 1)),
+        "{events}"
+    );
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+
+    // With an Idempotency-Key a retry answers the first request's reply; nothing is asked twice.
+    let asked = fake.requests_to(Route::ChatCompletions).len();
+    let once = json!({"model": "fake-model", "messages": [{"role": "user", "content": "Echo me"}]});
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&alice_key)
+            .header("Idempotency-Key", "retry-1")
+            .json(&once)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        answers.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(answers[0]["id"], answers[1]["id"]);
+    assert_eq!(answers[0]["choices"][0]["message"]["content"], answers[1]["choices"][0]["message"]["content"]);
+    assert_eq!(fake.requests_to(Route::ChatCompletions).len(), asked + 1);
+
     // A streaming client that goes away before the end cancels its reply: the provider's
     // connection is closed and the reply recorded as cancelled with its partial text.
     fake.push(Route::ChatCompletions, Script::hold_after(&["Partial"]));
-    let url = format!("{}/v1/chat/completions", client.base);
-    let body = json!({"model": "fake-model", "messages": user, "stream": true});
     let response = reqwest::Client::new().post(url).bearer_auth(&alice_key).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let conversation: Uuid = response.headers()["x-colloquy-conversation-id"].to_str().unwrap().parse().unwrap();

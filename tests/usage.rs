@@ -11,8 +11,8 @@ use colloquy_infra::Settings;
 use colloquy_projections::rebuild::rebuild;
 use colloquy_projections::usage::UsageProjection;
 use colloquy_providers::testing::{FakeProvider, Route, Script};
-use serde_json::{json, Value};
-use support::{eventually, isolated_settings, ApiClient, TestApp};
+use serde_json::json;
+use support::{isolated_settings, usage_with, TestApp};
 use uuid::Uuid;
 
 /// A row of `rm_usage` without its cost: (owner, day, provider, model, calls, input, output, priced).
@@ -31,16 +31,6 @@ fn settings(fake: &FakeProvider, tokens_per_day: u64) -> Settings {
     settings.assistant.prices = prices(1_000.0, 2_000.0);
     settings.quotas.tokens_per_day = tokens_per_day;
     settings
-}
-
-/// The usage report once it shows `calls` calls.
-async fn usage_with(client: &ApiClient, token: &str, calls: i64) -> Value {
-    eventually("the usage is projected", || async {
-        let (s, report) = client.get("/users/me/usage", token).await;
-        assert_eq!(s, 200, "{report}");
-        (report["calls"].as_i64() == Some(calls)).then_some(report)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -378,6 +378,16 @@ pub async fn produce(
     producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
 }
 
+/// The user's usage report (`GET /users/me/usage`) once it shows `calls` provider calls.
+pub async fn usage_with(client: &ApiClient, token: &str, calls: i64) -> Value {
+    eventually("the usage is projected", || async {
+        let (s, report) = client.get("/users/me/usage", token).await;
+        assert_eq!(s, 200, "{report}");
+        (report["calls"].as_i64() == Some(calls)).then_some(report)
+    })
+    .await
+}
+
 /// Where `scripts/models.sh` put the local models (`COLLOQUY_MODELS_DIR` overrides).
 pub fn models_dir() -> std::path::PathBuf {
     std::env::var_os("COLLOQUY_MODELS_DIR")
