@@ -166,7 +166,10 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         true => Some(embedder(settings).await?),
         false => None,
     };
-    if which.assistant {
+    if which.assistant && !settings.assistant.worker.enabled {
+        tracing::warn!("The assistant is switched off (assistant.worker.enabled = false): messages stay unanswered.");
+    }
+    if which.assistant && settings.assistant.worker.enabled {
         spawn_assistant(&mut tasks, settings, deps, &created, embedder.clone(), shutdown.clone()).await?;
     }
     if let (true, Some(embedder)) = (which.ingest, &embedder) {

@@ -17,6 +17,7 @@
 
 mod assistant;
 mod assistant_clients;
+mod cpu;
 mod retrieval;
 
 use std::collections::BTreeMap;
@@ -92,6 +93,12 @@ struct Args {
     /// colloquy's Postgres pool size (default: colloquy's default).
     #[arg(long)]
     db_pool: Option<u32>,
+    /// What answers the posted messages during the load: `off` (the assistant is switched
+    /// off by configuration, `assistant.worker.enabled = false`: the event pipeline alone) or
+    /// `instant` (the assistant runs, its model is a fake OpenAI-compatible server in this
+    /// process that answers every message at once: two more events per message).
+    #[arg(long, value_enum, default_value_t = Replies::Off)]
+    replies: Replies,
     /// Measure the assistant's streaming path instead (time to first token added, SSE
     /// streams held, the local model's speed); see bench/README.md.
     #[arg(long)]
@@ -182,6 +189,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What answers posted messages during the throughput run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Replies {
+    /// Nothing: the assistant is switched off.
+    Off,
+    /// A fake model answering at once.
+    Instant,
+}
+
 /// Starts the broker (idempotent) with the project's own script.
 fn ensure_kafka() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -199,16 +215,31 @@ fn ensure_kafka() -> anyhow::Result<()> {
 
 /// Everything between database creation and its removal.
 async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
-    let settings = bench_settings(args, tag, db_url);
+    let mut settings = bench_settings(args, tag, db_url);
     telemetry::init(&settings.log);
+    // The assistant process runs either way: whether it answers is configuration.
+    let fake = match args.replies {
+        Replies::Off => {
+            settings.assistant.worker.enabled = false;
+            None
+        }
+        Replies::Instant => {
+            let fake = colloquy_providers::testing::FakeProvider::start().await;
+            fake.set_default(colloquy_providers::testing::Script::instant());
+            instant_model(&mut settings, &fake);
+            Some(fake)
+        }
+    };
+    eprintln!("[bench] replies: {:?}", args.replies);
 
-    let everything = Processes { api: true, relay: true, projectors: true, assistant: false, ingest: false };
+    let everything = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
     let deps = runtime::connect(&settings, everything).await.context("connecting Postgres and Redis")?;
     let running = runtime::start(&settings, &deps, everything).await?;
     let Some(port) = running.port else { bail!("the API did not start") };
     eprintln!("[bench] colloquy listening on 127.0.0.1:{port}");
 
     let measured = measure(args, tag, port).await;
+    drop(fake);
 
     if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
         eprintln!("[bench] warning: colloquy did not stop within 30 s");
@@ -226,6 +257,27 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
     eprintln!("[bench] pgbench: {} clients, {} s", args.pgbench_clients, args.pgbench_seconds);
     report.pgbench = Some(pgbench(args, tag, db_url).await?);
     Ok(report)
+}
+
+/// The fake's instant model as the default (and only) model.
+fn instant_model(settings: &mut Settings, fake: &colloquy_providers::testing::FakeProvider) {
+    use colloquy_infra::assistant_settings::{ModelSettings, ProviderKind, ProviderSettings};
+    let a = &mut settings.assistant;
+    a.providers.clear();
+    a.models.clear();
+    let entry = ProviderSettings {
+        kind: ProviderKind::Openai,
+        base_url: fake.base_url(),
+        api_key: Some("bench".into()),
+        ..ProviderSettings::default()
+    };
+    a.providers.insert("fake".into(), entry);
+    a.models.insert(
+        "fake".into(),
+        ModelSettings { route: vec!["fake/instant".into()], context_window: 8192, max_output_tokens: 64 },
+    );
+    a.default_model = "fake".into();
+    a.worker.max_concurrent_replies = 256;
 }
 
 /// colloquy's settings for one bench run on `db_url`.
@@ -246,6 +298,8 @@ fn bench_settings(args: &Args, tag: &str, db_url: &str) -> Settings {
     settings.quotas.messages_per_day = u64::MAX;
     settings.quotas.stored_bytes = u64::MAX;
     settings.quotas.conversations = u64::MAX;
+    settings.quotas.tokens_per_day = u64::MAX;
+    settings.quotas.tokens_per_month = u64::MAX;
     settings.log.filter = "warn".into();
     // A local, throwaway instance like `colloquy dev`: the development key is fine.
     settings.auth.allow_published_keys = true;
@@ -526,6 +580,8 @@ struct LoadResult {
     /// From the last command's response until the read model showed every connection's
     /// last command; `None` if one never showed.
     drain: Option<Duration>,
+    /// CPU per command and cores busy, per process, over the load phase.
+    cpu: Vec<(&'static str, f64, f64)>,
 }
 
 async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::Result<LoadResult> {
@@ -534,6 +590,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
     // Checkers share one pool of their own, so they never queue behind a load connection.
     let checker_api = api.with_client(http_client(args.lag_checkers)?);
     let sequence = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu::CpuSample::take();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
 
@@ -571,6 +628,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
         lag_polls: 0,
         lag_poll_errors: 0,
         drain: None,
+        cpu: Vec::new(),
     };
     let mut last_stop = start;
     let mut pending = Vec::new();
@@ -587,6 +645,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
     // Throughput counts until the last connection's last response, not until the last
     // lag checker finished.
     result.elapsed = last_stop - start;
+    result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(), result.tally.ok, result.elapsed);
     result.drain = drain(&checker_api, lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
 
     let mut thirds: [Vec<Duration>; 3] = Default::default();
@@ -954,6 +1013,7 @@ impl Report {
         let mut out = std::io::stdout().lock();
         writeln!(out)?;
         writeln!(out, "=== colloquy-bench ===")?;
+        writeln!(out, "replies: {:?}", args.replies)?;
         let mut commands_per_sec = f64::NAN;
         let mut lag_p99 = f64::NAN;
         let mut ratio = f64::NAN;
@@ -970,6 +1030,7 @@ impl Report {
             )?;
             let (p50, p99) = (percentile(&mut load.latencies, 0.50), percentile(&mut load.latencies, 0.99));
             writeln!(out, "latency p50: {}  p99: {}", show(p50, t), show(p99, t))?;
+            writeln!(out, "CPU per command: {}", cpu::describe(&load.cpu))?;
             let (p50, p99) = (percentile(&mut load.lags, 0.50), percentile(&mut load.lags, 0.99));
             lag_p99 = millis(p99);
             writeln!(

@@ -72,6 +72,12 @@ pub fn price_of(prices: &PriceTable, provider: &str, model: &str) -> Option<Mode
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkerSettings {
+    /// Whether posted messages are answered. `false`: no assistant worker starts (not even
+    /// inside `colloquy dev`); messages are stored and never answered, and their reply
+    /// streams end with `reply_not_found` after `streams.wait_for_start_secs`. Meant for
+    /// load tests of the event pipeline (`bench/README.md`); to answer at once, configure a
+    /// provider that does instead.
+    pub enabled: bool,
     /// Replies running (or waiting their conversation's turn) in one worker, at most; past
     /// that the worker stops taking messages from Kafka until one finishes.
     pub max_concurrent_replies: usize,
@@ -92,6 +98,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_concurrent_replies: 32,
             lease_ms: 30_000,
             sweep_interval_ms: 5_000,
