@@ -1,6 +1,14 @@
 //! Loads an aggregate (snapshot + later events), lets it decide, appends the new events in
 //! one transaction and answers the new version. A concurrent append to the same aggregate
 //! fails on the primary key and is retried a bounded number of times.
+//!
+//! Commands to one aggregate on one instance queue behind a striped lock, and each stripe
+//! keeps the aggregates it committed last, as they stood after the commit. A command to one
+//! of them is decided on that copy without reading the event store: if another instance (or
+//! a worker) appended meanwhile, the append fails on the primary key, nothing is written, and
+//! the command is decided again on freshly loaded state. A refusal or a no-op decided on a
+//! cached copy is never answered as is (no append would have caught a stale copy): it is
+//! decided again on fresh state first.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,8 +18,9 @@ use colloquy_domain::metadata;
 use colloquy_domain::registry::{Registered, RejectionOf};
 use colloquy_infra::metrics::Metrics;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{AggregateError, EventStore};
+use hashlink::LruCache;
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
@@ -120,7 +129,7 @@ pub struct CommandService<A: Registered> {
     services: A::Services,
     metrics: Metrics,
     max_attempts: u32,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    stripes: Vec<tokio::sync::Mutex<Stripe<A>>>,
 }
 
 /// Striped in-process locks: commands to one aggregate on one instance queue up instead of
@@ -128,8 +137,24 @@ pub struct CommandService<A: Registered> {
 /// Writers on other instances are still handled by optimistic concurrency.
 const STRIPES: usize = 1024;
 
-fn stripes() -> Vec<tokio::sync::Mutex<()>> {
-    (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()
+/// Aggregates each stripe keeps after their commit (least recently used go first): 16,384
+/// per aggregate type and instance. Aggregates are small and of constant size.
+const CACHED_PER_STRIPE: usize = 16;
+
+/// One stripe's aggregates, as they stood after this instance's last commit to each.
+struct Stripe<A: Registered> {
+    committed: LruCache<String, EventStoreAggregateContext<A>>,
+}
+
+fn stripes<A: Registered>() -> Vec<tokio::sync::Mutex<Stripe<A>>> {
+    (0..STRIPES).map(|_| tokio::sync::Mutex::new(Stripe { committed: LruCache::new(CACHED_PER_STRIPE) })).collect()
+}
+
+/// Whether appending `events` events after `sequence` writes a snapshot: cqrs-es 0.5's
+/// rule for a snapshot every `every` events (`SourceOfTruth::commit_snapshot_with_addl_events`),
+/// which a cached context must follow to know its snapshot version.
+fn snapshot_due(every: Option<usize>, sequence: usize, events: usize) -> bool {
+    every.is_some_and(|every| every > 0 && events >= every - (sequence % every))
 }
 
 fn stripe_of(aggregate_id: &str) -> usize {
@@ -198,12 +223,22 @@ where
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<RejectionOf<A>>> {
-        let _serialized = match self.stripes.get(stripe_of(aggregate_id)) {
+        let mut stripe = match self.stripes.get(stripe_of(aggregate_id)) {
             Some(stripe) => Some(stripe.lock().await),
             None => None,
         };
-        for attempt in 1..=self.max_attempts {
-            let context = self.store.load_aggregate(aggregate_id).await.map_err(store_error)?;
+        let mut attempt = 1;
+        let mut use_cache = true;
+        loop {
+            let cached = match (&mut stripe, use_cache) {
+                (Some(stripe), true) => stripe.committed.remove(aggregate_id),
+                _ => None,
+            };
+            let from_cache = cached.is_some();
+            let context = match cached {
+                Some(context) => context,
+                None => self.store.load_aggregate(aggregate_id).await.map_err(store_error)?,
+            };
             let version = context.current_sequence as i64;
             let sink = EventSink::default();
             // Decide on a copy. cqrs-es 0.5's `EventSink::write` applies each event to the
@@ -211,28 +246,70 @@ where
             // context's aggregate before snapshotting it: deciding on the context itself
             // would write snapshots with the command's events applied twice.
             let mut decided = context.aggregate.clone();
-            decided.handle(command.clone(), &self.services, &sink).await.map_err(refused)?;
-            let events = sink.collect().await;
+            let handled = decided.handle(command.clone(), &self.services, &sink).await;
+            let events = match handled {
+                Err(_) if from_cache => {
+                    // A refusal on a copy no append verifies: decide again on fresh state.
+                    use_cache = false;
+                    continue;
+                }
+                Ok(()) => sink.collect().await,
+                Err(refusal) => {
+                    self.keep(&mut stripe, context);
+                    return Err(refused(refusal));
+                }
+            };
             if events.is_empty() {
+                if from_cache {
+                    use_cache = false;
+                    continue;
+                }
+                self.keep(&mut stripe, context);
                 return Ok(Committed { version, events: 0 });
             }
+            let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
+            let snapshots = snapshot_due(A::SNAPSHOT_EVERY, sequence, events.len());
             match self.store.commit(events, context, meta.to_map()).await {
                 Ok(committed) => {
                     let version = committed.last().map_or(version, |e| e.sequence as i64);
-                    tracing::debug!(version, attempt, "Command committed.");
+                    tracing::debug!(version, attempt, from_cache, "Command committed.");
+                    let after = EventStoreAggregateContext {
+                        aggregate_id: aggregate_id.to_string(),
+                        aggregate: decided,
+                        current_sequence: version as usize,
+                        current_snapshot: if snapshots { Some(snapshot.map_or(1, |s| s + 1)) } else { snapshot },
+                    };
+                    self.keep(&mut stripe, after);
                     return Ok(Committed { version, events: committed.len() });
                 }
                 Err(AggregateError::AggregateConflict) => {
                     self.metrics.command_retries.with_label_values(&[A::TYPE]).inc();
+                    if attempt >= self.max_attempts {
+                        break;
+                    }
+                    attempt += 1;
+                    use_cache = false;
                     // Someone appended first: back off with jitter and decide again on fresh state.
                     let jitter = rand::thread_rng().gen_range(0..=(2u64 << attempt.min(6)));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
+                // Whether it was written is unknown: nothing stays cached, the next command loads.
                 Err(e) => return Err(store_error(e)),
             }
         }
         tracing::warn!(attempts = self.max_attempts, "Command gave up after repeated conflicts.");
         Err(CommandError::Conflict)
+    }
+
+    /// Keeps `context` (the aggregate as the event store has it) for the next command to it.
+    fn keep(
+        &self,
+        stripe: &mut Option<tokio::sync::MutexGuard<'_, Stripe<A>>>,
+        context: EventStoreAggregateContext<A>,
+    ) {
+        if let Some(stripe) = stripe {
+            stripe.committed.insert(context.aggregate_id.clone(), context);
+        }
     }
 
     /// The aggregate as it stands, for decisions the application layer takes on the write

@@ -165,16 +165,22 @@ pub struct Reservation {
     held: Vec<(Quota, String, i64)>,
 }
 
-/// Reserves one quota's `amount`; the period it was counted in, or `None` when it would
-/// exceed `limit`. The `WHERE` of the upsert is evaluated on the locked, current row, so
-/// concurrent reservations queue on it and none can overshoot.
+/// Reserves every charge's amount in one statement (autocommitted: a counter row is locked
+/// only while the statement runs, so a user's concurrent commands do not queue behind one
+/// another's round trips); answers the charges it counted, with their periods. A charge
+/// missing from the answer would have exceeded its limit. The `WHERE` of the upsert is
+/// evaluated on the locked, current row, so concurrent reservations cannot overshoot; rows
+/// are written in the order given (sorted by quota), so two reservations cannot deadlock.
 const RESERVE: &str = "
     INSERT INTO user_quota_usage (user_id, quota, period, used)
-    SELECT $1, $2, CASE WHEN $5 THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, $3
-     WHERE $3 <= $4
+    SELECT $1, w.quota, CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, w.amount
+      FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bool[]) WITH ORDINALITY AS w(quota, amount, lim, daily, n)
+     WHERE w.amount <= w.lim
+     ORDER BY w.n
     ON CONFLICT (user_id, quota, period) DO UPDATE SET used = user_quota_usage.used + EXCLUDED.used
-     WHERE user_quota_usage.used + EXCLUDED.used <= $4
-    RETURNING period";
+     WHERE user_quota_usage.used + EXCLUDED.used
+           <= (SELECT l.lim FROM unnest($2::text[], $4::bigint[]) AS l(quota, lim) WHERE l.quota = EXCLUDED.quota)
+    RETURNING quota, period";
 
 const GIVE_BACK: &str = "
     UPDATE user_quota_usage SET used = greatest(used - $4, 0)
@@ -203,31 +209,41 @@ impl Quotas {
         // several quotas cannot deadlock.
         let mut charges: Vec<Charge> = charges.iter().copied().filter(|c| c.amount > 0).collect();
         charges.sort_by_key(|c| c.quota);
+        // One row per quota (a statement may not update a row twice).
+        charges.dedup_by(|later, first| {
+            let same = later.quota == first.quota;
+            if same {
+                first.amount += later.amount;
+            }
+            same
+        });
         let mut held = Vec::with_capacity(charges.len());
         if charges.is_empty() {
             return Ok(Reservation { pool: self.pool.clone(), user, held });
         }
-        let mut tx = self.pool.begin().await?;
-        for charge in charges {
-            let limit = charge.quota.limit(&self.limits);
-            let period: Option<String> = sqlx::query_scalar(RESERVE)
-                .bind(user)
-                .bind(charge.quota.name())
-                .bind(charge.amount)
-                .bind(limit)
-                .bind(charge.quota.daily())
-                .fetch_optional(&mut *tx)
-                .await?;
-            match period {
-                Some(period) => held.push((charge.quota, period, charge.amount)),
+        let names: Vec<&str> = charges.iter().map(|c| c.quota.name()).collect();
+        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
+        let limits: Vec<i64> = charges.iter().map(|c| c.quota.limit(&self.limits)).collect();
+        let daily: Vec<bool> = charges.iter().map(|c| c.quota.daily()).collect();
+        let counted: Vec<(String, String)> = sqlx::query_as(RESERVE)
+            .bind(user)
+            .bind(&names)
+            .bind(&amounts)
+            .bind(&limits)
+            .bind(&daily)
+            .fetch_all(&self.pool)
+            .await?;
+        for (charge, limit) in charges.iter().zip(&limits) {
+            match counted.iter().find(|(quota, _)| quota == charge.quota.name()) {
+                Some((_, period)) => held.push((charge.quota, period.clone(), charge.amount)),
                 None => {
-                    tx.rollback().await?;
-                    let limit = u64::try_from(limit).unwrap_or_default();
+                    // All or nothing: what was counted is given back (only ever at a limit).
+                    give_back_all(&self.pool, user, &held_all(&charges, &counted)).await?;
+                    let limit = u64::try_from(*limit).unwrap_or_default();
                     return Err(ReserveError::Exceeded(QuotaExceeded { quota: charge.quota, limit }));
                 }
             }
         }
-        tx.commit().await?;
         Ok(Reservation { pool: self.pool.clone(), user, held })
     }
 
@@ -282,6 +298,16 @@ impl Reservation {
         let held = std::mem::take(&mut self.held);
         give_back_all(&self.pool, self.user, &held).await
     }
+}
+
+/// The charges the reservation statement counted, with their periods.
+fn held_all(charges: &[Charge], counted: &[(String, String)]) -> Vec<(Quota, String, i64)> {
+    charges
+        .iter()
+        .filter_map(|c| {
+            counted.iter().find(|(q, _)| q == c.quota.name()).map(|(_, period)| (c.quota, period.clone(), c.amount))
+        })
+        .collect()
 }
 
 async fn give_back_all(pool: &PgPool, user: Uuid, held: &[(Quota, String, i64)]) -> Result<(), sqlx::Error> {

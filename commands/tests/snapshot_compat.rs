@@ -34,11 +34,14 @@ async fn snapshot_of(pool: &PgPool, id: Uuid) -> (i64, i64, serde_json::Value) {
 #[tokio::test]
 async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_boundary() {
     let db = TestDatabase::create().await;
-    let commands = Commands::new(
-        db.pool.clone(),
-        Metrics::new(),
-        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
-    );
+    let new_commands = || {
+        Commands::new(
+            db.pool.clone(),
+            Metrics::new(),
+            CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+        )
+    };
+    let commands = new_commands();
     let email = format!("s{}@example.com", Uuid::new_v4().simple());
     let input = Register { email, full_name: "Snap".into(), password: "a good password".into() };
     let owner = commands.register("test".into(), input).await.unwrap().user_id;
@@ -66,7 +69,13 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
         .await
         .unwrap();
 
-    // Commands keep committing, across the next snapshot boundary too.
+    // Commands of the new release (a new process: nothing of the old one in memory) keep
+    // committing, across the next snapshot boundary too.
+    let commands = new_commands();
+    let post = |i: usize| {
+        let input = PostMessage { id: None, content: format!("message {i}"), model: None };
+        commands.post_message(&caller, id, input)
+    };
     for i in EVERY..=2 * EVERY {
         let accepted = post(i).await.unwrap_or_else(|e| panic!("message {i} after the shape change: {e:?}"));
         assert_eq!(accepted.value.version, i as i64 + 1);
