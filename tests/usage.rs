@@ -99,6 +99,9 @@ async fn calls_are_priced_per_day_and_model_quotas_stop_calls_and_replay_reprice
     // Another user's quota is their own.
     let (theirs, _) = client.conversation(&other, "Mine").await;
     client.exchange(&other, theirs, "hello").await;
+    // Their call is in the ledger before the live read model is compared with a rebuild
+    // (the reply's end and the ledger are different projections).
+    usage_with(client, &other, 1).await;
 
     // Re-pricing: replay the ledger into the read model with another table. The costs
     // change; the calls and tokens, and every other row, stay what they were.

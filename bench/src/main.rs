@@ -479,15 +479,20 @@ async fn wait_for_conversations(api: &Api, conversations: &Arc<Vec<Uuid>>) -> an
     Ok(())
 }
 
-/// GETs `path` until it answers 200 (at most 60 s).
+/// How long the setup waits for the read model.
+const WAIT_FOR_READ_MODEL_SECS: u64 = 300;
+
+/// GETs `path` until it answers 200 (at most [`WAIT_FOR_READ_MODEL_SECS`]).
 async fn wait_until_ok(api: &Api, path: &str) -> anyhow::Result<()> {
-    let give_up = Instant::now() + Duration::from_secs(60);
+    // Generous: on a saturated machine the read model may trail the setup by minutes, and
+    // a bench that gives up reports nothing.
+    let give_up = Instant::now() + Duration::from_secs(WAIT_FOR_READ_MODEL_SECS);
     loop {
         if let Ok((StatusCode::OK, _)) = api.get(path).await {
             return Ok(());
         }
         if Instant::now() > give_up {
-            bail!("GET {path} did not answer 200 within 60 s");
+            bail!("GET {path} did not answer 200 within {WAIT_FOR_READ_MODEL_SECS} s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
