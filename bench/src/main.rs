@@ -99,6 +99,9 @@ struct Args {
     /// process that answers every message at once: two more events per message).
     #[arg(long, value_enum, default_value_t = Replies::Off)]
     replies: Replies,
+    /// Consumers' `fetch.wait.max.ms` (`kafka.fetch_wait_max_ms`, default 20).
+    #[arg(long)]
+    fetch_wait_ms: Option<u32>,
     /// Measure the assistant's streaming path instead (time to first token added, SSE
     /// streams held, the local model's speed); see bench/README.md.
     #[arg(long)]
@@ -292,6 +295,9 @@ fn bench_settings(args: &Args, tag: &str, db_url: &str) -> Settings {
     settings.redis.key_prefix = format!("colloquy-bench-{tag}:");
     settings.http.port = 0;
     settings.http.ops_port = Some(0);
+    if let Some(wait) = args.fetch_wait_ms {
+        settings.kafka.fetch_wait_max_ms = wait;
+    }
     // One user sends everything, far above the production per-user limit.
     settings.rate_limit.per_minute = 10_000_000;
     settings.rate_limit.burst = 10_000_000;

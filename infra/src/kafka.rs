@@ -96,8 +96,8 @@ pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // Low fetch wait: projections are latency-sensitive (read-your-writes waits on them).
-        .set("fetch.wait.max.ms", "20")
+        // Low by default: projections are latency-sensitive (read-your-writes waits on them).
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("session.timeout.ms", settings.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", settings.heartbeat_interval_ms.to_string())
         .set("max.poll.interval.ms", settings.max_poll_interval_ms.to_string())

@@ -176,6 +176,10 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Consumers' `heartbeat.interval.ms` (at most a third of the session timeout).
     pub heartbeat_interval_ms: u32,
+    /// Consumers' `fetch.wait.max.ms`: how long the broker may hold an empty fetch. Low keeps
+    /// projections (and read-your-writes waits) prompt when idle; each idle consumer then
+    /// asks the broker that often.
+    pub fetch_wait_max_ms: u32,
     /// Consumers' `max.poll.interval.ms`, also sent as the rebalance timeout: the longest a
     /// consumer may take between two polls before it is considered stuck and leaves the group.
     pub max_poll_interval_ms: u32,
@@ -203,6 +207,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("message_timeout_ms", &self.message_timeout_ms)
             .field("session_timeout_ms", &self.session_timeout_ms)
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("max_poll_interval_ms", &self.max_poll_interval_ms)
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
@@ -223,6 +228,7 @@ impl Default for KafkaSettings {
             message_timeout_ms: 30_000,
             session_timeout_ms: 6_000,
             heartbeat_interval_ms: 1_500,
+            fetch_wait_max_ms: 20,
             max_poll_interval_ms: 300_000,
             security_protocol: "plaintext".into(),
             sasl_mechanism: None,
