@@ -82,9 +82,10 @@ pub struct ApiChatAccepted {
 /// A short title from a request's first message: whitespace collapsed, control and
 /// invisible characters dropped, at most [`TITLE_CHARS`] characters.
 pub fn title_from(text: &str) -> String {
-    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    let cleaned: String =
-        text.chars().filter(|c| !c.is_control() || c.is_whitespace()).filter(|c| !invisible(*c)).collect();
+    let cleaned: String = text
+        .chars()
+        .filter(|c| (!c.is_control() || c.is_whitespace()) && !colloquy_domain::values::is_invisible(*c))
+        .collect();
     let words = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
     if words.is_empty() {
         return FALLBACK_TITLE.to_string();

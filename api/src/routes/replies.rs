@@ -1,7 +1,6 @@
 //! Assistant replies as they are generated: the SSE stream of one reply (OpenAI's
 //! `chat.completion.chunk` format) and cancelling a reply.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use colloquy_infra::event_store;
 use colloquy_infra::reply_streams::{EntryId, StreamEntry, StreamUsage};
@@ -13,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::Authenticated;
 use crate::errors::{ApiError, ErrorCode};
 use crate::state::AppState;
-use crate::streams::sse::{ChunkFormatter, RelayRequest, SseRelay, Target};
+use crate::streams::sse::{event_stream, ChunkFormatter, RelayRequest, SseRelay, Target};
 use crate::streams::Active;
 
 /// The answer to a cancel request.
@@ -130,11 +129,7 @@ pub async fn get_reply_stream(
     let target = check_target(&state, me.user, conversation_id, reply_id).await?;
     if target == Target::Pending {
         if let Some(reply) = ended_reply(&state, me.user, conversation_id, reply_id).await? {
-            return Ok(HttpResponse::Ok()
-                .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("X-Accel-Buffering", "no"))
-                .body(replay_ended(&reply, after.is_some())));
+            return Ok(event_stream().body(replay_ended(&reply, after.is_some())));
         }
     }
     let request = RelayRequest {
@@ -148,11 +143,7 @@ pub async fn get_reply_stream(
     };
     let active = Active::new(&state.scrape.metrics.sse_streams_active);
     let relay = SseRelay::new(state.streams.clone(), sub, request, active);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(relay.into_stream()))
+    Ok(event_stream().streaming(relay.into_stream()))
 }
 
 /// Asks for a reply to be cancelled: the worker generating it stops and records the partial

@@ -50,6 +50,17 @@ fn done(out: &mut String) {
     out.push_str(DONE);
 }
 
+/// A 200 answer that is an event stream, with the headers that keep proxies from buffering
+/// or caching it.
+pub fn event_stream() -> actix_web::HttpResponseBuilder {
+    let mut response = actix_web::HttpResponse::Ok();
+    response
+        .insert_header((actix_web::http::header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"));
+    response
+}
+
 /// The end of a stream whose reply does not exist (or is not the caller's).
 pub fn not_found_events() -> String {
     let mut out = String::new();

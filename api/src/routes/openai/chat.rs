@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use colloquy_commands::api_chats::{ApiChat, Turn, TurnRole};
 use colloquy_domain::conversation::ReplyParameters;
@@ -26,7 +25,7 @@ use crate::auth::ApiCaller;
 use crate::errors::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::streams::collect::{collect, CollectError};
-use crate::streams::sse::{CancelOnDrop, RelayRequest, SseRelay, Target};
+use crate::streams::sse::{event_stream, CancelOnDrop, RelayRequest, SseRelay, Target};
 use crate::streams::Active;
 
 /// Largest request body: a whole conversation travels in every request.
@@ -212,10 +211,7 @@ pub async fn post_chat_completions(
         };
         let active = Active::new(&state.scrape.metrics.sse_streams_active);
         let relay = SseRelay::new(state.streams.clone(), sub, request, active);
-        return Ok(HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
+        return Ok(event_stream()
             .insert_header(("X-Colloquy-Conversation-Id", accepted.conversation_id.to_string()))
             .streaming(relay.into_stream()));
     }
