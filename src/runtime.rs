@@ -26,7 +26,7 @@ use colloquy_infra::metrics::Metrics;
 use colloquy_infra::ops::{self, Readiness, Scrape};
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::{kafka, postgres, Settings};
-use colloquy_projections::projector::Projector;
+use colloquy_projections::projector::{self, Projector};
 use colloquy_projections::reconcile::Reconciler;
 use colloquy_projections::relay::{LagProbe, Relay};
 use colloquy_projections::Projection;
@@ -150,14 +150,16 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         // Every group first lets the members of a killed predecessor expire (all at once),
         // unless its topics were created just now (then it never had members).
         let topics = kafka::Topics::new(&settings.kafka);
-        let groups: Vec<String> = colloquy_projections::all(&settings.assistant.prices)
+        let sets = projector::groups(colloquy_projections::all(&settings.assistant.prices));
+        let groups: Vec<String> = sets
             .iter()
-            .filter(|p| !p.aggregate_types().iter().all(|t| created.contains(&topics.events(t))))
-            .map(|p| topics.group(&format!("projection.{}", p.name())))
+            .map(|set| set[0].aggregate_types())
+            .filter(|types| !types.iter().all(|t| created.contains(&topics.events(t))))
+            .map(|types| topics.group(&projector::group_name(types)))
             .collect();
         futures::future::join_all(groups.iter().map(|g| kafka::before_joining(&settings.kafka, g))).await;
-        for projection in colloquy_projections::all(&settings.assistant.prices) {
-            spawn_projector(&mut tasks, settings, deps, projection, shutdown.clone())?;
+        for projections in sets {
+            spawn_projector(&mut tasks, settings, deps, projections, shutdown.clone())?;
         }
     }
     // One embedder for the processes of this one: loading the local one costs a fraction
@@ -376,18 +378,18 @@ fn spawn_projector(
     tasks: &mut JoinSet<()>,
     settings: &Settings,
     deps: &Deps,
-    projection: Arc<dyn Projection>,
+    projections: Vec<Arc<dyn Projection>>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let projector = Projector::new(
-        projection.clone(),
+        projections.clone(),
         &settings.kafka,
         deps.pool.clone(),
         deps.redis.clone(),
         deps.metrics.clone(),
     )?;
     let every = settings.projection.reconcile_interval_ms;
-    if every > 0 {
+    for projection in projections.into_iter().filter(|_| every > 0) {
         let reconciler = Reconciler::new(
             projection,
             deps.pool.clone(),

@@ -95,7 +95,8 @@ async fn sigterm_lets_in_flight_requests_finish_and_stops_cleanly() {
         seen.push(line);
     }
     let messages: Vec<&str> = seen.iter().filter_map(|l| l["message"].as_str()).collect();
-    let projectors = colloquy_projections::all(&Default::default()).len();
+    // One projector per set of projections reading the same topics.
+    let projectors = colloquy_projections::projector::groups(colloquy_projections::all(&Default::default())).len();
     assert_eq!(messages.iter().filter(|m| **m == "Projector stopped.").count(), projectors, "{messages:?}");
     assert!(messages.contains(&"Relay stopped."), "{messages:?}");
     assert!(messages.contains(&"Assistant worker stopped."), "{messages:?}");

@@ -57,6 +57,11 @@ struct Args {
     /// Concurrent HTTP connections (one load task, one keep-alive connection each).
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Commands per second the connections send together (paced evenly); unset, each
+    /// connection sends its next command as soon as the last one was answered (the most the
+    /// machine can take). Lag is meant to be read at a rate the machine sustains.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Conversations the load is spread over.
     #[arg(long, default_value_t = 1_000)]
     conversations: usize,
@@ -66,7 +71,8 @@ struct Args {
     /// Most lag checkers polling at once (a sample is skipped when all are busy).
     #[arg(long, default_value_t = 16)]
     lag_checkers: usize,
-    /// Pause between two polls of one lag checker, in milliseconds.
+    /// Shortest pause between two polls of one lag checker, in milliseconds (the pause grows
+    /// to a twentieth of the time waited, so a long lag is measured to within 5 %).
     #[arg(long, default_value_t = 2)]
     lag_poll_ms: u64,
     /// Seconds a lag checker polls before it records the sample as never seen.
@@ -90,6 +96,11 @@ struct Args {
     /// Postgres server URL without a database name (the bench creates and drops its own).
     #[arg(long, env = "COLLOQUY_BENCH_POSTGRES", default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
     postgres_url: String,
+    /// `sslmode` of colloquy's and pgbench's connections. Everything runs on one machine, where
+    /// TLS over the loopback only costs CPU (about 8 % of PostgreSQL's, and some of
+    /// colloquy's); `prefer` measures it.
+    #[arg(long, default_value = "disable")]
+    postgres_sslmode: String,
     /// colloquy's Postgres pool size (default: colloquy's default).
     #[arg(long)]
     db_pool: Option<u32>,
@@ -99,7 +110,7 @@ struct Args {
     /// process that answers every message at once: two more events per message).
     #[arg(long, value_enum, default_value_t = Replies::Off)]
     replies: Replies,
-    /// Consumers' `fetch.wait.max.ms` (`kafka.fetch_wait_max_ms`, default 20).
+    /// Consumers' `fetch.wait.max.ms` (`kafka.fetch_wait_max_ms`, default 100).
     #[arg(long)]
     fetch_wait_ms: Option<u32>,
     /// Measure the assistant's streaming path instead (time to first token added, SSE
@@ -162,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let server = args.postgres_url.trim_end_matches('/').to_string();
     let db_name = format!("colloquy_bench_{tag}");
-    let db_url = format!("{server}/{db_name}");
+    let db_url = format!("{server}/{db_name}?sslmode={}", args.postgres_sslmode);
     sqlx::Postgres::create_database(&db_url).await.context("creating the bench database")?;
     eprintln!("[bench] database {db_name} created");
 
@@ -243,6 +254,10 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
 
     let measured = measure(args, tag, port).await;
     drop(fake);
+    // The rebuild is compared with the live read model: let it apply everything first.
+    if measured.is_ok() {
+        messages_caught_up(&deps.pool, Duration::from_secs(120)).await?;
+    }
 
     if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
         eprintln!("[bench] warning: colloquy did not stop within 30 s");
@@ -252,8 +267,10 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
             eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
         }
     }
-    deps.pool.close().await;
     let mut report = measured?;
+    eprintln!("[bench] rebuild messages");
+    report.rebuild = Some(rebuild_messages(&deps.pool, &settings).await?);
+    deps.pool.close().await;
 
     // pgbench runs with colloquy stopped: the relay would otherwise try to publish the
     // rows pgbench inserts, and the figure is meant to be Postgres's own ceiling.
@@ -322,8 +339,13 @@ async fn measure(args: &Args, tag: &str, port: u16) -> anyhow::Result<Report> {
     let conversations = Arc::new(create_conversations(&api, args.conversations, "load").await?);
     wait_for_conversations(&api, &conversations).await?;
 
+    // A second user who only reads while the first one writes: the cached queries.
+    let reader = Api::login(http_client(1)?, &base, &format!("{tag}-reader")).await?;
+    let listed = Arc::new(create_conversations(&reader, 20, "read").await?);
+    wait_for_conversations(&reader, &listed).await?;
+
     eprintln!("[bench] load: {} connections for {} s", args.connections, args.seconds);
-    report.load = Some(load(args, &api, conversations).await?);
+    report.load = Some(load(args, &api, conversations, reader).await?);
 
     eprintln!("[bench] long vs new conversation");
     report.long_new = Some(long_vs_new(args, &api).await?);
@@ -593,9 +615,48 @@ struct LoadResult {
     drain: Option<Duration>,
     /// CPU per command and cores busy, per process, over the load phase.
     cpu: Vec<(&'static str, f64, f64)>,
+    /// The reading user's queries during the load.
+    queries: CachedQueries,
 }
 
-async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::Result<LoadResult> {
+/// Latencies of another user's cached queries while the load runs.
+#[derive(Default)]
+struct CachedQueries {
+    /// `GET /conversations` (the first page of the list).
+    list: Vec<Duration>,
+    /// `GET /users/me`.
+    profile: Vec<Duration>,
+    /// Answers other than 200, or none.
+    errors: u64,
+}
+
+/// Until `deadline`, asks for `reader`'s conversation list and profile in turn, one request
+/// every 10 ms on one connection. The reader changes nothing, so after the first request of
+/// each both are served from the Redis cache (the writer's own list is not: every batch of
+/// its messages makes it stale).
+async fn cached_queries(reader: Api, deadline: Instant) -> CachedQueries {
+    let mut seen = CachedQueries::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for turn in 0u64.. {
+        tick.tick().await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let (path, into) = match turn % 2 {
+            0 => ("/conversations?limit=20", &mut seen.list),
+            _ => ("/users/me", &mut seen.profile),
+        };
+        let sent = Instant::now();
+        match reader.get(path).await {
+            Ok((StatusCode::OK, _)) => into.push(sent.elapsed()),
+            _ => seen.errors += 1,
+        }
+    }
+    seen
+}
+
+async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>, reader: Api) -> anyhow::Result<LoadResult> {
     let workers = args.connections.max(1);
     let checkers = Arc::new(Semaphore::new(args.lag_checkers));
     // Checkers share one pool of their own, so they never queue behind a load connection.
@@ -624,9 +685,15 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
             timeout: Duration::from_secs(args.lag_timeout),
             checkers: checkers.clone(),
             sequence: sequence.clone(),
+            pace: args.rate.filter(|r| *r > 0.0).map(|rate| {
+                let every = Duration::from_secs_f64(workers as f64 / rate);
+                // Spread the connections' first commands over one interval.
+                (start + every.mul_f64(w as f64 / workers as f64), every)
+            }),
         };
         set.spawn(worker.run());
     }
+    let queries = tokio::spawn(cached_queries(reader, deadline));
 
     let mut result = LoadResult {
         elapsed: Duration::ZERO,
@@ -640,6 +707,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
         lag_poll_errors: 0,
         drain: None,
         cpu: Vec::new(),
+        queries: CachedQueries::default(),
     };
     let mut last_stop = start;
     let mut pending = Vec::new();
@@ -657,6 +725,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>) -> anyhow::
     // lag checker finished.
     result.elapsed = last_stop - start;
     result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(), result.tally.ok, result.elapsed);
+    result.queries = queries.await?;
     result.drain = drain(&checker_api, lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
 
     let mut thirds: [Vec<Duration>; 3] = Default::default();
@@ -712,6 +781,8 @@ struct LoadWorker {
     timeout: Duration,
     checkers: Arc<Semaphore>,
     sequence: Arc<AtomicU64>,
+    /// With `--rate`: when this connection sends first, and how often.
+    pace: Option<(Instant, Duration)>,
 }
 
 impl LoadWorker {
@@ -722,7 +793,19 @@ impl LoadWorker {
         let mut checks = JoinSet::new();
         let mut last_posted = None;
         let mut next = 0;
+        let mut pace = self.pace.map(|(first, every)| {
+            let mut ticks = tokio::time::interval_at(first.into(), every);
+            // A connection that fell behind sends at once, without a burst to catch up.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         while Instant::now() < self.deadline {
+            if let Some(ticks) = &mut pace {
+                ticks.tick().await;
+                if Instant::now() >= self.deadline {
+                    break;
+                }
+            }
             let conversation = self.conversations[next % self.conversations.len()];
             next += 1;
             let n = self.sequence.fetch_add(1, Ordering::Relaxed);
@@ -792,12 +875,21 @@ impl Check {
                 Ok((StatusCode::OK | StatusCode::NOT_FOUND, _)) => {}
                 _ => sample.poll_errors += 1,
             }
-            if self.acked.elapsed() > self.timeout {
+            let waited = self.acked.elapsed();
+            if waited > self.timeout {
                 return sample;
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(poll_pause(self.poll, waited)).await;
         }
     }
+}
+
+/// The pause before a lag checker's next poll, `waited` after the acknowledgement: `poll`
+/// at first, then a twentieth of the time waited, so a sample is late by at most 5 % (or
+/// one `poll`) while a long lag costs a checker about a hundred polls, not one every `poll`:
+/// pollers that kept hammering a lagging read model would add to the very lag they measure.
+fn poll_pause(poll: Duration, waited: Duration) -> Duration {
+    poll.max(waited / 20)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -979,7 +1071,54 @@ async fn forget_redis_keys(mut conn: redis::aio::ConnectionManager, prefix: &str
 struct Report {
     load: Option<LoadResult>,
     long_new: Option<LongNewResult>,
+    rebuild: Option<RebuildResult>,
     pgbench: Option<PgbenchResult>,
+}
+
+/// Waits until the messages projection has applied every conversation event in the store.
+async fn messages_caught_up(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT aggregate_id, max(sequence) AS last FROM events
+                                    WHERE aggregate_type = 'Conversation' GROUP BY aggregate_id) e
+               LEFT JOIN projection_state p ON p.projection = 'messages' AND p.aggregate_id = e.aggregate_id
+              WHERE coalesce(p.last_sequence, 0) < e.last",
+        )
+        .fetch_one(pool)
+        .await?;
+        if behind == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the messages read model was still {behind} conversations behind after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `colloquy rebuild messages` over everything the run wrote.
+struct RebuildResult {
+    events: u64,
+    elapsed: Duration,
+    /// Whether the rebuilt table holds exactly what the live one held.
+    identical: bool,
+}
+
+/// Rebuilds the messages read model from the event store (as `colloquy rebuild messages`
+/// does) with colloquy stopped, timed, and compares the result with the live table it
+/// replaced, row for row.
+async fn rebuild_messages(pool: &sqlx::PgPool, settings: &Settings) -> anyhow::Result<RebuildResult> {
+    let projection =
+        colloquy_projections::by_name("messages", &settings.assistant.prices).context("no messages projection")?;
+    // Every column of every row, in key order: equal digests, equal tables.
+    let digest = "SELECT md5(coalesce(string_agg(m::text, '|' ORDER BY m.message_id), '')) FROM rm_messages m";
+    let live: String = sqlx::query_scalar(digest).fetch_one(pool).await?;
+    let start = Instant::now();
+    let report = colloquy_projections::rebuild::rebuild(pool, projection.as_ref()).await?;
+    let elapsed = start.elapsed();
+    let rebuilt: String = sqlx::query_scalar(digest).fetch_one(pool).await?;
+    Ok(RebuildResult { events: report.events, elapsed, identical: live == rebuilt && report.quarantined.is_empty() })
 }
 
 /// Nearest-rank percentile of `values` (sorted here); `None` if there are none.
@@ -1036,8 +1175,11 @@ impl Report {
             commands_per_sec = load.tally.ok as f64 / secs;
             writeln!(
                 out,
-                "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations)",
-                load.tally.ok, args.connections, args.conversations
+                "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations{})",
+                load.tally.ok,
+                args.connections,
+                args.conversations,
+                args.rate.map_or(String::new(), |r| format!(", paced at {r}/s"))
             )?;
             let (p50, p99) = (percentile(&mut load.latencies, 0.50), percentile(&mut load.latencies, 0.99));
             writeln!(out, "latency p50: {}  p99: {}", show(p50, t), show(p99, t))?;
@@ -1065,6 +1207,20 @@ impl Report {
                 show(c, t),
                 load.drain.map_or(format!("more than {t} s"), |d| format!("{:.0} ms", d.as_secs_f64() * 1_000.0))
             )?;
+            let q = &mut load.queries;
+            writeln!(
+                out,
+                "cached queries of another user during the load: list p50 {} p99 {}, profile p50 {} p99 {}  ({} + {} requests)",
+                show(percentile(&mut q.list, 0.50), t),
+                show(percentile(&mut q.list, 0.99), t),
+                show(percentile(&mut q.profile, 0.50), t),
+                show(percentile(&mut q.profile, 0.99), t),
+                q.list.len(),
+                q.profile.len()
+            )?;
+            if q.errors > 0 {
+                problems.push(format!("cached queries: {} requests not answered 200", q.errors));
+            }
             if load.tally.failures() > 0 {
                 problems.push(format!("load: {}", load.tally.describe_failures()));
             }
@@ -1073,6 +1229,20 @@ impl Report {
             }
             if load.lag_poll_errors > 0 {
                 problems.push(format!("lag: {} polls failed (neither 200 nor 404)", load.lag_poll_errors));
+            }
+        }
+
+        if let Some(r) = &self.rebuild {
+            let secs = r.elapsed.as_secs_f64();
+            writeln!(
+                out,
+                "rebuild messages: {} events in {secs:.2} s = {:.0} events/s  (rebuilt read model identical to the live one: {})",
+                r.events,
+                r.events as f64 / secs,
+                if r.identical { "yes" } else { "NO" }
+            )?;
+            if !r.identical {
+                problems.push("rebuild: the rebuilt messages read model differs from the live one".to_string());
             }
         }
 
@@ -1123,5 +1293,24 @@ impl Report {
             writeln!(out, "errors: {}", problems.join("; "))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_polls_stay_fine_early_and_few_when_the_lag_is_long() {
+        let poll = Duration::from_millis(2);
+        assert_eq!(poll_pause(poll, Duration::from_millis(10)), poll);
+        assert_eq!(poll_pause(poll, Duration::from_secs(1)), Duration::from_millis(50));
+        // Polls until a sample times out at 60 s: a fine grid first, then 5 % steps.
+        let (mut waited, mut polls) = (Duration::ZERO, 0);
+        while waited < Duration::from_secs(60) {
+            waited += poll_pause(poll, waited);
+            polls += 1;
+        }
+        assert!((150..250).contains(&polls), "{polls} polls");
     }
 }

@@ -14,7 +14,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use colloquy_infra::settings::QuotaSettings;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// A limited resource.
@@ -165,22 +165,48 @@ pub struct Reservation {
     held: Vec<(Quota, String, i64)>,
 }
 
-/// Reserves every charge's amount in one statement (autocommitted: a counter row is locked
-/// only while the statement runs, so a user's concurrent commands do not queue behind one
-/// another's round trips); answers the charges it counted, with their periods. A charge
-/// missing from the answer would have exceeded its limit. The `WHERE` of the upsert is
-/// evaluated on the locked, current row, so concurrent reservations cannot overshoot; rows
-/// are written in the order given (sorted by quota), so two reservations cannot deadlock.
-const RESERVE: &str = "
-    INSERT INTO user_quota_usage (user_id, quota, period, used)
-    SELECT $1, w.quota, CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, w.amount
-      FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bool[]) WITH ORDINALITY AS w(quota, amount, lim, daily, n)
-     WHERE w.amount <= w.lim
-     ORDER BY w.n
-    ON CONFLICT (user_id, quota, period) DO UPDATE SET used = user_quota_usage.used + EXCLUDED.used
-     WHERE user_quota_usage.used + EXCLUDED.used
-           <= (SELECT l.lim FROM unnest($2::text[], $4::bigint[]) AS l(quota, lim) WHERE l.quota = EXCLUDED.quota)
-    RETURNING quota, period";
+/// Reserves every charge's amount in one upsert; answers the charges it counted, with
+/// their periods. A charge missing from the answer would have exceeded its limit. The
+/// `WHERE` of the upsert is evaluated on the locked, current row, so concurrent reservations
+/// cannot overshoot; rows are written in the order given (sorted by quota), so two
+/// reservations cannot deadlock.
+///
+/// A user's counter row is a hot spot: every command of theirs updates it, and concurrent
+/// ones queue on its lock. So the lock is held as briefly as possible. The upsert is sent
+/// with its transaction in one message (`BEGIN; SET LOCAL ...; INSERT ...; COMMIT`), so no
+/// client round trip happens while the row is locked. It also commits without waiting for
+/// the WAL to reach the disk (`synchronous_commit = off`). A commit's fsync took about 2 ms
+/// here, and it capped one user's commands at about 500/s. Durability is unchanged: a
+/// reservation is kept only for a command whose events then commit, and their synchronous
+/// commit flushes the WAL up to and past the reservation's commit record. A crash can lose
+/// only the reservations of commands that never committed, which would have been given back
+/// anyway. The statement goes through the simple query protocol, so its values are written
+/// into the text: a UUID, quota names from [`Quota::name`], integers and booleans, never
+/// text from a request.
+fn reserve_sql(user: Uuid, charges: &[Charge], limits: &[i64]) -> String {
+    let list = |items: Vec<String>| items.join(",");
+    let names = list(charges.iter().map(|c| format!("'{}'", c.quota.name())).collect());
+    let amounts = list(charges.iter().map(|c| c.amount.to_string()).collect());
+    let limits = list(limits.iter().map(i64::to_string).collect());
+    let daily = list(charges.iter().map(|c| c.quota.daily().to_string()).collect());
+    format!(
+        "BEGIN;
+         SET LOCAL synchronous_commit = off;
+         INSERT INTO user_quota_usage (user_id, quota, period, used)
+         SELECT '{user}'::uuid, w.quota,
+                CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, w.amount
+           FROM unnest(ARRAY[{names}]::text[], ARRAY[{amounts}]::bigint[], ARRAY[{limits}]::bigint[],
+                       ARRAY[{daily}]::bool[]) WITH ORDINALITY AS w(quota, amount, lim, daily, n)
+          WHERE w.amount <= w.lim
+          ORDER BY w.n
+         ON CONFLICT (user_id, quota, period) DO UPDATE SET used = user_quota_usage.used + EXCLUDED.used
+          WHERE user_quota_usage.used + EXCLUDED.used
+                <= (SELECT l.lim FROM unnest(ARRAY[{names}]::text[], ARRAY[{limits}]::bigint[]) AS l(quota, lim)
+                     WHERE l.quota = EXCLUDED.quota)
+         RETURNING quota, period;
+         COMMIT;"
+    )
+}
 
 const GIVE_BACK: &str = "
     UPDATE user_quota_usage SET used = greatest(used - $4, 0)
@@ -221,18 +247,10 @@ impl Quotas {
         if charges.is_empty() {
             return Ok(Reservation { pool: self.pool.clone(), user, held });
         }
-        let names: Vec<&str> = charges.iter().map(|c| c.quota.name()).collect();
-        let amounts: Vec<i64> = charges.iter().map(|c| c.amount).collect();
         let limits: Vec<i64> = charges.iter().map(|c| c.quota.limit(&self.limits)).collect();
-        let daily: Vec<bool> = charges.iter().map(|c| c.quota.daily()).collect();
-        let counted: Vec<(String, String)> = sqlx::query_as(RESERVE)
-            .bind(user)
-            .bind(&names)
-            .bind(&amounts)
-            .bind(&limits)
-            .bind(&daily)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::raw_sql(&reserve_sql(user, &charges, &limits)).fetch_all(&self.pool).await?;
+        let counted: Vec<(String, String)> =
+            rows.iter().map(|r| Ok((r.try_get("quota")?, r.try_get("period")?))).collect::<Result<_, sqlx::Error>>()?;
         for (charge, limit) in charges.iter().zip(&limits) {
             match counted.iter().find(|(quota, _)| quota == charge.quota.name()) {
                 Some((_, period)) => held.push((charge.quota, period.clone(), charge.amount)),

@@ -176,9 +176,13 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Consumers' `heartbeat.interval.ms` (at most a third of the session timeout).
     pub heartbeat_interval_ms: u32,
-    /// Consumers' `fetch.wait.max.ms`: how long the broker may hold an empty fetch. Low keeps
-    /// projections (and read-your-writes waits) prompt when idle; each idle consumer then
-    /// asks the broker that often.
+    /// Consumers' `fetch.wait.max.ms`: how long the broker may hold an empty fetch. Kafka
+    /// answers a held fetch as soon as records arrive, so this only sets how often an idle
+    /// consumer asks. Tansu, the local broker, holds every fetch this long, records or
+    /// not, and each fetch costs its single storage thread a few SQLite queries per
+    /// partition. At 20 ms, five idle consumers kept that thread busy and the read models
+    /// fell further behind even at 300 commands/s; at 100 ms the lag was steady at about
+    /// 190 ms (bench/README.md).
     pub fetch_wait_max_ms: u32,
     /// Consumers' `max.poll.interval.ms`, also sent as the rebalance timeout: the longest a
     /// consumer may take between two polls before it is considered stuck and leaves the group.
@@ -228,7 +232,7 @@ impl Default for KafkaSettings {
             message_timeout_ms: 30_000,
             session_timeout_ms: 6_000,
             heartbeat_interval_ms: 1_500,
-            fetch_wait_max_ms: 20,
+            fetch_wait_max_ms: 100,
             max_poll_interval_ms: 300_000,
             security_protocol: "plaintext".into(),
             sasl_mechanism: None,

@@ -80,6 +80,34 @@ impl Projection for ConversationsProjection {
         &[Conversation::TYPE]
     }
 
+    /// Runs of events that change nothing but the count, version and activity of their
+    /// conversation (posted messages, replies: the bulk of any batch) become one UPDATE per
+    /// run; everything else is applied one event at a time.
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[&StoredEvent],
+    ) -> Result<Vec<Option<Uuid>>, (usize, ApplyError)> {
+        let mut touched = Vec::with_capacity(events.len());
+        let mut run = ActivityRun::default();
+        for (i, e) in events.iter().enumerate() {
+            match counted(e) {
+                Ok(Some(messages)) => {
+                    run.push(i, aggregate_uuid(e).map_err(|x| (i, x))?, e, messages);
+                    touched.push(None);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => return Err((i, error)),
+            }
+            run.update(conn, table, &mut touched).await?;
+            touched.push(self.apply(conn, table, e).await.map_err(|x| (i, x))?);
+        }
+        run.update(conn, table, &mut touched).await?;
+        Ok(touched)
+    }
+
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {
         use ConversationEvent as E;
         let id = aggregate_uuid(e)?;
@@ -145,6 +173,92 @@ impl Projection for ConversationsProjection {
         .fetch_optional(&mut *conn)
         .await?;
         Ok(owner)
+    }
+}
+
+/// The messages `e` adds to its conversation's count, if all it changes of the row is the
+/// count, the version and the last activity (`None`: it changes something else).
+fn counted(e: &StoredEvent) -> Result<Option<i32>, ApplyError> {
+    use ConversationEvent as E;
+    Ok(match domain_event::<ConversationEvent>(e)? {
+        E::UserMessagePosted(_) => Some(1),
+        E::MessageImported(m) if m.role == "user" => Some(1),
+        E::ReplyStarted(_)
+        | E::ReplyRequested(_)
+        | E::BranchActivated(_)
+        | E::ConversationShared(_)
+        | E::ShareRevoked(_)
+        | E::MessageImported(_)
+        | E::ReplyCompleted(_)
+        | E::ReplyFailed(_)
+        | E::ReplyCancelled(_) => Some(0),
+        _ => None,
+    })
+}
+
+/// Consecutive events that only count messages and move a conversation's version and
+/// activity ([`counted`]), applied in one statement with what one UPDATE per event does:
+/// per conversation, the messages of the events newer than the row's version are added, and
+/// the version and the activity become the newest event's.
+#[derive(Default)]
+struct ActivityRun {
+    /// Per event: its index in the caller's slice.
+    index: Vec<usize>,
+    conversation_id: Vec<Uuid>,
+    sequence: Vec<i64>,
+    messages: Vec<i32>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl ActivityRun {
+    fn push(&mut self, index: usize, conversation_id: Uuid, e: &StoredEvent, messages: i32) {
+        self.index.push(index);
+        self.conversation_id.push(conversation_id);
+        self.sequence.push(e.sequence);
+        self.messages.push(messages);
+        self.recorded_at.push(e.recorded_at);
+    }
+
+    /// Updates the run's conversations, if any, notes their owners in `touched` (by event
+    /// index) and empties the run; a failure names the run's first event.
+    async fn update(
+        &mut self,
+        conn: &mut PgConnection,
+        table: &str,
+        touched: &mut [Option<Uuid>],
+    ) -> Result<(), (usize, ApplyError)> {
+        let Some(&first) = self.index.first() else { return Ok(()) };
+        let run = std::mem::take(self);
+        let owners: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+            "WITH e AS (SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::timestamptz[])
+                                   AS e(id, seq, messages, recorded_at)),
+                  d AS (SELECT e.id,
+                               coalesce(sum(e.messages) FILTER (WHERE e.seq > c.version), 0) AS messages,
+                               max(e.seq) AS seq,
+                               (array_agg(e.recorded_at ORDER BY e.seq DESC))[1] AS recorded_at
+                          FROM e JOIN {table} c ON c.conversation_id = e.id
+                         GROUP BY e.id)
+             UPDATE {table} c
+                SET message_count = c.message_count + d.messages, version = d.seq, last_activity_at = d.recorded_at
+               FROM d
+              WHERE c.conversation_id = d.id AND c.version < d.seq
+             RETURNING c.conversation_id, c.owner_id"
+        ))
+        .bind(&run.conversation_id)
+        .bind(&run.sequence)
+        .bind(&run.messages)
+        .bind(&run.recorded_at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| (first, ApplyError::from(e)))?;
+        for (index, conversation) in run.index.iter().zip(&run.conversation_id) {
+            if let (Some((_, owner)), Some(slot)) =
+                (owners.iter().find(|(c, _)| c == conversation), touched.get_mut(*index))
+            {
+                *slot = Some(*owner);
+            }
+        }
+        Ok(())
     }
 }
 

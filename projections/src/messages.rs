@@ -203,6 +203,109 @@ async fn end_reply(
     Ok(())
 }
 
+/// Consecutive `UserMessagePosted` events (naming their parent, as every event since 1.2
+/// does), gathered column by column for one `INSERT ... SELECT FROM UNNEST`: the rows
+/// [`MessagesProjection::apply`] would insert one at a time.
+#[derive(Default)]
+struct PostedRun {
+    /// Index of the run's first event in the caller's slice.
+    first: usize,
+    message_id: Vec<Uuid>,
+    conversation_id: Vec<Uuid>,
+    owner_id: Vec<Uuid>,
+    sequence: Vec<i64>,
+    content: Vec<String>,
+    created_at: Vec<DateTime<Utc>>,
+    reply_id: Vec<Uuid>,
+    model: Vec<Option<String>>,
+    parent_id: Vec<Option<Uuid>>,
+    edit_of: Vec<Option<Uuid>>,
+}
+
+/// One row of a [`PostedRun`].
+struct PostedRow {
+    message_id: Uuid,
+    conversation_id: Uuid,
+    owner_id: Uuid,
+    sequence: i64,
+    content: String,
+    created_at: DateTime<Utc>,
+    model: Option<String>,
+    parent_id: Option<Uuid>,
+    edit_of: Option<Uuid>,
+}
+
+impl PostedRun {
+    /// The row `e` inserts, if it is a posted message naming its parent.
+    fn row_of(e: &StoredEvent) -> Result<Option<PostedRow>, ApplyError> {
+        if e.event_type != "UserMessagePosted" {
+            return Ok(None);
+        }
+        let ConversationEvent::UserMessagePosted(m) = domain_event::<ConversationEvent>(e)? else { return Ok(None) };
+        let ParentLink::Explicit(parent_id) = m.parent_link(&e.event_version) else { return Ok(None) };
+        Ok(Some(PostedRow {
+            message_id: m.message_id,
+            conversation_id: aggregate_uuid(e)?,
+            owner_id: m.author_id,
+            sequence: e.sequence,
+            content: m.content,
+            created_at: e.recorded_at,
+            model: m.model,
+            parent_id,
+            edit_of: m.edit_of,
+        }))
+    }
+
+    fn push(&mut self, index: usize, row: PostedRow) {
+        if self.message_id.is_empty() {
+            self.first = index;
+        }
+        self.message_id.push(row.message_id);
+        self.conversation_id.push(row.conversation_id);
+        self.owner_id.push(row.owner_id);
+        self.sequence.push(row.sequence);
+        self.content.push(row.content);
+        self.created_at.push(row.created_at);
+        self.reply_id.push(reply_id_for(row.message_id));
+        self.model.push(row.model);
+        self.parent_id.push(row.parent_id);
+        self.edit_of.push(row.edit_of);
+    }
+
+    /// Inserts the run's rows, if any, and empties it; a failure names its first event.
+    async fn insert(&mut self, conn: &mut PgConnection, table: &str) -> Result<(), (usize, ApplyError)> {
+        if self.message_id.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(self);
+        sqlx::query(&format!(
+            "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
+                                  status, reply_id, model, parent_id, edit_of, leaf_since)
+             SELECT r.message_id, r.conversation_id, r.owner_id, r.sequence, 'user', r.content, r.created_at,
+                    $11, r.reply_id, r.model, r.parent_id, r.edit_of, r.sequence
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[],
+                           $7::uuid[], $8::text[], $9::uuid[], $10::uuid[])
+                    AS r(message_id, conversation_id, owner_id, sequence, content, created_at, reply_id, model,
+                         parent_id, edit_of)"
+        ))
+        .bind(&run.message_id)
+        .bind(&run.conversation_id)
+        .bind(&run.owner_id)
+        .bind(&run.sequence)
+        .bind(&run.content)
+        .bind(&run.created_at)
+        .bind(&run.reply_id)
+        .bind(&run.model)
+        .bind(&run.parent_id)
+        .bind(&run.edit_of)
+        .bind(status::COMPLETED)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| (run.first, ApplyError::from(e)))?;
+        Ok(())
+    }
+}
+
 /// Makes `message` the conversation's active leaf as of `sequence`.
 async fn set_leaf(
     conn: &mut PgConnection,
@@ -232,6 +335,33 @@ impl Projection for MessagesProjection {
 
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[Conversation::TYPE]
+    }
+
+    /// Runs of posted messages (the bulk of any batch) are inserted with one statement;
+    /// everything else is applied one event at a time.
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[&StoredEvent],
+    ) -> Result<Vec<Option<Uuid>>, (usize, ApplyError)> {
+        let mut touched = Vec::with_capacity(events.len());
+        let mut run = PostedRun::default();
+        for (i, e) in events.iter().enumerate() {
+            match PostedRun::row_of(e) {
+                Ok(Some(row)) => {
+                    run.push(i, row);
+                    touched.push(None);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => return Err((i, error)),
+            }
+            run.insert(conn, table).await?;
+            touched.push(self.apply(conn, table, e).await.map_err(|x| (i, x))?);
+        }
+        run.insert(conn, table).await?;
+        Ok(touched)
     }
 
     async fn apply(&self, conn: &mut PgConnection, table: &str, e: &StoredEvent) -> Result<Option<Uuid>, ApplyError> {

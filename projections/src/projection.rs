@@ -129,6 +129,28 @@ pub trait Projection: Send + Sync + 'static {
         table: &str,
         event: &StoredEvent,
     ) -> Result<Option<Uuid>, ApplyError>;
+
+    /// Applies `events` to `table` in order, each exactly as [`apply`](Self::apply) would
+    /// (they are new: the caller has checked their order and skipped duplicates). Answers,
+    /// per event, the user whose cached views it made stale. On failure, the index of the
+    /// event that failed, or of the first event of a set-based statement that failed, and
+    /// why; the caller rolls back whatever was done.
+    ///
+    /// This default applies them one at a time. A projection may write runs of events in one
+    /// set-based statement instead. A batch of the live projector or a rebuild page holds
+    /// hundreds, and one round trip per event was the projectors' main cost.
+    async fn apply_many(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[&StoredEvent],
+    ) -> Result<Vec<Option<Uuid>>, (usize, ApplyError)> {
+        let mut touched = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            touched.push(self.apply(conn, table, event).await.map_err(|e| (i, e))?);
+        }
+        Ok(touched)
+    }
 }
 
 /// What happened to one event.
@@ -197,7 +219,11 @@ pub async fn apply_all_in_order(
     ids.dedup();
     let loaded = lock_progress(conn, state, table, &ids).await.map_err(|e| fail(0)(e.into()))?;
     let mut last: HashMap<String, i64> = loaded.iter().map(|(id, (seq, _))| (id.clone(), *seq)).collect();
+    // First decide what each event needs (reading missing predecessors from the store), then
+    // apply everything new in one call, so the projection can write runs set-based.
     let mut outcomes = Vec::with_capacity(events.len());
+    // Per event to apply: its index in `events` and the predecessors it needs first.
+    let mut pending: Vec<(usize, Vec<StoredEvent>)> = Vec::new();
     for (index, event) in events.iter().enumerate() {
         let seen = last.get(&event.aggregate_id).copied().unwrap_or(0);
         if event.sequence <= seen {
@@ -208,10 +234,9 @@ pub async fn apply_all_in_order(
             outcomes.push(Applied::Quarantined);
             continue;
         }
-        let mut touched = Vec::new();
-        let mut filled = 0;
+        let mut missing = Vec::new();
         if event.sequence > seen + 1 {
-            let missing = event_store::read_aggregate(
+            missing = event_store::read_aggregate(
                 &mut *conn,
                 &event.aggregate_type,
                 &event.aggregate_id,
@@ -233,16 +258,31 @@ pub async fn apply_all_in_order(
                 }
                 return Err(fail(index)(poison));
             }
-            for e in &missing {
-                touched.extend(projection.apply(conn, table, e).await.map_err(|x| fail(index)(x.at(e)))?);
-                filled += 1;
-            }
         }
-        touched.extend(projection.apply(conn, table, event).await.map_err(|x| fail(index)(x.at(event)))?);
-        touched.sort();
-        touched.dedup();
         last.insert(event.aggregate_id.clone(), event.sequence);
-        outcomes.push(Applied::Applied { filled, touched });
+        outcomes.push(Applied::Applied { filled: missing.len(), touched: Vec::new() });
+        pending.push((index, missing));
+    }
+    // In order: each event's missing predecessors, then the event; with its index in `events`.
+    let plan: Vec<(usize, &StoredEvent)> = pending
+        .iter()
+        .flat_map(|(index, missing)| missing.iter().chain([&events[*index]]).map(move |e| (*index, e)))
+        .collect();
+    let refs: Vec<&StoredEvent> = plan.iter().map(|(_, e)| *e).collect();
+    let touched = projection.apply_many(conn, table, &refs).await.map_err(|(at, error)| match plan.get(at) {
+        Some((index, event)) => fail(*index)(error.at(event)),
+        None => fail(0)(error),
+    })?;
+    for ((index, _), user) in plan.iter().zip(touched) {
+        if let (Some(user), Applied::Applied { touched, .. }) = (user, &mut outcomes[*index]) {
+            touched.push(user);
+        }
+    }
+    for outcome in &mut outcomes {
+        if let Applied::Applied { touched, .. } = outcome {
+            touched.sort();
+            touched.dedup();
+        }
     }
     // Only aggregates this batch advanced need their progress written.
     let (ids, sequences): (Vec<String>, Vec<i64>) =

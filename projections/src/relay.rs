@@ -17,12 +17,17 @@ use colloquy_infra::kafka::{producer_config, Topics};
 use colloquy_infra::metrics::Metrics;
 use colloquy_infra::settings::{KafkaSettings, RelaySettings};
 use futures::future::try_join_all;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
+
+/// Batches produced and awaiting their acknowledgements at once.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// The advisory lock key that elects the active relay (per checkpoint name).
 fn lock_key(name: &str) -> i64 {
@@ -184,26 +189,59 @@ impl Relay {
         conn: &mut PoolConnection<Postgres>,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
-        let mut cursor = self.load_checkpoint(conn).await?;
+        // Batches are pipelined: up to `MAX_IN_FLIGHT` are produced and awaiting their
+        // acknowledgements while the next is read, and the checkpoint follows the oldest one
+        // acknowledged, in order. One batch at a time left the relay waiting out every
+        // round trip to the broker: under load it published fewer events than were written.
+        let mut checkpoint = self.load_checkpoint(conn).await?;
+        // Where the last batch handed to the producer ended.
+        let mut sent = checkpoint;
+        let mut in_flight = FuturesOrdered::new();
         let mut last_lag_check = std::time::Instant::now() - Duration::from_secs(60);
         while !shutdown.is_cancelled() {
             if last_lag_check.elapsed() > Duration::from_secs(1) {
-                let lag = lag_after(&self.pool, cursor).await?;
+                let lag = lag_after(&self.pool, checkpoint).await?;
                 self.metrics.relay_lag_events.set(lag);
                 last_lag_check = std::time::Instant::now();
             }
-            let batch = event_store::read_committed(&self.pool, cursor, None, self.settings.batch_size).await?;
-            let Some((_, last)) = batch.last() else {
+            // Checkpoint whatever the broker has acknowledged meanwhile.
+            while let Some(Some(acked)) = in_flight.next().now_or_never() {
+                checkpoint = acked?;
+                self.save_checkpoint(conn, checkpoint).await?;
+            }
+            if in_flight.len() < MAX_IN_FLIGHT {
+                let batch = event_store::read_committed(&self.pool, sent, None, self.settings.batch_size).await?;
+                if let Some((_, last)) = batch.last() {
+                    sent = *last;
+                    let acks = self.produce(&batch).await?;
+                    in_flight.push_back(async move { acks.await.map(|()| sent) });
+                    continue;
+                }
+            }
+            if in_flight.is_empty() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(self.settings.idle_poll_ms)) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
-            };
-            let last = *last;
-            self.publish(&batch).await?;
-            self.save_checkpoint(conn, last).await?;
-            cursor = last;
+            }
+            // Full, or nothing new to read: wait for the oldest batch, or for new events.
+            tokio::select! {
+                acked = in_flight.next() => {
+                    if let Some(acked) = acked {
+                        checkpoint = acked?;
+                        self.save_checkpoint(conn, checkpoint).await?;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(self.settings.idle_poll_ms)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        // Stopping: checkpoint what was sent, so the next relay does not send it again
+        // (what fails here is simply sent again).
+        while let Some(acked) = in_flight.next().await {
+            checkpoint = acked?;
+            self.save_checkpoint(conn, checkpoint).await?;
         }
         Ok(())
     }
@@ -228,8 +266,12 @@ impl Relay {
         Ok(())
     }
 
-    /// Produces every event and waits for every acknowledgement.
-    async fn publish(&self, batch: &[(StoredEvent, LogCursor)]) -> Result<(), RelayError> {
+    /// Hands every event of `batch` to the producer, in order; answers a future of all
+    /// their acknowledgements.
+    async fn produce(
+        &self,
+        batch: &[(StoredEvent, LogCursor)],
+    ) -> Result<impl std::future::Future<Output = Result<(), RelayError>> + use<'_>, RelayError> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for (event, _) in batch {
             let topic = self.topics.events(&event.aggregate_type);
@@ -264,11 +306,14 @@ impl Relay {
                 }
             }
         }
-        try_join_all(deliveries).await?;
-        for (event, _) in batch {
-            self.metrics.relay_published.with_label_values(&[&self.topics.events(&event.aggregate_type)]).inc();
-        }
-        Ok(())
+        let topics: Vec<String> = batch.iter().map(|(e, _)| self.topics.events(&e.aggregate_type)).collect();
+        Ok(async move {
+            try_join_all(deliveries).await?;
+            for topic in topics {
+                self.metrics.relay_published.with_label_values(&[&topic]).inc();
+            }
+            Ok(())
+        })
     }
 }
 
