@@ -58,7 +58,7 @@ fn posted(
         message_id: message,
         author_id: author,
         content: content.into(),
-        model: (content.len() % 2 == 0).then(|| "gpt-4o".to_string()),
+        model: content.len().is_multiple_of(2).then(|| "gpt-4o".to_string()),
         parent_id: parent,
         edit_of,
     })
