@@ -237,13 +237,23 @@ impl Relay {
                 _ = shutdown.cancelled() => {}
             }
         }
-        // Stopping: checkpoint what was sent, so the next relay does not send it again
-        // (what fails here is simply sent again).
-        while let Some(acked) = in_flight.next().await {
-            checkpoint = acked?;
-            self.save_checkpoint(conn, checkpoint).await?;
+        // Stopping: checkpoint what the broker acknowledges within a moment, so the next
+        // relay does not send it again. What is not acknowledged by then (a broker that is
+        // down) is simply sent again by the next relay; shutdown does not wait for it.
+        let drain = async {
+            while let Some(acked) = in_flight.next().await {
+                checkpoint = acked?;
+                self.save_checkpoint(conn, checkpoint).await?;
+            }
+            Ok::<(), RelayError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), drain).await {
+            Ok(drained) => drained,
+            Err(_) => {
+                tracing::warn!("Batches still unacknowledged at shutdown; the next relay sends them again.");
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn load_checkpoint(&self, conn: &mut PoolConnection<Postgres>) -> Result<LogCursor, RelayError> {
