@@ -262,7 +262,7 @@ async fn local_model(settings: &Settings) -> anyhow::Result<()> {
         messages: vec![ChatMessage::new(Role::User, "Write a short paragraph about the sea.")],
         parameters: Parameters { max_tokens: Some(64), temperature: Some(0.0), top_p: None },
     };
-    let (first, tokens, elapsed) = async {
+    let one_reply = |request: ChatRequest| async {
         let started = Instant::now();
         let mut stream = chat.stream_chat(request).await?;
         let (mut first, mut tokens) = (None, 0u32);
@@ -276,14 +276,26 @@ async fn local_model(settings: &Settings) -> anyhow::Result<()> {
             }
         }
         anyhow::Ok((first.unwrap_or_default(), tokens, started.elapsed()))
-    }
-    .await?;
+    };
+    let (first, tokens, elapsed) = one_reply(request.clone()).await?;
     let decode = elapsed.saturating_sub(first).as_secs_f64();
     say(format!(
         "local model (SmolLM2-135M, Q4_0 on the CPU): load {:.1} s, first token {:.0} ms, {tokens} tokens at {:.1} tokens/s",
         load.as_secs_f64(),
         first.as_secs_f64() * 1000.0,
         f64::from(tokens.saturating_sub(1)) / decode.max(1e-9)
+    ));
+    // Whole replies, one after another, as the assistant worker runs them on two cores.
+    const REPLIES: u32 = 5;
+    let started = Instant::now();
+    let mut generated = 0;
+    for _ in 0..REPLIES {
+        generated += one_reply(request.clone()).await?.1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    say(format!(
+        "local model replies: {REPLIES} replies ({generated} tokens, up to 64 each) in {secs:.1} s = {:.2} replies/s, one at a time",
+        f64::from(REPLIES) / secs
     ));
     Ok(())
 }
