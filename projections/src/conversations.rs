@@ -92,7 +92,7 @@ impl Projection for ConversationsProjection {
         let mut touched = Vec::with_capacity(events.len());
         let mut run = ActivityRun::default();
         for (i, e) in events.iter().enumerate() {
-            match counted(e) {
+            match domain_event::<ConversationEvent>(e).map(|event| counted(&event)) {
                 Ok(Some(messages)) => {
                     run.push(i, aggregate_uuid(e).map_err(|x| (i, x))?, e, messages);
                     touched.push(None);
@@ -113,7 +113,12 @@ impl Projection for ConversationsProjection {
         let id = aggregate_uuid(e)?;
         // Every change but start and delete is one UPDATE of some columns, guarded by the
         // row's version: applying an event twice cannot count twice, whatever the caller.
-        let (set, text): (&str, Option<String>) = match domain_event::<ConversationEvent>(e)? {
+        let event = domain_event::<ConversationEvent>(e)?;
+        if let Some(messages) = counted(&event) {
+            let set = if messages > 0 { "message_count = message_count + 1," } else { "" };
+            return activity(conn, table, id, e, set, None).await;
+        }
+        let (set, text): (&str, Option<String>) = match event {
             E::ConversationStarted(s) => {
                 sqlx::query(&format!(
                     "INSERT INTO {table} (conversation_id, owner_id, title, kind, model, system_prompt, version, created_at, last_activity_at, grounded)
@@ -148,39 +153,44 @@ impl Projection for ConversationsProjection {
                 true => ("grounded = true,", None),
                 false => ("grounded = false,", None),
             },
-            E::UserMessagePosted(_) => ("message_count = message_count + 1,", None),
-            E::MessageImported(m) if m.role == "user" => ("message_count = message_count + 1,", None),
             E::ConversationImported(_) => ("origin = 'import',", None),
             E::ConversationOpenedFromApi(_) => ("origin = 'api',", None),
-            E::ReplyStarted(_)
-            | E::ReplyRequested(_)
-            | E::BranchActivated(_)
-            | E::ConversationShared(_)
-            | E::ShareRevoked(_)
-            | E::MessageImported(_)
-            | E::ReplyCompleted(_)
-            | E::ReplyFailed(_)
-            | E::ReplyCancelled(_) => ("", None),
+            // Counted above.
+            _ => ("", None),
         };
-        let owner = sqlx::query_scalar(&format!(
-            "UPDATE {table} SET {set} version = $2, last_activity_at = $3
-              WHERE conversation_id = $1 AND version < $2 RETURNING owner_id"
-        ))
-        .bind(id)
-        .bind(e.sequence)
-        .bind(e.recorded_at)
-        .bind(text)
-        .fetch_optional(&mut *conn)
-        .await?;
-        Ok(owner)
+        activity(conn, table, id, e, set, text).await
     }
 }
 
-/// The messages `e` adds to its conversation's count, if all it changes of the row is the
-/// count, the version and the last activity (`None`: it changes something else).
-fn counted(e: &StoredEvent) -> Result<Option<i32>, ApplyError> {
+/// The one UPDATE every change but start and delete makes: `set` (with `$4` = `text`), then
+/// the version and last activity, guarded by the row's version.
+async fn activity(
+    conn: &mut PgConnection,
+    table: &str,
+    id: Uuid,
+    e: &StoredEvent,
+    set: &str,
+    text: Option<String>,
+) -> Result<Option<Uuid>, ApplyError> {
+    let owner = sqlx::query_scalar(&format!(
+        "UPDATE {table} SET {set} version = $2, last_activity_at = $3
+              WHERE conversation_id = $1 AND version < $2 RETURNING owner_id"
+    ))
+    .bind(id)
+    .bind(e.sequence)
+    .bind(e.recorded_at)
+    .bind(text)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(owner)
+}
+
+/// The messages `event` adds to its conversation's count, if all it changes of the row is
+/// the count, the version and the last activity (`None`: it changes something else). The
+/// one place that sorts events so, for [`ConversationsProjection::apply`] and its runs alike.
+fn counted(event: &ConversationEvent) -> Option<i32> {
     use ConversationEvent as E;
-    Ok(match domain_event::<ConversationEvent>(e)? {
+    match event {
         E::UserMessagePosted(_) => Some(1),
         E::MessageImported(m) if m.role == "user" => Some(1),
         E::ReplyStarted(_)
@@ -192,8 +202,16 @@ fn counted(e: &StoredEvent) -> Result<Option<i32>, ApplyError> {
         | E::ReplyCompleted(_)
         | E::ReplyFailed(_)
         | E::ReplyCancelled(_) => Some(0),
-        _ => None,
-    })
+        E::ConversationStarted(_)
+        | E::ConversationDeleted(_)
+        | E::ConversationRenamed(_)
+        | E::TitleGenerated(_)
+        | E::ConversationArchived(_)
+        | E::ConversationUnarchived(_)
+        | E::GroundingChanged(_)
+        | E::ConversationImported(_)
+        | E::ConversationOpenedFromApi(_) => None,
+    }
 }
 
 /// Consecutive events that only count messages and move a conversation's version and
