@@ -9,6 +9,7 @@
 # directory (scripts/models.sh; COLLOQUY_STATE_DIR or COLLOQUY_MODELS_DIR to point elsewhere).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --release -p colloquy-bench
+# The colloquy binary too: `--layout split` runs it as child processes.
+cargo build --release -p colloquy-bench -p colloquy
 # `cargo run` finds the binary wherever the target directory is (CARGO_TARGET_DIR).
 exec cargo run --quiet --release -p colloquy-bench -- "$@"

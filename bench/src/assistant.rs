@@ -78,7 +78,7 @@ pub async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<()> {
     if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
         eprintln!("[bench] warning: colloquy did not stop within 30 s");
     }
-    if let Err(e) = crate::forget_redis_keys(redis.conn.clone(), &settings.redis.key_prefix).await {
+    if let Err(e) = crate::forget_redis_keys(&settings.redis.url, &settings.redis.key_prefix).await {
         eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
     }
     deps.pool.close().await;

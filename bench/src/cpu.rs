@@ -1,27 +1,38 @@
 //! CPU time per process, read from `/proc`, so that every run shows where the cost of a
 //! command went: PostgreSQL (every backend and the postmaster, with the time of backends
-//! that exited, which the postmaster has reaped), Redis, the broker, and this process
-//! (colloquy and, in the same process, the bench's own clients).
+//! that exited, which the postmaster has reaped), Redis, the bench's broker, this process (colloquy
+//! and the bench's clients in the `dev` layout, the clients alone in the `split` one) and
+//! each colloquy child process of the `split` layout.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Seconds of CPU (user + system) per kind of process at one instant.
 #[derive(Debug, Clone, Default)]
-pub struct CpuSample(BTreeMap<&'static str, f64>);
+pub struct CpuSample(BTreeMap<String, f64>);
 
-/// This process.
-pub const SELF: &str = "colloquy + bench clients";
+/// What the bench's own process and its children are called in the figures.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// This process.
+    pub me: String,
+    /// Child processes by pid.
+    pub children: Vec<(u32, String)>,
+}
 
 /// The process kind of a `/proc/<pid>/comm`, if the bench counts it.
-fn kind(comm: &str, pid: u32, me: u32) -> Option<&'static str> {
-    if pid == me {
-        return Some(SELF);
+fn kind(comm: &str, pid: u32, labels: &Labels) -> Option<String> {
+    if pid == std::process::id() {
+        return Some(labels.me.clone());
+    }
+    if let Some((_, label)) = labels.children.iter().find(|(child, _)| *child == pid) {
+        return Some(label.clone());
     }
     match comm {
-        "postgres" => Some("postgres"),
-        "redis-server" => Some("redis"),
-        c if c.starts_with("tansu") => Some("broker (tansu)"),
+        "postgres" => Some("postgres".into()),
+        "redis-server" => Some("redis".into()),
+        // The broker is the bench's own child (see broker.rs): another broker on the machine
+        // does not serve this run.
         _ => None,
     }
 }
@@ -49,15 +60,14 @@ fn ticks(stat: &str) -> Option<u64> {
 
 impl CpuSample {
     /// Now.
-    pub fn take() -> Self {
-        let me = std::process::id();
+    pub fn take(labels: &Labels) -> Self {
         let per_tick = 1.0 / ticks_per_second();
-        let mut seconds: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
         let Ok(entries) = std::fs::read_dir("/proc") else { return Self(seconds) };
         for entry in entries.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let Some(kind) = kind(comm.trim(), pid, me) else { continue };
+            let Some(kind) = kind(comm.trim(), pid, labels) else { continue };
             let Some(t) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)) else {
                 continue;
             };
@@ -69,13 +79,13 @@ impl CpuSample {
     /// CPU milliseconds per unit of work (`count` of them) between `self` and `later`,
     /// highest first, with the share of the elapsed wall time (`cores` = 1.0 is one core
     /// busy all along).
-    pub fn per_unit(&self, later: &Self, count: u64, elapsed: Duration) -> Vec<(&'static str, f64, f64)> {
-        let mut out: Vec<(&'static str, f64, f64)> = later
+    pub fn per_unit(&self, later: &Self, count: u64, elapsed: Duration) -> Vec<(String, f64, f64)> {
+        let mut out: Vec<(String, f64, f64)> = later
             .0
             .iter()
             .map(|(kind, after)| {
                 let spent = (after - self.0.get(kind).copied().unwrap_or(0.0)).max(0.0);
-                (*kind, spent * 1_000.0 / count.max(1) as f64, spent / elapsed.as_secs_f64().max(1e-9))
+                (kind.clone(), spent * 1_000.0 / count.max(1) as f64, spent / elapsed.as_secs_f64().max(1e-9))
             })
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -84,7 +94,7 @@ impl CpuSample {
 }
 
 /// One line: `postgres 0.97 ms (1.2 cores), ...`.
-pub fn describe(per_unit: &[(&'static str, f64, f64)]) -> String {
+pub fn describe(per_unit: &[(String, f64, f64)]) -> String {
     let parts: Vec<String> =
         per_unit.iter().map(|(kind, ms, cores)| format!("{kind} {ms:.3} ms ({cores:.2} cores)")).collect();
     let total: f64 = per_unit.iter().map(|(_, ms, _)| ms).sum();
@@ -103,9 +113,19 @@ mod tests {
     }
 
     #[test]
+    fn children_are_counted_under_their_label_and_strangers_not_at_all() {
+        let labels = Labels { me: "bench clients".into(), children: vec![(42, "relay".into())] };
+        assert_eq!(kind("colloquy", 42, &labels).as_deref(), Some("relay"));
+        assert_eq!(kind("colloquy", 43, &labels), None, "another colloquy on the machine is not ours");
+        assert_eq!(kind("x", std::process::id(), &labels).as_deref(), Some("bench clients"));
+        assert_eq!(kind("postgres", 44, &labels).as_deref(), Some("postgres"));
+    }
+
+    #[test]
     fn cost_is_divided_by_the_work_done() {
-        let before = CpuSample(BTreeMap::from([("postgres", 1.0), (SELF, 2.0)]));
-        let after = CpuSample(BTreeMap::from([("postgres", 3.0), (SELF, 2.5), ("redis", 0.1)]));
+        let sample = |pairs: &[(&str, f64)]| CpuSample(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+        let before = sample(&[("postgres", 1.0), ("bench", 2.0)]);
+        let after = sample(&[("postgres", 3.0), ("bench", 2.5), ("redis", 0.1)]);
         let per = before.per_unit(&after, 1_000, Duration::from_secs(2));
         assert_eq!(per[0].0, "postgres");
         assert!((per[0].1 - 2.0).abs() < 1e-9 && (per[0].2 - 1.0).abs() < 1e-9);

@@ -12,12 +12,17 @@
 //!
 //! It prints figures; it is not a test and never fails on a missed target.
 //!
+//! `--layout split` runs colloquy as deployed instead, one process per role (`processes.rs`),
+//! and `--layout both` measures the load both ways, one after the other, and prints both.
+//!
 //! `--assistant` measures the assistant's streaming path instead (`assistant.rs`), and
 //! `--retrieval` the knowledge base's search quality and latency (`retrieval.rs`).
 
 mod assistant;
 mod assistant_clients;
+mod broker;
 mod cpu;
+mod processes;
 mod retrieval;
 
 use std::collections::BTreeMap;
@@ -54,6 +59,15 @@ struct Args {
     /// Duration of the load phase, in seconds.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
+    /// How colloquy runs: `dev` (API, relay and projectors in the bench's own process, as
+    /// `colloquy dev`), `split` (`--serve-processes` `colloquy serve`, one `colloquy relay`, one
+    /// `colloquy project`, each its own process) or `both` (the load phase in `dev`, then in
+    /// `split`, each on a fresh database; the other phases run once, in `split`).
+    #[arg(long, value_enum, default_value_t = Layout::Dev)]
+    layout: Layout,
+    /// `split`: the `colloquy serve` processes; the load's connections are spread over them.
+    #[arg(long, default_value_t = 2)]
+    serve_processes: usize,
     /// Concurrent HTTP connections (one load task, one keep-alive connection each).
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -166,7 +180,8 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let args = Args::parse();
-    if !args.retrieval {
+    // The throughput runs start a broker of their own (broker.rs).
+    if args.assistant {
         ensure_kafka()?;
     }
 
@@ -192,15 +207,81 @@ async fn main() -> anyhow::Result<()> {
         dropped.context("dropping the bench database")?;
         return Ok(());
     }
-    let outcome = run(&args, &tag, &db_url).await;
-
-    // Always drop the database, also after a failure; FORCE ends connections left behind.
-    let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
-    let report = outcome?;
-    dropped.context("dropping the bench database")?;
-    eprintln!("[bench] database {db_name} dropped");
-    report.print(&args)?;
+    let layouts = match args.layout {
+        Layout::Both => vec![Layout::Dev, Layout::Split],
+        one => vec![one],
+    };
+    let mut reports = Vec::new();
+    for (i, layout) in layouts.iter().enumerate() {
+        // Every layout on a database, topics and keys of its own.
+        let (tag, db_name, db_url) = if i == 0 {
+            (tag.clone(), db_name.clone(), db_url.clone())
+        } else {
+            let tag = format!("{tag}{i}");
+            let db_name = format!("colloquy_bench_{tag}");
+            let db_url = format!("{server}/{db_name}?sslmode={}", args.postgres_sslmode);
+            sqlx::Postgres::create_database(&db_url).await.context("creating the bench database")?;
+            (tag, db_name, db_url)
+        };
+        let last = i + 1 == layouts.len();
+        eprintln!("[bench] layout {}", layout.describe(&args));
+        let outcome = run(&args, &tag, &db_url, *layout, last).await;
+        // Always drop the database, also after a failure; FORCE ends connections left behind.
+        let dropped = sqlx::Postgres::force_drop_database(&db_url).await;
+        let report = outcome?;
+        dropped.context("dropping the bench database")?;
+        eprintln!("[bench] database {db_name} dropped");
+        reports.push((report.commands_per_sec(), layout.describe(&args)));
+        report.print(&args, &layout.describe(&args))?;
+    }
+    if let [(dev, dev_name), (split, split_name)] = reports.as_slice() {
+        writeln!(
+            std::io::stdout().lock(),
+            "layouts: {dev_name} {dev:.1} commands/s, {split_name} {split:.1} commands/s: split ÷ dev = {:.2}",
+            split / dev
+        )?;
+    }
     Ok(())
+}
+
+/// How colloquy runs during a throughput run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Layout {
+    /// In the bench's process, as `colloquy dev`.
+    Dev,
+    /// One process per role.
+    Split,
+    /// `dev`, then `split`.
+    Both,
+}
+
+impl Layout {
+    fn describe(self, args: &Args) -> String {
+        match self {
+            Layout::Dev => "dev (API, relay and projectors in one process with the clients)".into(),
+            Layout::Split => format!("split ({} serve + relay + project processes)", args.serve_processes.max(1)),
+            Layout::Both => "both".into(),
+        }
+    }
+}
+
+/// colloquy, running in one of the layouts.
+enum Colloquy {
+    InProcess(runtime::Running),
+    Split(processes::Split),
+}
+
+impl Colloquy {
+    async fn stop(self) {
+        match self {
+            Colloquy::InProcess(running) => {
+                if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
+                    eprintln!("[bench] warning: colloquy did not stop within 30 s");
+                }
+            }
+            Colloquy::Split(split) => split.stop().await,
+        }
+    }
 }
 
 /// What answers posted messages during the throughput run.
@@ -227,10 +308,33 @@ fn ensure_kafka() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Everything between database creation and its removal.
-async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
+/// Everything between database creation and its removal. `extras`: after the load, also
+/// the long/new comparison, the rebuild and pgbench.
+async fn run(args: &Args, tag: &str, db_url: &str, layout: Layout, extras: bool) -> anyhow::Result<Report> {
     let mut settings = bench_settings(args, tag, db_url);
     telemetry::init(&settings.log);
+    let broker = broker::Broker::start().await?;
+    settings.kafka.brokers = broker.address.clone();
+    let outcome = run_on(args, tag, db_url, &mut settings, &broker, layout, extras).await;
+    let restarts = broker.restarts();
+    broker.stop().await;
+    let mut report = outcome?;
+    report.broker_restarts = restarts;
+    Ok(report)
+}
+
+/// [`run`] with its broker running.
+async fn run_on(
+    args: &Args,
+    tag: &str,
+    db_url: &str,
+    settings: &mut Settings,
+    broker: &broker::Broker,
+    layout: Layout,
+    extras: bool,
+) -> anyhow::Result<Report> {
+    let broker_pid: Vec<(u32, String)> =
+        broker.pid().map(|pid| (pid, "broker (tansu)".to_string())).into_iter().collect();
     // The assistant process runs either way: whether it answers is configuration.
     let fake = match args.replies {
         Replies::Off => {
@@ -240,37 +344,50 @@ async fn run(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Report> {
         Replies::Instant => {
             let fake = colloquy_providers::testing::FakeProvider::start().await;
             fake.set_default(colloquy_providers::testing::Script::instant());
-            instant_model(&mut settings, &fake);
+            instant_model(settings, &fake);
             Some(fake)
         }
     };
     eprintln!("[bench] replies: {:?}", args.replies);
 
-    let everything = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
-    let deps = runtime::connect(&settings, everything).await.context("connecting Postgres and Redis")?;
-    let running = runtime::start(&settings, &deps, everything).await?;
-    let Some(port) = running.port else { bail!("the API did not start") };
-    eprintln!("[bench] colloquy listening on 127.0.0.1:{port}");
+    let (colloquy, ports, labels, pool) = match layout {
+        Layout::Split => {
+            let split = processes::Split::start(settings, args.serve_processes, fake.is_some()).await?;
+            let labels = cpu::Labels { me: "bench clients".into(), children: [split.pids(), broker_pid].concat() };
+            let pool = colloquy_infra::postgres::connect(&settings.database).await?;
+            let ports = split.ports.clone();
+            (Colloquy::Split(split), ports, labels, pool)
+        }
+        _ => {
+            let everything = Processes { api: true, relay: true, projectors: true, assistant: true, ingest: false };
+            let deps = runtime::connect(settings, everything).await.context("connecting Postgres and Redis")?;
+            let running = runtime::start(settings, &deps, everything).await?;
+            let Some(port) = running.port else { bail!("the API did not start") };
+            let labels = cpu::Labels { me: "colloquy + bench clients".into(), children: broker_pid };
+            (Colloquy::InProcess(running), vec![port], labels, deps.pool.clone())
+        }
+    };
+    eprintln!("[bench] colloquy listening on {ports:?}");
 
-    let measured = measure(args, tag, port).await;
+    let measured = measure(args, tag, &ports, &labels, extras).await;
     drop(fake);
     // The rebuild is compared with the live read model: let it apply everything first.
-    if measured.is_ok() {
-        messages_caught_up(&deps.pool, Duration::from_secs(120)).await?;
+    if measured.is_ok() && extras {
+        messages_caught_up(&pool, Duration::from_secs(120)).await?;
     }
 
-    if tokio::time::timeout(Duration::from_secs(30), running.stop()).await.is_err() {
-        eprintln!("[bench] warning: colloquy did not stop within 30 s");
-    }
-    if let Some(redis) = &deps.redis {
-        if let Err(e) = forget_redis_keys(redis.conn.clone(), &settings.redis.key_prefix).await {
-            eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
-        }
+    colloquy.stop().await;
+    if let Err(e) = forget_redis_keys(&settings.redis.url, &settings.redis.key_prefix).await {
+        eprintln!("[bench] warning: could not delete this run's Redis keys: {e}");
     }
     let mut report = measured?;
+    if !extras {
+        pool.close().await;
+        return Ok(report);
+    }
     eprintln!("[bench] rebuild messages");
-    report.rebuild = Some(rebuild_messages(&deps.pool, &settings).await?);
-    deps.pool.close().await;
+    report.rebuild = Some(rebuild_messages(&pool, settings).await?);
+    pool.close().await;
 
     // pgbench runs with colloquy stopped: the relay would otherwise try to publish the
     // rows pgbench inserts, and the figure is meant to be Postgres's own ceiling.
@@ -318,21 +435,25 @@ fn bench_settings(args: &Args, tag: &str, db_url: &str) -> Settings {
     // One user sends everything, far above the production per-user limit.
     settings.rate_limit.per_minute = 10_000_000;
     settings.rate_limit.burst = 10_000_000;
-    settings.quotas.messages_per_day = u64::MAX;
-    settings.quotas.stored_bytes = u64::MAX;
-    settings.quotas.conversations = u64::MAX;
-    settings.quotas.tokens_per_day = u64::MAX;
-    settings.quotas.tokens_per_month = u64::MAX;
+    // Unlimited, as far as a settings file can say (TOML integers are 64-bit signed).
+    let unlimited = i64::MAX as u64;
+    settings.quotas.messages_per_day = unlimited;
+    settings.quotas.stored_bytes = unlimited;
+    settings.quotas.conversations = unlimited;
+    settings.quotas.tokens_per_day = unlimited;
+    settings.quotas.tokens_per_month = unlimited;
     settings.log.filter = "warn".into();
     // A local, throwaway instance like `colloquy dev`: the development key is fine.
     settings.auth.allow_published_keys = true;
     settings
 }
 
-/// The HTTP phases, against a running colloquy.
-async fn measure(args: &Args, tag: &str, port: u16) -> anyhow::Result<Report> {
-    let base = format!("http://127.0.0.1:{port}/api/v1");
-    let api = Api::login(http_client(4)?, &base, tag).await?;
+/// The HTTP phases, against a running colloquy listening on `ports` (the load's connections
+/// are spread over them; everything else uses the first). `extras`: also long/new.
+async fn measure(args: &Args, tag: &str, ports: &[u16], labels: &cpu::Labels, extras: bool) -> anyhow::Result<Report> {
+    let bases: Vec<String> = ports.iter().map(|port| format!("http://127.0.0.1:{port}/api/v1")).collect();
+    let base = bases.first().context("no API port")?;
+    let api = Api::login(http_client(4)?, base, tag).await?;
     let mut report = Report::default();
 
     eprintln!("[bench] creating {} conversations", args.conversations);
@@ -340,12 +461,15 @@ async fn measure(args: &Args, tag: &str, port: u16) -> anyhow::Result<Report> {
     wait_for_conversations(&api, &conversations).await?;
 
     // A second user who only reads while the first one writes: the cached queries.
-    let reader = Api::login(http_client(1)?, &base, &format!("{tag}-reader")).await?;
+    let reader = Api::login(http_client(1)?, base, &format!("{tag}-reader")).await?;
     let listed = Arc::new(create_conversations(&reader, 20, "read").await?);
     wait_for_conversations(&reader, &listed).await?;
 
     eprintln!("[bench] load: {} connections for {} s", args.connections, args.seconds);
-    report.load = Some(load(args, &api, conversations, reader).await?);
+    report.load = Some(load(args, &api, &bases, conversations, reader, labels).await?);
+    if !extras {
+        return Ok(report);
+    }
 
     eprintln!("[bench] long vs new conversation");
     report.long_new = Some(long_vs_new(args, &api).await?);
@@ -396,6 +520,11 @@ impl Api {
     /// The same identity over another client (another connection pool).
     fn with_client(&self, client: reqwest::Client) -> Self {
         Self { client, ..self.clone() }
+    }
+
+    /// The same identity and client against another API instance.
+    fn at(&self, base: &str) -> Self {
+        Self { base: base.to_string(), ..self.clone() }
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), reqwest::Error> {
@@ -614,7 +743,7 @@ struct LoadResult {
     /// last command; `None` if one never showed.
     drain: Option<Duration>,
     /// CPU per command and cores busy, per process, over the load phase.
-    cpu: Vec<(&'static str, f64, f64)>,
+    cpu: Vec<(String, f64, f64)>,
     /// The reading user's queries during the load.
     queries: CachedQueries,
 }
@@ -656,13 +785,20 @@ async fn cached_queries(reader: Api, deadline: Instant) -> CachedQueries {
     seen
 }
 
-async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>, reader: Api) -> anyhow::Result<LoadResult> {
+async fn load(
+    args: &Args,
+    api: &Api,
+    bases: &[String],
+    conversations: Arc<Vec<Uuid>>,
+    reader: Api,
+    labels: &cpu::Labels,
+) -> anyhow::Result<LoadResult> {
     let workers = args.connections.max(1);
     let checkers = Arc::new(Semaphore::new(args.lag_checkers));
     // Checkers share one pool of their own, so they never queue behind a load connection.
     let checker_api = api.with_client(http_client(args.lag_checkers)?);
     let sequence = Arc::new(AtomicU64::new(0));
-    let cpu_before = cpu::CpuSample::take();
+    let cpu_before = cpu::CpuSample::take(labels);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
 
@@ -676,7 +812,8 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>, reader: Api
             continue;
         }
         let worker = LoadWorker {
-            api: api.with_client(http_client(1)?),
+            // Connection w talks to API instance w mod n, as a load balancer would spread them.
+            api: api.with_client(http_client(1)?).at(&bases[w % bases.len().max(1)]),
             checker_api: checker_api.clone(),
             conversations: mine,
             deadline,
@@ -724,7 +861,7 @@ async fn load(args: &Args, api: &Api, conversations: Arc<Vec<Uuid>>, reader: Api
     // Throughput counts until the last connection's last response, not until the last
     // lag checker finished.
     result.elapsed = last_stop - start;
-    result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(), result.tally.ok, result.elapsed);
+    result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(labels), result.tally.ok, result.elapsed);
     result.queries = queries.await?;
     result.drain = drain(&checker_api, lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
 
@@ -1042,7 +1179,8 @@ async fn pgbench(args: &Args, tag: &str, db_url: &str) -> anyhow::Result<Pgbench
 // ---------------------------------------------------------------------------------------
 
 /// Deletes the keys this run created (rate limits, cache generations).
-async fn forget_redis_keys(mut conn: redis::aio::ConnectionManager, prefix: &str) -> redis::RedisResult<()> {
+async fn forget_redis_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -1069,6 +1207,8 @@ async fn forget_redis_keys(mut conn: redis::aio::ConnectionManager, prefix: &str
 
 #[derive(Default)]
 struct Report {
+    /// How often the bench's broker exited and was restarted.
+    broker_restarts: u64,
     load: Option<LoadResult>,
     long_new: Option<LongNewResult>,
     rebuild: Option<RebuildResult>,
@@ -1159,10 +1299,16 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 impl Report {
-    fn print(mut self, args: &Args) -> anyhow::Result<()> {
+    /// Successful commands per second of the load phase (`NaN` without one).
+    fn commands_per_sec(&self) -> f64 {
+        self.load.as_ref().map_or(f64::NAN, |l| l.tally.ok as f64 / l.elapsed.as_secs_f64())
+    }
+
+    fn print(mut self, args: &Args, layout: &str) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out)?;
         writeln!(out, "=== colloquy-bench ===")?;
+        writeln!(out, "layout: {layout}")?;
         writeln!(out, "replies: {:?}", args.replies)?;
         let mut commands_per_sec = f64::NAN;
         let mut lag_p99 = f64::NAN;
@@ -1279,6 +1425,9 @@ impl Report {
             }
         }
 
+        if self.broker_restarts > 0 {
+            problems.push(format!("the broker exited and was restarted {} times", self.broker_restarts));
+        }
         // NaN (nothing measured) compares false, so it reads as missed.
         writeln!(
             out,
