@@ -79,6 +79,11 @@ struct Args {
     /// Conversations the load is spread over.
     #[arg(long, default_value_t = 1_000)]
     conversations: usize,
+    /// Users the load's conversations belong to (connection w writes as user w mod N). One
+    /// user sending everything makes that user's quota counters a hot row every command
+    /// updates; real traffic at this rate comes from many users.
+    #[arg(long, default_value_t = 1)]
+    users: usize,
     /// Measure read-model lag for every N-th command.
     #[arg(long, default_value_t = 20)]
     lag_every: u64,
@@ -456,9 +461,19 @@ async fn measure(args: &Args, tag: &str, ports: &[u16], labels: &cpu::Labels, ex
     let api = Api::login(http_client(4)?, base, tag).await?;
     let mut report = Report::default();
 
-    eprintln!("[bench] creating {} conversations", args.conversations);
-    let conversations = Arc::new(create_conversations(&api, args.conversations, "load").await?);
-    wait_for_conversations(&api, &conversations).await?;
+    // The writers: `api` and `--users` - 1 more, each with its share of the conversations.
+    let mut writers = vec![api.clone()];
+    for u in 1..args.users.max(1) {
+        writers.push(Api::login(http_client(4)?, base, &format!("{tag}-w{u}")).await?);
+    }
+    eprintln!("[bench] creating {} conversations of {} users", args.conversations, writers.len());
+    let mut owned = Vec::new();
+    for (u, writer) in writers.iter().enumerate() {
+        let share = args.conversations / writers.len() + usize::from(u < args.conversations % writers.len());
+        let conversations = Arc::new(create_conversations(writer, share, "load").await?);
+        wait_for_conversations(writer, &conversations).await?;
+        owned.push((writer.clone(), conversations));
+    }
 
     // A second user who only reads while the first one writes: the cached queries.
     let reader = Api::login(http_client(1)?, base, &format!("{tag}-reader")).await?;
@@ -466,7 +481,7 @@ async fn measure(args: &Args, tag: &str, ports: &[u16], labels: &cpu::Labels, ex
     wait_for_conversations(&reader, &listed).await?;
 
     eprintln!("[bench] load: {} connections for {} s", args.connections, args.seconds);
-    report.load = Some(load(args, &api, &bases, conversations, reader, labels).await?);
+    report.load = Some(load(args, &owned, &bases, reader, labels).await?);
     if !extras {
         return Ok(report);
     }
@@ -721,8 +736,8 @@ struct WorkerResult {
     /// Lag checks still running when the load stopped, or finished.
     checks: JoinSet<LagSample>,
     lag_skipped: u64,
-    /// The task's last acknowledged command.
-    last: Option<(Uuid, Posted, Instant)>,
+    /// The task's last acknowledged command, with the reader that may see it.
+    last: Option<(Api, Uuid, Posted, Instant)>,
 }
 
 /// The load phase's figures.
@@ -785,18 +800,19 @@ async fn cached_queries(reader: Api, deadline: Instant) -> CachedQueries {
     seen
 }
 
+/// The load phase: `owned` holds each writing user with their conversations.
 async fn load(
     args: &Args,
-    api: &Api,
+    owned: &[(Api, Arc<Vec<Uuid>>)],
     bases: &[String],
-    conversations: Arc<Vec<Uuid>>,
     reader: Api,
     labels: &cpu::Labels,
 ) -> anyhow::Result<LoadResult> {
     let workers = args.connections.max(1);
+    let users = owned.len().max(1);
     let checkers = Arc::new(Semaphore::new(args.lag_checkers));
     // Checkers share one pool of their own, so they never queue behind a load connection.
-    let checker_api = api.with_client(http_client(args.lag_checkers)?);
+    let checker_client = http_client(args.lag_checkers)?;
     let sequence = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu::CpuSample::take(labels);
     let start = Instant::now();
@@ -804,17 +820,20 @@ async fn load(
 
     let mut set = JoinSet::new();
     for w in 0..workers {
-        // Task w owns conversations w, w+workers, w+2·workers, …: no two connections ever
-        // write to the same conversation at once, so no optimistic-concurrency conflicts
-        // are manufactured (each conversation has one writer at a time, as with real users).
-        let mine: Vec<Uuid> = conversations.iter().skip(w).step_by(workers).copied().collect();
+        // Task w writes as user u = w mod users and owns the k-th of every K of that user's
+        // conversations (k = w / users, K = the user's tasks): no two connections ever write
+        // to the same conversation at once, so no optimistic-concurrency conflicts are
+        // manufactured (each conversation has one writer at a time, as with real users).
+        let (user, conversations) = &owned[w % users];
+        let tasks = (workers - w % users).div_ceil(users);
+        let mine: Vec<Uuid> = conversations.iter().skip(w / users).step_by(tasks).copied().collect();
         if mine.is_empty() {
             continue;
         }
         let worker = LoadWorker {
             // Connection w talks to API instance w mod n, as a load balancer would spread them.
-            api: api.with_client(http_client(1)?).at(&bases[w % bases.len().max(1)]),
-            checker_api: checker_api.clone(),
+            api: user.with_client(http_client(1)?).at(&bases[w % bases.len().max(1)]),
+            checker_api: user.with_client(checker_client.clone()),
             conversations: mine,
             deadline,
             lag_every: args.lag_every.max(1),
@@ -863,7 +882,7 @@ async fn load(
     result.elapsed = last_stop - start;
     result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(labels), result.tally.ok, result.elapsed);
     result.queries = queries.await?;
-    result.drain = drain(&checker_api, lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
+    result.drain = drain(lasts, last_stop, Duration::from_secs(args.lag_timeout)).await;
 
     let mut thirds: [Vec<Duration>; 3] = Default::default();
     for mut checks in pending {
@@ -894,15 +913,10 @@ async fn load(
 /// time, not with one poller each: a message already visible when its turn comes costs a
 /// single poll and cannot raise the maximum, so the latest moment is still found (to within
 /// a poll) without 32 more pollers competing with the projectors for the CPU.
-async fn drain(
-    api: &Api,
-    lasts: Vec<(Uuid, Posted, Instant)>,
-    stopped: Instant,
-    timeout: Duration,
-) -> Option<Duration> {
+async fn drain(lasts: Vec<(Api, Uuid, Posted, Instant)>, stopped: Instant, timeout: Duration) -> Option<Duration> {
     let mut latest = stopped;
-    for (conversation, posted, acked) in lasts {
-        let check = Check { api: api.clone(), conversation, posted, acked, poll: Duration::from_millis(5), timeout };
+    for (api, conversation, posted, acked) in lasts {
+        let check = Check { api, conversation, posted, acked, poll: Duration::from_millis(5), timeout };
         latest = latest.max(check.run(None).await.seen?);
     }
     Some(latest - stopped)
@@ -977,7 +991,9 @@ impl LoadWorker {
             }
         }
         // Running checks are handed over, not awaited: the drain is timed from now.
-        WorkerResult { latencies, tally, stopped: Instant::now(), checks, lag_skipped, last: last_posted }
+        let last =
+            last_posted.map(|(conversation, posted, acked)| (self.checker_api.clone(), conversation, posted, acked));
+        WorkerResult { latencies, tally, stopped: Instant::now(), checks, lag_skipped, last }
     }
 }
 
@@ -1321,10 +1337,11 @@ impl Report {
             commands_per_sec = load.tally.ok as f64 / secs;
             writeln!(
                 out,
-                "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations{})",
+                "commands/s: {commands_per_sec:.1}  ({} commands in {secs:.1} s, {} connections, {} conversations of {} users{})",
                 load.tally.ok,
                 args.connections,
                 args.conversations,
+                args.users.max(1),
                 args.rate.map_or(String::new(), |r| format!(", paced at {r}/s"))
             )?;
             let (p50, p99) = (percentile(&mut load.latencies, 0.50), percentile(&mut load.latencies, 0.99));
