@@ -30,17 +30,7 @@ pub struct Broker {
 
 /// The Tansu binary, installed by the project's script if missing.
 fn tansu_binary() -> anyhow::Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/services.sh"))
-        .arg("tansu-path")
-        .current_dir(&root)
-        .output()
-        .context("running scripts/services.sh tansu-path")?;
-    if !out.status.success() {
-        bail!("scripts/services.sh tansu-path failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    Ok(PathBuf::from(crate::services_script("tansu-path")?.trim()))
 }
 
 impl Broker {

@@ -298,19 +298,26 @@ enum Replies {
     Instant,
 }
 
+/// Runs `scripts/services.sh <verb>` of this checkout (its stderr passes through) and
+/// answers what it printed on stdout.
+fn services_script(verb: &str) -> anyhow::Result<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/services.sh"))
+        .arg(verb)
+        .current_dir(&root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running scripts/services.sh {verb}"))?;
+    if !out.status.success() {
+        bail!("scripts/services.sh {verb} failed: {}", out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Starts the broker (idempotent) with the project's own script.
 fn ensure_kafka() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new("bash")
-        .arg(root.join("scripts/services.sh"))
-        .arg("kafka")
-        .current_dir(&root)
-        .status()
-        .context("running scripts/services.sh kafka")?;
-    if !status.success() {
-        bail!("scripts/services.sh kafka failed: {status}");
-    }
-    Ok(())
+    services_script("kafka").map(drop)
 }
 
 /// Everything between database creation and its removal. `extras`: after the load, also

@@ -157,6 +157,13 @@ impl Split {
                 }
             }
         }
+    }
+}
+
+impl Drop for Split {
+    /// The settings file goes also when start-up failed half-way (the children are killed
+    /// on drop).
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
 }
