@@ -199,7 +199,16 @@ async fn health_metrics_and_openapi() {
     let ready: serde_json::Value = r.json().await.unwrap();
     // The API's request path never uses Kafka, so its readiness does not ask it.
     assert_eq!(ready["checks"], json!({"postgres": "ok", "redis": "ok"}));
+    assert_eq!(get("/api/v1/no-such-route").await.unwrap().status(), 404);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    // Requests are counted by the pattern of the route they matched, never by raw path.
+    assert!(
+        metrics
+            .contains("colloquy_http_requests_total{method=\"POST\",route=\"/api/v1/conversations\",status=\"201\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("route=\"unmatched\",status=\"404\"} 1"), "{metrics}");
+    assert!(!metrics.contains("no-such-route"), "{metrics}");
     for name in [
         "colloquy_http_requests_total",
         "colloquy_http_request_duration_seconds",

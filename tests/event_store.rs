@@ -9,7 +9,7 @@ use colloquy_commands::{Actor, CommandMeta, CommandService};
 use std::sync::Arc;
 
 use colloquy_domain::conversation::{
-    ConversationCommand, ConversationError, ConversationKind, ConversationServices, SNAPSHOT_EVERY,
+    ConversationCommand, ConversationError, ConversationKind, ConversationServices, NewMessageId, SNAPSHOT_EVERY,
 };
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store::EventStoreMessages;
@@ -49,15 +49,19 @@ async fn long_conversations_load_from_a_snapshot_equal_to_a_full_replay() {
     for i in 0..messages {
         let message_id = Uuid::new_v4();
         first_message.get_or_insert(message_id);
-        let cmd =
-            ConversationCommand::PostUserMessage { actor_id: owner, message_id, content: format!("m{i}"), model: None };
+        let cmd = ConversationCommand::PostUserMessage {
+            actor_id: owner,
+            message_id: message_id.into(),
+            content: format!("m{i}"),
+            model: None,
+        };
         let committed = service.execute(&id.to_string(), cmd, &meta).await.unwrap();
         assert_eq!(committed.version, i as i64 + 2);
     }
     // The duplicate check reaches back past every snapshot, to the first message.
     let again = ConversationCommand::PostUserMessage {
         actor_id: owner,
-        message_id: first_message.unwrap(),
+        message_id: first_message.unwrap().into(),
         content: "again".into(),
         model: None,
     };
@@ -227,7 +231,7 @@ async fn a_concurrent_append_is_retried_then_answered_as_a_conflict() {
     let (conv, owner, meta) = started(&patient).await;
     let post = || ConversationCommand::PostUserMessage {
         actor_id: owner,
-        message_id: Uuid::new_v4(),
+        message_id: NewMessageId::mint(),
         content: "mine".into(),
         model: None,
     };

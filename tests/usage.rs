@@ -65,6 +65,13 @@ async fn calls_are_priced_per_day_and_model_quotas_stop_calls_and_replay_reprice
 
     // Spent: a post is refused before anything is recorded or asked.
     let (events, asked) = (app.event_count().await, fake.requests_to(Route::ChatCompletions).len());
+    let reserved = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(used), 0)::bigint FROM user_quota_usage")
+            .fetch_one(app.pool())
+            .await
+            .unwrap()
+    };
+    let reserved_before = reserved().await;
     let (s, b, headers) = client
         .send(
             reqwest::Method::POST,
@@ -96,6 +103,7 @@ async fn calls_are_priced_per_day_and_model_quotas_stop_calls_and_replay_reprice
     assert_eq!((s, b["error"]["code"].as_str()), (429, Some("token_quota_exceeded")), "{b}");
     assert_eq!(app.event_count().await, events);
     assert_eq!(fake.requests_to(Route::ChatCompletions).len(), asked);
+    assert_eq!(reserved().await, reserved_before, "a refused request holds no quota");
     // Another user's quota is their own.
     let (theirs, _) = client.conversation(&other, "Mine").await;
     client.exchange(&other, theirs, "hello").await;

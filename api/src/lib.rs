@@ -136,7 +136,10 @@ impl Application {
                     // Request metrics, labelled by route pattern (not raw path: bounded cardinality).
                     let started = Instant::now();
                     let method = req.method().to_string();
-                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let route = match req.extensions().get::<requests::RoutePattern>() {
+                        Some(requests::RoutePattern(route)) if route != "default" => route.clone(),
+                        _ => "unmatched".into(),
+                    };
                     let request_id = req.extensions().get::<RequestId>().map(|r| r.to_string());
                     let metrics = metrics.clone();
                     let fut = srv.call(req);

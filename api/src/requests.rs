@@ -171,9 +171,17 @@ pub fn logged_target(uri: &actix_web::http::Uri) -> String {
     format!("{path}?{}", query.join("&"))
 }
 
+/// The route pattern a request matched (`/api/v1/conversations/{id}/messages`), or
+/// `default`: decided once, by [`RootSpan`], and read from the request's extensions by the
+/// request metrics. Finding it walks actix's resource patterns, a regular expression for
+/// each dynamic one, so it is not done twice.
+#[derive(Debug, Clone)]
+pub struct RoutePattern(pub String);
+
 /// The root span of every request: tracing-actix-web's fields, but with the client address
 /// decided by [`TrustedProxies`] (its default believes any `X-Forwarded-For`), which it
-/// also leaves in the request's extensions for the rate limits.
+/// also leaves in the request's extensions for the rate limits, as it leaves the
+/// [`RoutePattern`] for the metrics.
 pub struct RootSpan;
 
 impl RootSpanBuilder for RootSpan {
@@ -182,6 +190,7 @@ impl RootSpanBuilder for RootSpan {
         let client = decide_client_address(proxies, request.peer_addr().map(|a| a.ip()), request.headers());
         request.extensions_mut().insert(client);
         let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        request.extensions_mut().insert(RoutePattern(route.clone()));
         let method = request.method().as_str().to_string();
         let request_id = request.extensions().get::<RequestId>().map(|r| r.to_string()).unwrap_or_default();
         let user_agent = request.headers().get("user-agent").and_then(|h| h.to_str().ok()).unwrap_or("");

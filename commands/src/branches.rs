@@ -61,7 +61,6 @@ impl Commands {
         let request = (conversation_id, message_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "edit_message", &request, || async {
-                self.ensure_tokens_left(caller).await?;
                 let new_message_id = input.id.unwrap_or_else(Uuid::new_v4);
                 let charges =
                     [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
@@ -72,7 +71,7 @@ impl Commands {
                     content: input.content.clone(),
                     model: input.model.clone(),
                 };
-                let committed = self.execute_charged(caller, conversation_id, command, &charges).await?;
+                let committed = self.execute_spending(caller, conversation_id, command, &charges).await?;
                 Ok(MessageAccepted {
                     conversation_id,
                     message_id: new_message_id,
@@ -101,7 +100,6 @@ impl Commands {
         let request = (conversation_id, message_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "regenerate_reply", &request, || async {
-                self.ensure_tokens_left(caller).await?;
                 // Fresh per request; a retry under the Idempotency-Key gets this answer again.
                 let reply_id = Uuid::new_v4();
                 let command = ConversationCommand::RegenerateReply {
@@ -111,7 +109,7 @@ impl Commands {
                     model: input.model.clone(),
                 };
                 let charges = [Charge::new(Quota::MessagesPerDay, 1)];
-                let committed = self.execute_charged(caller, conversation_id, command, &charges).await?;
+                let committed = self.execute_spending(caller, conversation_id, command, &charges).await?;
                 Ok(ReplyRequestAccepted { conversation_id, reply_id, version: committed.version })
             })
             .await

@@ -16,12 +16,12 @@ use std::time::Duration;
 use colloquy_domain::decision::{Decided, PortError};
 use colloquy_domain::metadata;
 use colloquy_domain::registry::{Registered, RejectionOf};
+use colloquy_infra::event_append::snapshot_sequence;
 use colloquy_infra::metrics::Metrics;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{AggregateError, EventStore};
 use hashlink::LruCache;
-use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 use tracing::instrument;
@@ -150,13 +150,6 @@ fn stripes<A: Registered>() -> Vec<tokio::sync::Mutex<Stripe<A>>> {
     (0..STRIPES).map(|_| tokio::sync::Mutex::new(Stripe { committed: LruCache::new(CACHED_PER_STRIPE) })).collect()
 }
 
-/// Whether appending `events` events after `sequence` writes a snapshot: cqrs-es 0.5's
-/// rule for a snapshot every `every` events (`SourceOfTruth::commit_snapshot_with_addl_events`),
-/// which a cached context must follow to know its snapshot version.
-fn snapshot_due(every: Option<usize>, sequence: usize, events: usize) -> bool {
-    every.is_some_and(|every| every > 0 && events >= every - (sequence % every))
-}
-
 fn stripe_of(aggregate_id: &str) -> usize {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in aggregate_id.bytes() {
@@ -175,7 +168,7 @@ where
     /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load. A
     /// snapshot that no longer deserialises is replayed past and then replaced.
     pub fn new(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
-        let repo = SnapshotTolerant::new(PostgresEventRepository::new(pool));
+        let repo = SnapshotTolerant::new(pool, A::SNAPSHOT_EVERY);
         let store = match A::SNAPSHOT_EVERY {
             Some(every) => PersistedEventStore::new_snapshot_store(repo, every),
             None => PersistedEventStore::new_event_store(repo),
@@ -268,7 +261,9 @@ where
                 return Ok(Committed { version, events: 0 });
             }
             let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
-            let snapshots = snapshot_due(A::SNAPSHOT_EVERY, sequence, events.len());
+            // Whether this append writes a snapshot (cqrs-es's rule), which a cached context
+            // must follow to know its snapshot version.
+            let snapshots = snapshot_sequence(A::SNAPSHOT_EVERY, sequence, events.len()).is_some();
             match self.store.commit(events, context, meta.to_map()).await {
                 Ok(committed) => {
                     let version = committed.last().map_or(version, |e| e.sequence as i64);

@@ -4,7 +4,9 @@
 //! [`crate::quotas`]) before running it, and gives the reservation back when the command is
 //! refused or fails.
 
-use colloquy_domain::conversation::{reply_id_for, ConversationCommand, ConversationError, ConversationKind};
+use colloquy_domain::conversation::{
+    reply_id_for, ConversationCommand, ConversationError, ConversationKind, NewMessageId,
+};
 use colloquy_domain::values;
 use colloquy_infra::event_store;
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,7 @@ use crate::caller::Caller;
 use crate::command_service::{CommandError, Committed};
 use crate::errors::{Failure, UseCaseError};
 use crate::idempotency::Answer;
-use crate::quotas::{Charge, Quota};
+use crate::quotas::{Charge, Quota, Reservation};
 use crate::Commands;
 
 /// A new conversation.
@@ -232,17 +234,17 @@ impl Commands {
         let request = (conversation_id, &input);
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "post_message", &request, || async {
-                self.ensure_tokens_left(caller).await?;
-                let message_id = input.id.unwrap_or_else(Uuid::new_v4);
+                let new_id = input.id.map_or_else(NewMessageId::mint, NewMessageId::given);
+                let message_id = new_id.id();
                 let charges =
                     [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, input.content.len())];
                 let command = ConversationCommand::PostUserMessage {
                     actor_id: caller.user,
-                    message_id,
+                    message_id: new_id,
                     content: input.content.clone(),
                     model: input.model.clone(),
                 };
-                match self.execute_charged(caller, conversation_id, command, &charges).await {
+                match self.execute_spending(caller, conversation_id, command, &charges).await {
                     Ok(committed) => Ok(MessageAccepted {
                         conversation_id,
                         message_id,
@@ -318,6 +320,31 @@ impl Commands {
         charges: &[Charge],
     ) -> Result<Committed, UseCaseError<ConversationError>> {
         let reservation = self.quotas.reserve(caller.user, charges).await?;
+        self.execute_reserved(caller, conversation_id, command, reservation).await
+    }
+
+    /// Like [`execute_charged`](Self::execute_charged), for a command that will make a model
+    /// answer: refused with [`UseCaseError::TokenQuotaExceeded`] before anything is recorded
+    /// when the caller has spent the day's or the month's tokens (checked in the same round
+    /// trip as the reservation).
+    pub(crate) async fn execute_spending(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        command: ConversationCommand,
+        charges: &[Charge],
+    ) -> Result<Committed, UseCaseError<ConversationError>> {
+        let reservation = self.quotas.reserve_spending_tokens(caller.user, charges).await?;
+        self.execute_reserved(caller, conversation_id, command, reservation).await
+    }
+
+    async fn execute_reserved(
+        &self,
+        caller: &Caller,
+        conversation_id: Uuid,
+        command: ConversationCommand,
+        reservation: Reservation,
+    ) -> Result<Committed, UseCaseError<ConversationError>> {
         let outcome: Result<Committed, CommandError<ConversationError>> =
             self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await;
         match outcome {

@@ -117,6 +117,7 @@ impl<R: std::error::Error> From<crate::quotas::ReserveError> for UseCaseError<R>
     fn from(e: crate::quotas::ReserveError) -> Self {
         match e {
             crate::quotas::ReserveError::Exceeded(q) => Self::QuotaExceeded(q),
+            crate::quotas::ReserveError::TokensSpent(t) => Self::TokenQuotaExceeded(t),
             crate::quotas::ReserveError::Database(e) => Self::Failed(e.into()),
         }
     }

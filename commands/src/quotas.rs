@@ -14,7 +14,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use colloquy_infra::settings::QuotaSettings;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A limited resource.
@@ -142,6 +142,9 @@ pub enum ReserveError {
     /// A quota would be exceeded.
     #[error(transparent)]
     Exceeded(QuotaExceeded),
+    /// The command would make a model answer, and the user has spent a period's tokens.
+    #[error(transparent)]
+    TokensSpent(TokenQuotaExceeded),
     /// The counters could not be read or written.
     #[error("quota counters failed")]
     Database(#[from] sqlx::Error),
@@ -165,48 +168,24 @@ pub struct Reservation {
     held: Vec<(Quota, String, i64)>,
 }
 
-/// Reserves every charge's amount in one upsert; answers the charges it counted, with
-/// their periods. A charge missing from the answer would have exceeded its limit. The
-/// `WHERE` of the upsert is evaluated on the locked, current row, so concurrent reservations
-/// cannot overshoot; rows are written in the order given (sorted by quota), so two
-/// reservations cannot deadlock.
+/// Reserves every charge's amount in one call of `reserve_quota` (see its migration): an
+/// upsert whose `WHERE` is evaluated on the locked, current row, so concurrent reservations
+/// cannot overshoot, with rows written in the order given (sorted by quota) so two
+/// reservations cannot deadlock. It answers the charges it counted, with their periods; a
+/// charge missing from the answer would have exceeded its limit.
 ///
 /// A user's counter row is a hot spot: every command of theirs updates it, and concurrent
-/// ones queue on its lock. So the lock is held as briefly as possible. The upsert is sent
-/// with its transaction in one message (`BEGIN; SET LOCAL ...; INSERT ...; COMMIT`), so no
-/// client round trip happens while the row is locked. It also commits without waiting for
-/// the WAL to reach the disk (`synchronous_commit = off`). A commit's fsync took about 2 ms
-/// here, and it capped one user's commands at about 500/s. Durability is unchanged: a
-/// reservation is kept only for a command whose events then commit, and their synchronous
-/// commit flushes the WAL up to and past the reservation's commit record. A crash can lose
-/// only the reservations of commands that never committed, which would have been given back
-/// anyway. The statement goes through the simple query protocol, so its values are written
-/// into the text: a UUID, quota names from [`Quota::name`], integers and booleans, never
-/// text from a request.
-fn reserve_sql(user: Uuid, charges: &[Charge], limits: &[i64]) -> String {
-    let list = |items: Vec<String>| items.join(",");
-    let names = list(charges.iter().map(|c| format!("'{}'", c.quota.name())).collect());
-    let amounts = list(charges.iter().map(|c| c.amount.to_string()).collect());
-    let limits = list(limits.iter().map(i64::to_string).collect());
-    let daily = list(charges.iter().map(|c| c.quota.daily().to_string()).collect());
-    format!(
-        "BEGIN;
-         SET LOCAL synchronous_commit = off;
-         INSERT INTO user_quota_usage (user_id, quota, period, used)
-         SELECT '{user}'::uuid, w.quota,
-                CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, w.amount
-           FROM unnest(ARRAY[{names}]::text[], ARRAY[{amounts}]::bigint[], ARRAY[{limits}]::bigint[],
-                       ARRAY[{daily}]::bool[]) WITH ORDINALITY AS w(quota, amount, lim, daily, n)
-          WHERE w.amount <= w.lim
-          ORDER BY w.n
-         ON CONFLICT (user_id, quota, period) DO UPDATE SET used = user_quota_usage.used + EXCLUDED.used
-          WHERE user_quota_usage.used + EXCLUDED.used
-                <= (SELECT l.lim FROM unnest(ARRAY[{names}]::text[], ARRAY[{limits}]::bigint[]) AS l(quota, lim)
-                     WHERE l.quota = EXCLUDED.quota)
-         RETURNING quota, period;
-         COMMIT;"
-    )
-}
+/// ones queue on its lock. So the lock is held as briefly as possible: the call is one
+/// prepared statement (one round trip, its plan kept by the session, the token check
+/// included when asked for), and it commits
+/// without waiting for the WAL to reach the disk (why that keeps durability: the migration).
+const RESERVE: &str = "SELECT quota, period, tokens_today, tokens_this_month
+                         FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// A row `reserve_quota` answers: a quota counted and its period (both null when the tokens
+/// were spent and nothing was reserved), then the tokens spent today and this month (null
+/// when the command spends none).
+type ReservedRow = (Option<String>, Option<String>, Option<i64>, Option<i64>);
 
 const GIVE_BACK: &str = "
     UPDATE user_quota_usage SET used = greatest(used - $4, 0)
@@ -231,6 +210,22 @@ impl Quotas {
     /// Reserves every charge for `user`, or none: the first quota that would be exceeded
     /// is named in the error.
     pub async fn reserve(&self, user: Uuid, charges: &[Charge]) -> Result<Reservation, ReserveError> {
+        self.reserve_checked(user, charges, false).await
+    }
+
+    /// Like [`reserve`](Self::reserve), for a command that will make a model answer: when
+    /// `user` has spent the day's or the month's tokens ([`tokens_exhausted`](Self::tokens_exhausted)),
+    /// nothing is reserved and the error says which. Checked and reserved in one call.
+    pub async fn reserve_spending_tokens(&self, user: Uuid, charges: &[Charge]) -> Result<Reservation, ReserveError> {
+        self.reserve_checked(user, charges, true).await
+    }
+
+    async fn reserve_checked(
+        &self,
+        user: Uuid,
+        charges: &[Charge],
+        spends_tokens: bool,
+    ) -> Result<Reservation, ReserveError> {
         // One lock order for every transaction (by quota), so concurrent reservations of
         // several quotas cannot deadlock.
         let mut charges: Vec<Charge> = charges.iter().copied().filter(|c| c.amount > 0).collect();
@@ -245,12 +240,39 @@ impl Quotas {
         });
         let mut held = Vec::with_capacity(charges.len());
         if charges.is_empty() {
+            if spends_tokens {
+                if let Some(spent) = self.tokens_exhausted(user).await? {
+                    return Err(ReserveError::TokensSpent(spent));
+                }
+            }
             return Ok(Reservation { pool: self.pool.clone(), user, held });
         }
+        let now = Utc::now();
         let limits: Vec<i64> = charges.iter().map(|c| c.quota.limit(&self.limits)).collect();
-        let rows = sqlx::raw_sql(&reserve_sql(user, &charges, &limits)).fetch_all(&self.pool).await?;
+        let tokens = |limit: u64| i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<ReservedRow> = sqlx::query_as(RESERVE)
+            .bind(user)
+            .bind(charges.iter().map(|c| c.quota.name()).collect::<Vec<_>>())
+            .bind(charges.iter().map(|c| c.amount).collect::<Vec<_>>())
+            .bind(&limits)
+            .bind(charges.iter().map(|c| c.quota.daily()).collect::<Vec<_>>())
+            .bind(spends_tokens)
+            .bind(now.date_naive())
+            .bind(tokens(self.limits.tokens_per_day))
+            .bind(tokens(self.limits.tokens_per_month))
+            .fetch_all(&self.pool)
+            .await?;
         let counted: Vec<(String, String)> =
-            rows.iter().map(|r| Ok((r.try_get("quota")?, r.try_get("period")?))).collect::<Result<_, sqlx::Error>>()?;
+            rows.iter().filter_map(|(quota, period, ..)| Some((quota.clone()?, period.clone()?))).collect();
+        if spends_tokens {
+            let spent = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or_default();
+            let (today, this_month) = rows.first().map_or((0, 0), |(_, _, t, m)| (spent(*t), spent(*m)));
+            if let Some(exceeded) = token_check(&self.limits, now, today, this_month) {
+                // The function reserved nothing then; should it ever disagree, nothing stays.
+                give_back_all(&self.pool, user, &held_all(&charges, &counted)).await?;
+                return Err(ReserveError::TokensSpent(exceeded));
+            }
+        }
         for (charge, limit) in charges.iter().zip(&limits) {
             match counted.iter().find(|(quota, _)| quota == charge.quota.name()) {
                 Some((_, period)) => held.push((charge.quota, period.clone(), charge.amount)),

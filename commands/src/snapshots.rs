@@ -9,21 +9,33 @@
 //! unreadable snapshot as "the initial state at sequence 0, snapshot version N": the
 //! aggregate is rebuilt from all its events and the next snapshot *updates* version N,
 //! replacing the unreadable payload.
+//!
+//! It also appends through [`event_append`]: one statement per command instead of
+//! postgres-es's transaction of three or more, with its snapshot labelled by the sequence
+//! it holds.
 
 use std::future::Future;
 
+use colloquy_infra::event_append::{self, SnapshotWrite};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
+use sqlx::PgPool;
 
-/// The event repository with unreadable snapshots treated as absent (see the module docs).
-pub struct SnapshotTolerant(PostgresEventRepository);
+/// The event repository with unreadable snapshots treated as absent and appends in one
+/// statement (see the module docs).
+pub struct SnapshotTolerant {
+    reads: PostgresEventRepository,
+    pool: PgPool,
+    snapshot_every: Option<usize>,
+}
 
 impl SnapshotTolerant {
-    /// Wraps `repo`.
-    pub fn new(repo: PostgresEventRepository) -> Self {
-        Self(repo)
+    /// The repository on `pool`, for an aggregate snapshotted every `snapshot_every`
+    /// events (as given to cqrs-es's `new_snapshot_store`), or never.
+    pub fn new(pool: PgPool, snapshot_every: Option<usize>) -> Self {
+        Self { reads: PostgresEventRepository::new(pool.clone()), pool, snapshot_every }
     }
 }
 
@@ -47,7 +59,7 @@ impl PersistedEventRepository for SnapshotTolerant {
         &self,
         aggregate_id: &str,
     ) -> impl Future<Output = Result<Vec<SerializedEvent>, PersistenceError>> + Send {
-        self.0.get_events::<A>(aggregate_id)
+        self.reads.get_events::<A>(aggregate_id)
     }
 
     fn get_last_events<A: Aggregate>(
@@ -55,33 +67,43 @@ impl PersistedEventRepository for SnapshotTolerant {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> impl Future<Output = Result<Vec<SerializedEvent>, PersistenceError>> + Send {
-        self.0.get_last_events::<A>(aggregate_id, last_sequence)
+        self.reads.get_last_events::<A>(aggregate_id, last_sequence)
     }
 
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        self.0.get_snapshot::<A>(aggregate_id).await?.map(readable::<A>).transpose()
+        self.reads.get_snapshot::<A>(aggregate_id).await?.map(readable::<A>).transpose()
     }
 
-    fn persist<A: Aggregate>(
+    async fn persist<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
-    ) -> impl Future<Output = Result<(), PersistenceError>> + Send {
-        self.0.persist::<A>(events, snapshot_update)
+    ) -> Result<(), PersistenceError> {
+        let snapshot = match (snapshot_update, events.first()) {
+            (Some((_, payload, version)), Some(first)) => {
+                let before = first.sequence.saturating_sub(1);
+                // Without a snapshot policy cqrs-es snapshots after every event it appends.
+                let sequence = event_append::snapshot_sequence(self.snapshot_every, before, events.len())
+                    .unwrap_or(before + events.len());
+                Some(SnapshotWrite { payload, sequence: sequence as i64, version: version as i64 })
+            }
+            _ => None,
+        };
+        event_append::append(&self.pool, A::TYPE, events, snapshot).await
     }
 
     fn stream_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> impl Future<Output = Result<ReplayStream, PersistenceError>> + Send {
-        self.0.stream_events::<A>(aggregate_id)
+        self.reads.stream_events::<A>(aggregate_id)
     }
 
     fn stream_all_events<A: Aggregate>(&self) -> impl Future<Output = Result<ReplayStream, PersistenceError>> + Send {
-        self.0.stream_all_events::<A>()
+        self.reads.stream_all_events::<A>()
     }
 }
 

@@ -1,11 +1,14 @@
 //! Snapshots survive code changes: a snapshot that no longer deserialises into the
 //! aggregate (as after a release that changed its shape) is replayed past, commands keep
-//! committing across the next snapshot boundary, and the unreadable row is replaced.
+//! committing across the next snapshot boundary, and the unreadable row is replaced. A
+//! command whose events cross a boundary stores the snapshot of the boundary it crossed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use chrono::Utc;
 use colloquy_commands::conversations::{PostMessage, StartConversation};
 use colloquy_commands::users::Register;
 use colloquy_commands::{Caller, CommandSettings, Commands};
+use colloquy_domain::conversation::export::{Export, ExportedConversation, ExportedMessage, FORMAT, FORMAT_VERSION};
 use colloquy_domain::registry::Registered;
 use colloquy_domain::Conversation;
 use colloquy_infra::event_store;
@@ -31,21 +34,29 @@ async fn snapshot_of(pool: &PgPool, id: Uuid) -> (i64, i64, serde_json::Value) {
     .unwrap()
 }
 
-#[tokio::test]
-async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_boundary() {
-    let db = TestDatabase::create().await;
-    let new_commands = || {
-        Commands::new(
-            db.pool.clone(),
-            Metrics::new(),
-            CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
-        )
-    };
-    let commands = new_commands();
+/// The use cases on `pool`, as a new process has them (nothing in memory).
+fn commands_on(pool: &PgPool) -> Commands {
+    Commands::new(
+        pool.clone(),
+        Metrics::new(),
+        CommandSettings { hash_concurrency: 2, idempotency_ttl_hours: 24, ..Default::default() },
+    )
+}
+
+/// A newly registered user, as the caller of commands.
+async fn registered(commands: &Commands) -> Caller {
     let email = format!("s{}@example.com", Uuid::new_v4().simple());
     let input = Register { email, full_name: "Snap".into(), password: "a good password".into() };
     let owner = commands.register("test".into(), input).await.unwrap().user_id;
-    let caller = Caller::user(owner, "corr".into(), "req");
+    Caller::user(owner, "corr".into(), "req")
+}
+
+#[tokio::test]
+async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_boundary() {
+    let db = TestDatabase::create().await;
+    let new_commands = || commands_on(&db.pool);
+    let commands = new_commands();
+    let caller = registered(&commands).await;
     let id = commands
         .start_conversation(&caller, StartConversation { title: Some("Long".into()), ..Default::default() })
         .await
@@ -96,4 +107,91 @@ async fn an_unreadable_snapshot_is_replayed_past_and_replaced_at_the_next_bounda
         serde_json::to_value(&expected).unwrap(),
         "the new snapshot equals a full replay"
     );
+}
+
+/// The aggregate as a replay of its events up to `sequence` builds it.
+async fn replayed(pool: &PgPool, id: Uuid, sequence: i64) -> serde_json::Value {
+    let events =
+        event_store::read_aggregate(pool, Conversation::TYPE, &id.to_string(), 0, Some(sequence)).await.unwrap();
+    let mut aggregate = Conversation::default();
+    for event in events {
+        aggregate.apply(serde_json::from_value(event.tagged()).unwrap());
+    }
+    serde_json::to_value(&aggregate).unwrap()
+}
+
+#[tokio::test]
+async fn a_command_whose_events_cross_a_boundary_snapshots_the_boundary_and_loads_every_later_event() {
+    let db = TestDatabase::create().await;
+    let new_commands = || commands_on(&db.pool);
+    let commands = new_commands();
+    let caller = registered(&commands).await;
+
+    // An import of EVERY + 5 messages: one command, more events than a snapshot interval.
+    let ids: Vec<Uuid> = (0..EVERY + 5).map(|_| Uuid::new_v4()).collect();
+    let messages = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ExportedMessage {
+            id: *id,
+            parent_id: i.checked_sub(1).map(|p| ids[p]),
+            role: "user".into(),
+            content: format!("imported {i}"),
+            created_at: Utc::now(),
+            status: "completed".into(),
+            model: None,
+            provider: None,
+            usage: None,
+            edit_of: None,
+            citations: Vec::new(),
+        })
+        .collect();
+    let export = Export {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        exported_at: Utc::now(),
+        conversation: ExportedConversation {
+            id: Uuid::new_v4(),
+            title: "Imported".into(),
+            kind: "chat".into(),
+            model: colloquy_commands::models::LOCAL_MODEL.into(),
+            system_prompt: None,
+            grounded: false,
+            created_at: Utc::now(),
+        },
+        messages,
+        active_leaf_id: ids.last().copied(),
+    };
+    let accepted = commands.import_conversation(&caller, export).await.unwrap().value;
+    let (id, version) = (accepted.conversation_id, accepted.version);
+    assert!(version > EVERY as i64, "the import crossed a snapshot boundary ({version} events)");
+
+    // The snapshot holds the aggregate at the boundary, and says so.
+    let (last_sequence, snapshot_version, payload) = snapshot_of(&db.pool, id).await;
+    assert_eq!((last_sequence, snapshot_version), (EVERY as i64, 1));
+    assert_eq!(payload, replayed(&db.pool, id, EVERY as i64).await, "the snapshot equals a replay to the boundary");
+
+    // A new process (nothing cached) loads snapshot + every later event: the next message
+    // follows the last imported one.
+    let commands = new_commands();
+    let input = PostMessage { id: None, content: "after the import".into(), model: None };
+    let posted = commands.post_message(&caller, id, input).await.unwrap().value;
+    assert_eq!(posted.version, version + 1);
+    let parent: Option<String> = sqlx::query_scalar(
+        "SELECT payload -> 'UserMessagePosted' ->> 'parent_id' FROM events WHERE aggregate_id = $1 AND sequence = $2",
+    )
+    .bind(id.to_string())
+    .bind(posted.version)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let last_imported: String = sqlx::query_scalar(
+        "SELECT payload -> 'MessageImported' ->> 'message_id' FROM events
+          WHERE aggregate_id = $1 AND event_type = 'MessageImported' ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(parent, Some(last_imported), "the new message follows the last imported one");
 }

@@ -20,7 +20,7 @@ mod tree_tests;
 pub mod tree;
 
 pub use aggregate::{Conversation, ConversationStatus, SNAPSHOT_EVERY};
-pub use commands::ConversationCommand;
+pub use commands::{ConversationCommand, NewMessageId};
 pub use errors::ConversationError;
 pub use events::{
     BranchActivated, Citation, ConversationArchived, ConversationImported, ConversationOpenedFromApi, ConversationShared, ConversationDeleted, ConversationEvent, ConversationKind, ConversationRenamed,

@@ -5,6 +5,7 @@
 
 pub mod assistant_settings;
 pub mod cloudevents;
+pub mod event_append;
 pub mod event_store;
 pub mod file_storage;
 pub mod kafka;

@@ -114,7 +114,7 @@ impl Conversation {
     async fn check_new_message(
         &self,
         actor_id: Uuid,
-        message_id: Uuid,
+        message_id: NewMessageId,
         content: &str,
         requested_model: Option<&str>,
         services: &ConversationServices,
@@ -126,7 +126,9 @@ impl Conversation {
         message(content)?;
         let model = requested_model.map(model).transpose()?;
         let id = self.id.ok_or(ConversationError::NotFound)?;
-        if services.messages.message_exists(id, message_id).await.map_err(Refusal::PortFailed)? {
+        if !message_id.is_minted()
+            && services.messages.message_exists(id, message_id.id()).await.map_err(Refusal::PortFailed)?
+        {
             return Err(ConversationError::DuplicateMessage.into());
         }
         Ok(model)
@@ -400,7 +402,7 @@ impl Aggregate for Conversation {
             C::PostUserMessage { actor_id, message_id, content, model: m } => {
                 let model = self.check_new_message(actor_id, message_id, &content, m.as_deref(), services).await?;
                 E::UserMessagePosted(UserMessagePosted {
-                    message_id,
+                    message_id: message_id.id(),
                     author_id: actor_id,
                     content,
                     model,
@@ -409,7 +411,8 @@ impl Aggregate for Conversation {
                 })
             }
             C::EditMessage { actor_id, message_id, new_message_id, content, model: m } => {
-                let model = self.check_new_message(actor_id, new_message_id, &content, m.as_deref(), services).await?;
+                let model =
+                    self.check_new_message(actor_id, new_message_id.into(), &content, m.as_deref(), services).await?;
                 let id = self.ensure_live()?;
                 let edited = services.messages.node(id, message_id).await.map_err(Refusal::PortFailed)?;
                 let edited = edited.ok_or(ConversationError::MessageNotFound)?;
@@ -807,7 +810,12 @@ mod tests {
     }
 
     fn post(actor: Uuid, content: &str) -> ConversationCommand {
-        ConversationCommand::PostUserMessage { actor_id: actor, message_id: MSG, content: content.into(), model: None }
+        ConversationCommand::PostUserMessage {
+            actor_id: actor,
+            message_id: MSG.into(),
+            content: content.into(),
+            model: None,
+        }
     }
 
     async fn expect_err(given: Vec<ConversationEvent>, cmd: ConversationCommand, err: ConversationError) {
@@ -1211,6 +1219,79 @@ mod tests {
             .then_expect_error(Refusal::Rejected(ConversationError::DuplicateMessage));
     }
 
+    /// A lookup that claims every id is taken, and counts how often it is asked.
+    #[derive(Default)]
+    struct EveryIdTaken(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl MessageLookup for EveryIdTaken {
+        async fn message_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(true)
+        }
+
+        async fn reply_exists(&self, _: Uuid, _: Uuid) -> Result<bool, PortError> {
+            Ok(true)
+        }
+
+        async fn node(&self, _: Uuid, _: Uuid) -> Result<Option<MessageNode>, PortError> {
+            Ok(None)
+        }
+
+        async fn latest_leaf(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+            Ok(None)
+        }
+
+        async fn requested_reply(&self, _: Uuid, _: Uuid) -> Result<Option<Uuid>, PortError> {
+            Ok(None)
+        }
+    }
+
+    // A given id is looked up; a minted one is new by construction and never asked about.
+    #[tokio::test]
+    async fn a_minted_message_id_is_not_looked_up_and_a_given_one_is() {
+        let lookup = Arc::new(EveryIdTaken::default());
+        let minted = NewMessageId::mint();
+        let cmd = ConversationCommand::PostUserMessage {
+            actor_id: OWNER,
+            message_id: minted,
+            content: "hi".into(),
+            model: None,
+        };
+        ConvTest::with(ConversationServices::new(lookup.clone()))
+            .given(vec![started()])
+            .when_async(cmd)
+            .await
+            .then_expect_events(vec![ConversationEvent::UserMessagePosted(UserMessagePosted {
+                message_id: minted.id(),
+                author_id: OWNER,
+                content: "hi".into(),
+                model: None,
+                parent_id: None,
+                edit_of: None,
+            })]);
+        assert_eq!(lookup.0.load(std::sync::atomic::Ordering::SeqCst), 0, "a minted id is not looked up");
+
+        let given = ConversationCommand::PostUserMessage {
+            actor_id: OWNER,
+            message_id: NewMessageId::given(minted.id()),
+            content: "hi".into(),
+            model: None,
+        };
+        ConvTest::with(ConversationServices::new(lookup.clone()))
+            .given(vec![started()])
+            .when_async(given)
+            .await
+            .then_expect_error(Refusal::Rejected(ConversationError::DuplicateMessage));
+        assert_eq!(lookup.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_deserialised_message_id_is_a_given_one() {
+        let id: NewMessageId = serde_json::from_value(serde_json::json!(MSG)).unwrap();
+        assert_eq!((id.id(), id.is_minted()), (MSG, false));
+    }
+
     // The lookup is keyed by (conversation, message): an id taken elsewhere is free here.
     #[tokio::test]
     async fn a_message_id_taken_in_another_conversation_is_not_a_duplicate() {
@@ -1372,7 +1453,7 @@ mod tests {
                         0 => ConversationCommand::ArchiveConversation { actor_id: OWNER },
                         1 => ConversationCommand::UnarchiveConversation { actor_id: OWNER },
                         2 => ConversationCommand::DeleteConversation { actor_id: OWNER },
-                        _ => ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: Uuid::from_u128(100 + i as u128), content: "m".into(), model: None },
+                        _ => ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: Uuid::from_u128(100 + i as u128).into(), content: "m".into(), model: None },
                     };
                     let is_post = *op >= 3;
                     if conv.handle(cmd, &services, &sink).await.is_ok() && is_post {

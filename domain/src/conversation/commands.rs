@@ -70,7 +70,7 @@ pub enum ConversationCommand {
         /// Who asks.
         actor_id: Uuid,
         /// The new message's id.
-        message_id: Uuid,
+        message_id: NewMessageId,
         /// The text.
         content: String,
         /// The model to answer with, if the poster chose one (validated as a model name).
@@ -253,4 +253,46 @@ pub enum ConversationCommand {
         /// The upstream model that was streaming, if any.
         model: Option<String>,
     },
+}
+
+/// The id of a message about to be posted: given by the client, or minted for it here.
+///
+/// A given id may repeat one the conversation already has (a retry, a mistake), so the
+/// aggregate looks it up before accepting it. A minted id is a random (v4) UUID drawn for
+/// this message alone: no earlier message can have it, and the lookup, a round trip to the
+/// event store on every post, is skipped. Only [`mint`](Self::mint) makes one, and a
+/// deserialised command always holds a given id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "Uuid")]
+pub struct NewMessageId {
+    id: Uuid,
+    minted: bool,
+}
+
+impl NewMessageId {
+    /// An id the client chose.
+    pub fn given(id: Uuid) -> Self {
+        Self { id, minted: false }
+    }
+
+    /// A fresh random id, which no message has.
+    pub fn mint() -> Self {
+        Self { id: Uuid::new_v4(), minted: true }
+    }
+
+    /// The id.
+    pub fn id(self) -> Uuid {
+        self.id
+    }
+
+    /// Whether it was minted here (and so needs no lookup).
+    pub fn is_minted(self) -> bool {
+        self.minted
+    }
+}
+
+impl From<Uuid> for NewMessageId {
+    fn from(id: Uuid) -> Self {
+        Self::given(id)
+    }
 }

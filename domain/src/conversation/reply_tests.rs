@@ -261,7 +261,7 @@ async fn expect_err(
 async fn a_post_keeps_the_trimmed_model_it_asks_for() {
     let cmd = ConversationCommand::PostUserMessage {
         actor_id: OWNER,
-        message_id: MSG,
+        message_id: MSG.into(),
         content: "hi".into(),
         model: Some(" gpt-4o ".into()),
     };
@@ -281,7 +281,7 @@ async fn a_post_keeps_the_trimmed_model_it_asks_for() {
 async fn a_post_asking_for_a_blank_model_is_rejected() {
     let cmd = ConversationCommand::PostUserMessage {
         actor_id: OWNER,
-        message_id: MSG,
+        message_id: MSG.into(),
         content: "hi".into(),
         model: Some("  ".into()),
     };
@@ -292,7 +292,7 @@ async fn a_post_asking_for_a_blank_model_is_rejected() {
 async fn a_post_asking_for_a_model_with_an_invisible_character_is_rejected() {
     let cmd = ConversationCommand::PostUserMessage {
         actor_id: OWNER,
-        message_id: MSG,
+        message_id: MSG.into(),
         content: "hi".into(),
         model: Some("gpt\u{200B}4o".into()),
     };
@@ -305,7 +305,7 @@ async fn a_post_asking_for_a_model_with_an_invisible_character_is_rejected() {
 async fn a_post_reusing_a_reply_id_is_a_duplicate() {
     let cmd = ConversationCommand::PostUserMessage {
         actor_id: OWNER,
-        message_id: reply(),
+        message_id: reply().into(),
         content: "hi".into(),
         model: None,
     };

@@ -134,7 +134,7 @@ fn state(events: Vec<ConversationEvent>) -> Conversation {
 
 #[tokio::test]
 async fn a_posted_message_follows_the_active_leaf() {
-    let post = |id| ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: id, content: "next".into(), model: None };
+    let post = |id| ConversationCommand::PostUserMessage { actor_id: OWNER, message_id: NewMessageId::given(id), content: "next".into(), model: None };
     let mut expected = posted(NEW, Some(reply_id_for(M2)), None);
     if let ConversationEvent::UserMessagePosted(m) = &mut expected {
         m.content = "next".into();
