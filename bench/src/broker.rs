@@ -35,7 +35,7 @@ fn tansu_binary() -> anyhow::Result<PathBuf> {
 
 impl Broker {
     /// Starts the broker and waits until it accepts connections.
-    pub async fn start() -> anyhow::Result<Self> {
+    pub async fn start(nice: i32) -> anyhow::Result<Self> {
         let binary = tansu_binary()?;
         let dir = std::env::temp_dir().join(format!("colloquy-bench-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -65,6 +65,16 @@ impl Broker {
                             return;
                         }
                     };
+                    if let (Some(pid), true) = (child.id(), nice != 0) {
+                        let reniced = Command::new("renice")
+                            .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
+                            .stdout(std::process::Stdio::null())
+                            .status()
+                            .await;
+                        if !reniced.is_ok_and(|s| s.success()) {
+                            eprintln!("[bench] warning: could not renice the broker to {nice}");
+                        }
+                    }
                     let _ = pid_tx.send(child.id());
                     tokio::select! {
                         status = child.wait() => {
@@ -89,7 +99,7 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!("[bench] broker (Tansu, empty store) on {}", broker.address);
+        eprintln!("[bench] broker (Tansu, empty store, nice {nice}) on {}", broker.address);
         Ok(broker)
     }
 

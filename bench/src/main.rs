@@ -132,6 +132,11 @@ struct Args {
     /// Consumers' `fetch.wait.max.ms` (`kafka.fetch_wait_max_ms`, default 100).
     #[arg(long)]
     fetch_wait_ms: Option<u32>,
+    /// The broker's nice value (`renice`; below 0 needs root). A broker shares these two
+    /// cores with colloquy, PostgreSQL and the load clients, where a Kafka cluster has
+    /// machines of its own; a negative value keeps it from being starved. 0 leaves it be.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    broker_nice: i32,
     /// Measure the assistant's streaming path instead (time to first token added, SSE
     /// streams held, the local model's speed); see bench/README.md.
     #[arg(long)]
@@ -325,7 +330,7 @@ fn ensure_kafka() -> anyhow::Result<()> {
 async fn run(args: &Args, tag: &str, db_url: &str, layout: Layout, extras: bool) -> anyhow::Result<Report> {
     let mut settings = bench_settings(args, tag, db_url);
     telemetry::init(&settings.log);
-    let broker = broker::Broker::start().await?;
+    let broker = broker::Broker::start(args.broker_nice).await?;
     settings.kafka.brokers = broker.address.clone();
     let outcome = run_on(args, tag, db_url, &mut settings, &broker, layout, extras).await;
     let restarts = broker.restarts();
