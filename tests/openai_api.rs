@@ -172,14 +172,23 @@ async fn the_official_python_client_streams_and_non_streams_with_an_api_key_and_
     assert_eq!((s, b["choices"][0]["message"]["content"].as_str()), (200, Some("Hello from colloquy.")), "{b}");
     usage_with(client, &token, 3).await;
     // Spent: 429 `insufficient_quota`, nothing recorded, the provider not asked.
-    let (events, calls) = (app.event_count().await, fake.requests_to(Route::ChatCompletions).len());
+    let reserved = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(used), 0)::bigint FROM user_quota_usage")
+            .fetch_one(app.pool())
+            .await
+            .unwrap()
+    };
+    let (events, calls, reserved_before) =
+        (app.event_count().await, fake.requests_to(Route::ChatCompletions).len(), reserved().await);
     let (s, b) = v1(&app, reqwest::Method::POST, "/chat/completions", &key, Some(request.clone())).await;
     assert_eq!(
         (s, b["error"]["code"].as_str(), b["error"]["type"].as_str()),
         (429, Some("insufficient_quota"), Some("insufficient_quota")),
         "{b}"
     );
+    assert!(b["error"]["message"].as_str().unwrap().contains("token"), "the token quota refused it: {b}");
     assert_eq!((app.event_count().await, fake.requests_to(Route::ChatCompletions).len()), (events, calls));
+    assert_eq!(reserved().await, reserved_before, "a refused request holds no quota");
 
     // Revoked: refused from the next request on, in OpenAI's shape; listed no more.
     let (s, b, _) =

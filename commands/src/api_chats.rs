@@ -108,7 +108,6 @@ impl Commands {
         self.models.check(&chat.model)?;
         self.idempotency
             .once(caller.user, caller.idempotency_key.as_ref(), "api_chat", &chat, || async {
-                self.ensure_tokens_left(caller).await?;
                 let conversation_id = Uuid::new_v4();
                 let message_id = Uuid::new_v4();
                 let mut history = Vec::with_capacity(chat.turns.len());
@@ -154,7 +153,7 @@ impl Commands {
                     content: chat.content.clone(),
                 };
                 let charges = [Charge::new(Quota::MessagesPerDay, 1), Charge::new(Quota::StoredBytes, bytes)];
-                let committed = self.execute_charged(caller, conversation_id, command, &charges).await?;
+                let committed = self.execute_spending(caller, conversation_id, command, &charges).await?;
                 Ok(ApiChatAccepted {
                     conversation_id,
                     message_id,

@@ -282,15 +282,6 @@ impl Commands {
             .await
     }
 
-    /// Refuses a request that would make the model answer once the caller has spent the
-    /// day's or the month's tokens (before anything is recorded: no message, no call).
-    pub(crate) async fn ensure_tokens_left(&self, caller: &Caller) -> Result<(), UseCaseError<ConversationError>> {
-        match self.quotas.tokens_exhausted(caller.user).await? {
-            Some(spent) => Err(UseCaseError::TokenQuotaExceeded(spent)),
-            None => Ok(()),
-        }
-    }
-
     /// Runs `command` on an existing conversation once per Idempotency-Key; `request` is what
     /// identifies the request for the key.
     async fn conversation_command(

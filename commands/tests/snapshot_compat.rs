@@ -1,7 +1,8 @@
 //! Snapshots survive code changes: a snapshot that no longer deserialises into the
 //! aggregate (as after a release that changed its shape) is replayed past, commands keep
 //! committing across the next snapshot boundary, and the unreadable row is replaced. A
-//! command whose events cross a boundary stores the snapshot of the boundary it crossed.
+//! command whose events cross a boundary stores the snapshot of the boundary it crossed, and
+//! a migration deletes the snapshots postgres-es labelled past their boundary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::Utc;
@@ -120,15 +121,10 @@ async fn replayed(pool: &PgPool, id: Uuid, sequence: i64) -> serde_json::Value {
     serde_json::to_value(&aggregate).unwrap()
 }
 
-#[tokio::test]
-async fn a_command_whose_events_cross_a_boundary_snapshots_the_boundary_and_loads_every_later_event() {
-    let db = TestDatabase::create().await;
-    let new_commands = || commands_on(&db.pool);
-    let commands = new_commands();
-    let caller = registered(&commands).await;
-
-    // An import of EVERY + 5 messages: one command, more events than a snapshot interval.
-    let ids: Vec<Uuid> = (0..EVERY + 5).map(|_| Uuid::new_v4()).collect();
+/// A conversation imported in one command with `count` messages, each following the one
+/// before: its id and its version.
+async fn imported(commands: &Commands, caller: &Caller, count: usize) -> (Uuid, i64) {
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
     let messages = ids
         .iter()
         .enumerate()
@@ -162,27 +158,23 @@ async fn a_command_whose_events_cross_a_boundary_snapshots_the_boundary_and_load
         messages,
         active_leaf_id: ids.last().copied(),
     };
-    let accepted = commands.import_conversation(&caller, export).await.unwrap().value;
-    let (id, version) = (accepted.conversation_id, accepted.version);
-    assert!(version > EVERY as i64, "the import crossed a snapshot boundary ({version} events)");
+    let accepted = commands.import_conversation(caller, export).await.unwrap().value;
+    (accepted.conversation_id, accepted.version)
+}
 
-    // The snapshot holds the aggregate at the boundary, and says so.
-    let (last_sequence, snapshot_version, payload) = snapshot_of(&db.pool, id).await;
-    assert_eq!((last_sequence, snapshot_version), (EVERY as i64, 1));
-    assert_eq!(payload, replayed(&db.pool, id, EVERY as i64).await, "the snapshot equals a replay to the boundary");
-
-    // A new process (nothing cached) loads snapshot + every later event: the next message
-    // follows the last imported one.
-    let commands = new_commands();
+/// Posts a message to conversation `id` (at `version`) from a new process (nothing cached),
+/// which loads the snapshot and every later event, and asserts the message follows the last
+/// imported one.
+async fn assert_next_message_follows_the_import(pool: &PgPool, caller: &Caller, id: Uuid, version: i64) {
     let input = PostMessage { id: None, content: "after the import".into(), model: None };
-    let posted = commands.post_message(&caller, id, input).await.unwrap().value;
+    let posted = commands_on(pool).post_message(caller, id, input).await.unwrap().value;
     assert_eq!(posted.version, version + 1);
     let parent: Option<String> = sqlx::query_scalar(
         "SELECT payload -> 'UserMessagePosted' ->> 'parent_id' FROM events WHERE aggregate_id = $1 AND sequence = $2",
     )
     .bind(id.to_string())
     .bind(posted.version)
-    .fetch_one(&db.pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     let last_imported: String = sqlx::query_scalar(
@@ -190,8 +182,59 @@ async fn a_command_whose_events_cross_a_boundary_snapshots_the_boundary_and_load
           WHERE aggregate_id = $1 AND event_type = 'MessageImported' ORDER BY sequence DESC LIMIT 1",
     )
     .bind(id.to_string())
-    .fetch_one(&db.pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(parent, Some(last_imported), "the new message follows the last imported one");
+}
+
+#[tokio::test]
+async fn a_command_whose_events_cross_a_boundary_snapshots_the_boundary_and_loads_every_later_event() {
+    let db = TestDatabase::create().await;
+    let commands = commands_on(&db.pool);
+    let caller = registered(&commands).await;
+
+    // An import of EVERY + 5 messages: one command, more events than a snapshot interval.
+    let (id, version) = imported(&commands, &caller, EVERY + 5).await;
+    assert!(version > EVERY as i64, "the import crossed a snapshot boundary ({version} events)");
+
+    // The snapshot holds the aggregate at the boundary, and says so.
+    let (last_sequence, snapshot_version, payload) = snapshot_of(&db.pool, id).await;
+    assert_eq!((last_sequence, snapshot_version), (EVERY as i64, 1));
+    assert_eq!(payload, replayed(&db.pool, id, EVERY as i64).await, "the snapshot equals a replay to the boundary");
+
+    assert_next_message_follows_the_import(&db.pool, &caller, id, version).await;
+}
+
+/// The migration that heals snapshots postgres-es labelled with a command's last sequence.
+const HEAL_SNAPSHOT_LABELS: &str = include_str!("../../migrations/20261201000020_heal_snapshot_labels.sql");
+
+#[tokio::test]
+async fn the_healing_migration_deletes_snapshots_labelled_past_their_boundary_and_keeps_the_rest() {
+    let db = TestDatabase::create().await;
+    let commands = commands_on(&db.pool);
+    let caller = registered(&commands).await;
+    let (wrong, version) = imported(&commands, &caller, EVERY + 5).await;
+    let (right, _) = imported(&commands, &caller, EVERY).await;
+
+    // What postgres-es stored for the first import: the state at the boundary, labelled
+    // with the command's last sequence.
+    sqlx::query("UPDATE snapshots SET last_sequence = $2 WHERE aggregate_id = $1")
+        .bind(wrong.to_string())
+        .bind(version)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let kept = snapshot_of(&db.pool, right).await;
+
+    sqlx::raw_sql(HEAL_SNAPSHOT_LABELS).execute(&db.pool).await.unwrap();
+
+    let wrong_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots WHERE aggregate_id = $1")
+        .bind(wrong.to_string())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(wrong_rows, 0, "the mislabelled snapshot is gone");
+    assert_eq!(snapshot_of(&db.pool, right).await, kept, "a snapshot on its boundary is kept");
+    assert_next_message_follows_the_import(&db.pool, &caller, wrong, version).await;
 }

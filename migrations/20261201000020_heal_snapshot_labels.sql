@@ -1,0 +1,15 @@
+-- Deletes snapshots that postgres-es 0.5 labelled with the wrong sequence.
+--
+-- When one command's events crossed a snapshot boundary (an import of 25 messages into a new
+-- conversation, say), cqrs-es stored the aggregate as it stood at the boundary (event 20)
+-- and postgres-es labelled the row with the command's last sequence (25). Every later load
+-- then started from the state at 20 and skipped events 21 to 25: a new message attached to
+-- the wrong parent. Since 20261201000010 the append writes the boundary itself
+-- (`infra/src/event_append.rs`), so no new row is wrong; this heals the rows written before.
+--
+-- Every snapshotted aggregate (Conversation, User, KnowledgeDocument) is snapshotted every
+-- 20 events, and a correct snapshot always holds a boundary: a row whose sequence is not a
+-- multiple of 20 is exactly a mislabelled one. Deleting is always safe, even for a row that
+-- was right: the next load replays the aggregate's events, and the next boundary it crosses
+-- writes a new snapshot (version 1, as for an aggregate never snapshotted).
+DELETE FROM snapshots WHERE last_sequence % 20 <> 0;
