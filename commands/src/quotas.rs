@@ -168,22 +168,54 @@ pub struct Reservation {
     held: Vec<(Quota, String, i64)>,
 }
 
-/// Reserves every charge's amount in one call of `reserve_quota` (see its migration): an
-/// upsert whose `WHERE` is evaluated on the locked, current row, so concurrent reservations
-/// cannot overshoot, with rows written in the order given (sorted by quota) so two
-/// reservations cannot deadlock. It answers the charges it counted, with their periods; a
-/// charge missing from the answer would have exceeded its limit.
+/// Reserves every charge's amount in one prepared statement: an upsert whose `WHERE` is
+/// evaluated on the locked, current row, so concurrent reservations cannot overshoot, with
+/// rows written in the order given (sorted by quota) so two reservations cannot deadlock.
+/// It answers the charges it counted, with their periods; a charge missing from the answer
+/// would have exceeded its limit.
+///
+/// A command that will make a model answer (`$6`) first has the tokens its user spent today
+/// and this month (`tokens_spent`, the usage ledger) checked against their limits (`$8`,
+/// `$9`) in the same statement: if either is spent, nothing is reserved. Every answered row
+/// carries the two sums (null when not asked for); with nothing reserved, one row of nulls
+/// is answered (and the sums, when asked for).
 ///
 /// A user's counter row is a hot spot: every command of theirs updates it, and concurrent
-/// ones queue on its lock. So the lock is held as briefly as possible: the call is one
-/// prepared statement (one round trip, its plan kept by the session, the token check
-/// included when asked for), and it commits
-/// without waiting for the WAL to reach the disk (why that keeps durability: the migration).
-const RESERVE: &str = "SELECT quota, period, tokens_today, tokens_this_month
-                         FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// ones queue on its lock. So the lock is held as briefly as possible: one round trip, one
+/// statement whose plan the session keeps (an earlier PL/pgSQL function, `reserve_quota`,
+/// cost a fifth of PostgreSQL's CPU under load in its interpreter and SPI; 2026-12-01), and
+/// a commit that does not wait for the WAL to reach the disk. Durability is unchanged: a
+/// reservation is kept only for a command whose events then commit, and that synchronous
+/// commit flushes the WAL up to and past the reservation's commit record. A crash can lose
+/// only reservations of commands that never committed, which would have been given back.
+/// (`set_config(..., true)` lasts to the end of this statement's own transaction.)
+const RESERVE: &str = "
+    WITH spent AS (
+        SELECT s.today, s.this_month FROM tokens_spent($1, $7) s WHERE $6
+    ), tokens_left AS (
+        SELECT NOT EXISTS (SELECT 1 FROM spent WHERE spent.this_month >= $9 OR spent.today >= $8) AS ok
+    ), no_flush_wait AS (
+        SELECT set_config('synchronous_commit', 'off', true)
+    ), reserved AS (
+        INSERT INTO user_quota_usage AS u (user_id, quota, period, used)
+        SELECT $1, w.quota, CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END,
+               w.amount
+          FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::boolean[]) WITH ORDINALITY
+               AS w(quota, amount, lim, daily, n)
+         WHERE w.amount <= w.lim AND (SELECT ok FROM tokens_left)
+         ORDER BY w.n
+        ON CONFLICT (user_id, quota, period) DO UPDATE SET used = u.used + EXCLUDED.used
+         WHERE u.used + EXCLUDED.used
+               <= (SELECT l.lim FROM unnest($2::text[], $4::bigint[]) AS l(quota, lim) WHERE l.quota = EXCLUDED.quota)
+        RETURNING u.quota, u.period
+    )
+    SELECT r.quota, r.period, s.today, s.this_month
+      FROM no_flush_wait
+      LEFT JOIN reserved r ON true
+      LEFT JOIN spent s ON true";
 
-/// A row `reserve_quota` answers: a quota counted and its period (both null when the tokens
-/// were spent and nothing was reserved), then the tokens spent today and this month (null
+/// A row [`RESERVE`] answers: a quota counted and its period (both null when nothing was
+/// reserved), then the tokens spent today and this month (null
 /// when the command spends none).
 type ReservedRow = (Option<String>, Option<String>, Option<i64>, Option<i64>);
 
