@@ -183,7 +183,7 @@ pub struct Reservation {
 /// A user's counter row is a hot spot: every command of theirs updates it, and concurrent
 /// ones queue on its lock. So the lock is held as briefly as possible: one round trip, one
 /// statement whose plan the session keeps (an earlier PL/pgSQL function, `reserve_quota`,
-/// cost a fifth of PostgreSQL's CPU under load in its interpreter and SPI; 2026-12-01), and
+/// cost a fifth of PostgreSQL's CPU under load in its interpreter and SPI; 2026-11-30), and
 /// a commit that does not wait for the WAL to reach the disk. Durability is unchanged: a
 /// reservation is kept only for a command whose events then commit, and that synchronous
 /// commit flushes the WAL up to and past the reservation's commit record. A crash can lose

@@ -14,7 +14,7 @@ use crate::quarantine::{self, Quarantined};
 
 /// Events read and applied per transaction while building. Each page locks and writes the
 /// progress of every aggregate it touches once, so larger pages write less progress: at
-/// 1,000 that was a third of a rebuild's database time (2026-12-01, 28k events of 1,000
+/// 1,000 that was a third of a rebuild's database time (2026-11-30, 28k events of 1,000
 /// conversations); 5,000 events of about a kilobyte are a few megabytes in memory.
 const PAGE: i64 = 5_000;
 
