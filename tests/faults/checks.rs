@@ -72,56 +72,90 @@ struct Record {
     sequence: i64,
 }
 
-/// Every record of the topics, from the beginning to the end as of now.
-fn read_topics(brokers: &str) -> Result<Vec<Record>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("faults-check-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for topic in metadata.topics().iter().filter(|t| TOPICS.contains(&t.name())) {
-        for p in topic.partitions() {
-            let (_, high) =
-                consumer.fetch_watermarks(topic.name(), p.id(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
-            if high > 0 {
-                assignment.add_partition_offset(topic.name(), p.id(), Offset::Beginning).map_err(|e| e.to_string())?;
-                ends.insert((topic.name().to_string(), p.id()), high);
+/// What the suite has read of the topics so far, kept across scenarios: every check reads
+/// only the records added since the last one. (Rereading from the beginning after every
+/// scenario made the last checks slow enough to time out: Tansu 0.6 answers a fetch with a
+/// running sum over the whole backlog behind the fetch offset.)
+#[derive(Default)]
+pub struct Topics {
+    records: Vec<Record>,
+    /// The next offset to read, per (topic, partition).
+    next: HashMap<(String, i32), i64>,
+}
+
+/// A read that stops making progress for this long is given up (and tried again by the
+/// caller until its deadline); a read that makes progress is never cut short.
+const READ_STALL: Duration = Duration::from_secs(60);
+
+impl Topics {
+    /// Reads every record added to the topics since the last call, up to their ends as of
+    /// now. Progress is kept record by record, so a read that fails half-way resumes where
+    /// it stopped.
+    fn read_new(&mut self, brokers: &str) -> Result<(), String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("faults-check-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in metadata.topics().iter().filter(|t| TOPICS.contains(&t.name())) {
+            for p in topic.partitions() {
+                let key = (topic.name().to_string(), p.id());
+                let (_, high) = consumer
+                    .fetch_watermarks(topic.name(), p.id(), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                let next = self.next.get(&key).copied().unwrap_or(0);
+                if high > next {
+                    assignment
+                        .add_partition_offset(topic.name(), p.id(), Offset::Offset(next))
+                        .map_err(|e| e.to_string())?;
+                    ends.insert(key, high);
+                }
             }
         }
-    }
-    consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(format!("could not read the topics to their end within 180 s: {ends:?} left"));
+        if ends.is_empty() {
+            return Ok(());
         }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let message = message.map_err(|e| e.to_string())?;
-        let header = |name: &str| {
-            message.headers().and_then(|h| {
-                h.iter().find(|x| x.key == name).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
-            })
-        };
-        records.push(Record {
-            aggregate: message.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default(),
-            id: header("ce_id").unwrap_or_default(),
-            sequence: header("sequence").and_then(|s| s.parse().ok()).unwrap_or(-1),
-        });
-        let key = (message.topic().to_string(), message.partition());
-        if ends.get(&key).is_some_and(|end| message.offset() + 1 >= *end) {
-            ends.remove(&key);
+        consumer.assign(&assignment).map_err(|e| e.to_string())?;
+        let mut progress = std::time::Instant::now();
+        while !ends.is_empty() {
+            if progress.elapsed() > READ_STALL {
+                return Err(format!("reading the topics made no progress for {READ_STALL:?}: {ends:?} left"));
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let message = message.map_err(|e| e.to_string())?;
+            let key = (message.topic().to_string(), message.partition());
+            if self.next.get(&key).is_some_and(|next| message.offset() < *next) {
+                continue;
+            }
+            progress = std::time::Instant::now();
+            let header = |name: &str| {
+                message.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == name)
+                        .and_then(|x| x.value)
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                })
+            };
+            self.records.push(Record {
+                aggregate: message.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default(),
+                id: header("ce_id").unwrap_or_default(),
+                sequence: header("sequence").and_then(|s| s.parse().ok()).unwrap_or(-1),
+            });
+            self.next.insert(key.clone(), message.offset() + 1);
+            if ends.get(&key).is_some_and(|end| message.offset() + 1 >= *end) {
+                ends.remove(&key);
+            }
         }
+        Ok(())
     }
-    Ok(records)
 }
 
 /// Kafka holds every stored event by id, no other, in sequence order per aggregate.
-async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), String> {
+async fn published(pool: &PgPool, brokers: &str, topics: &mut Topics) -> Result<(usize, usize), String> {
     // Long enough for the local broker's worst recovery seen: after a restart, Tansu 0.6's
     // SQLite engine can abort on the relay's retried idempotent batches a few times in a row
     // (its supervisor restarts it each time) before librdkafka gives the batch up and the
@@ -137,21 +171,24 @@ async fn published(pool: &PgPool, brokers: &str) -> Result<(usize, usize), Strin
                 .map(|(id, aggregate, sequence)| (id.to_string(), (aggregate, sequence)))
                 .collect();
         let reader = brokers.to_string();
-        let records =
-            match tokio::task::spawn_blocking(move || read_topics(&reader)).await.map_err(|e| e.to_string())? {
-                Ok(records) => records,
-                // The broker may still be recovering from the fault (its supervisor restarts it
-                // when it aborts): not an answer yet, ask again until the deadline.
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    eprintln!("reading the topics failed ({e}); trying again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => return Err(format!("could not read the topics for {KAFKA_DEADLINE:?}: {e}")),
-            };
+        let mut taken = std::mem::take(topics);
+        let (read, taken) =
+            tokio::task::spawn_blocking(move || (taken.read_new(&reader), taken)).await.map_err(|e| e.to_string())?;
+        *topics = taken;
+        match read {
+            Ok(()) => {}
+            // The broker may still be recovering from the fault (its supervisor restarts it
+            // when it aborts): not an answer yet, ask again until the deadline.
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("reading the topics failed ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(format!("could not read the topics for {KAFKA_DEADLINE:?}: {e}")),
+        };
         let mut seen = HashSet::new();
         let mut last: HashMap<&str, i64> = HashMap::new();
-        for r in &records {
+        for r in &topics.records {
             match store.get(&r.id) {
                 None => {
                     return Err(format!("Kafka holds {} (sequence {}), which the store does not", r.id, r.sequence))
@@ -263,7 +300,7 @@ async fn read_models_equal_a_rebuild(
 }
 
 /// Runs every check; `Err` names the first that failed.
-pub async fn check(cluster: &Cluster, ledger: &Ledger) -> Result<Counts, String> {
+pub async fn check(cluster: &Cluster, ledger: &Ledger, topics: &mut Topics) -> Result<Counts, String> {
     if let Some((request, status, body)) = ledger.refused.first() {
         return Err(format!("a command was refused: {} {status} {body}", request.path));
     }
@@ -276,7 +313,7 @@ pub async fn check(cluster: &Cluster, ledger: &Ledger) -> Result<Counts, String>
         return Err(format!("{in_progress} idempotency keys are stuck in progress"));
     }
     let stored = stored(&pool, &ledger.acknowledged).await?;
-    let (events, published) = published(&pool, &cluster.broker.address()).await?;
+    let (events, published) = published(&pool, &cluster.broker.address(), topics).await?;
     let projected = read_models_equal_a_rebuild(cluster, &pool, &ledger.acknowledged).await?;
     pool.close().await;
     Ok(Counts { acknowledged: ledger.acknowledged.len(), stored, events, published, projected })

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use checks::Counts;
+use checks::{Counts, Topics};
 use cluster::{Cluster, Role};
 use load::{Client, Ledger, User};
 
@@ -100,7 +100,13 @@ const AFTER: Duration = Duration::from_secs(5);
 /// How long owed requests are re-sent (longer than the idempotency lease the suite sets).
 const SETTLE: Duration = Duration::from_secs(60);
 
-async fn scenario(cluster: &mut Cluster, client: &Client, users: &[User], fault: Fault) -> Result<Counts, String> {
+async fn scenario(
+    cluster: &mut Cluster,
+    client: &Client,
+    users: &[User],
+    topics: &mut Topics,
+    fault: Fault,
+) -> Result<Counts, String> {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
@@ -124,7 +130,7 @@ async fn scenario(cluster: &mut Cluster, client: &Client, users: &[User], fault:
     if ledger.acknowledged.is_empty() {
         return Err("no command was acknowledged".into());
     }
-    checks::check(cluster, &ledger).await
+    checks::check(cluster, &ledger, topics).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -143,11 +149,14 @@ async fn the_pipeline_loses_nothing_acknowledged_under_faults() {
         "scenario", "acknowledged", "stored", "published/events", "projected", "seconds"
     );
     let mut failures = Vec::new();
+    // What the checks have read of the topics: each scenario's check reads only what is new.
+    let mut topics = Topics::default();
     for fault in Fault::selected() {
         let t = Instant::now();
-        let outcome = tokio::time::timeout(Duration::from_secs(360), scenario(&mut cluster, &client, &users, fault))
-            .await
-            .unwrap_or_else(|_| Err("the scenario did not finish within 6 minutes".into()));
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(360), scenario(&mut cluster, &client, &users, &mut topics, fault))
+                .await
+                .unwrap_or_else(|_| Err("the scenario did not finish within 6 minutes".into()));
         match outcome {
             Ok(c) => println!(
                 "{:<28} {:>12} {:>8} {:>18} {:>10} {:>8.1}",
