@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use colloquy::runtime::{self, Processes};
 use colloquy_infra::{kafka, postgres, telemetry, Settings};
 
+/// mimalloc instead of the system's allocator: the API, relay and projectors allocate many
+/// small, short-lived buffers per request and per event (JSON, SQL arguments, HTTP
+/// headers), and glibc's malloc took about 15 % of `serve`'s CPU under load (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "colloquy", version, about = "Event-sourced AI chat backend")]
 struct Cli {
