@@ -49,14 +49,44 @@ fn connect_error(settings: &DatabaseSettings) -> impl Fn(sqlx::Error) -> Databas
     move |source| DatabaseError::Connect { url: redact_url(&settings.url), source }
 }
 
-/// Connects a pool (lazily checked: the first query fails if the server is unreachable).
-pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
+/// A pooled connection idle for at least this long is pinged before it is handed out.
+pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The options of every pool: its size, how long to wait for a connection, and when to
+/// check a connection's liveness before lending it.
+///
+/// sqlx checks every connection with a round trip before lending it
+/// (`test_before_acquire`, on by default), so a command of three statements paid three
+/// extra round trips, each waking a PostgreSQL backend. A connection in steady use has just
+/// proven itself: only one that sat idle for [`PING_WHEN_IDLE_FOR`] or longer (the ones a
+/// server restart or an idle-connection timeout has most likely broken) is pinged, and
+/// replaced when the ping fails. A busy connection broken since its last use fails its
+/// next statement instead, which answers that one request with an error and discards the
+/// connection (sqlx tests every connection on its return to the pool). Nothing that was
+/// acknowledged depends on it.
+pub fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
+    pool_options_pinging_after(settings, PING_WHEN_IDLE_FOR)
+}
+
+/// [`pool_options`] with another idle time before a ping (the tests use the extremes).
+pub fn pool_options_pinging_after(settings: &DatabaseSettings, idle: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-        .connect(&settings.url)
-        .await
-        .map_err(connect_error(settings))
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= idle {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// Connects a pool (lazily checked: the first query fails if the server is unreachable).
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
+    pool_options(settings).connect(&settings.url).await.map_err(connect_error(settings))
 }
 
 /// A pool for the HTTP API, whose handlers run on actix's per-worker runtimes.
@@ -68,10 +98,8 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DatabaseErro
 /// handlers only ever borrow connections that outlive them. It also keeps connection set-up
 /// out of request latency.
 pub async fn connect_for_http(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+    pool_options(settings)
         .min_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect(&settings.url)
         .await
         .map_err(connect_error(settings))
