@@ -84,7 +84,7 @@ pub fn pool_options_pinging_after(settings: &DatabaseSettings, idle: Duration) -
         })
 }
 
-/// Connects a pool (lazily checked: the first query fails if the server is unreachable).
+/// Connects a pool, opening its first connection now: an unreachable server fails here.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
     pool_options(settings).connect(&settings.url).await.map_err(connect_error(settings))
 }
