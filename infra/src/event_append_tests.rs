@@ -103,3 +103,22 @@ async fn events_of_two_aggregates_are_refused_before_anything_is_sent() {
     assert!(matches!(e, PersistenceError::UnknownError(_)), "{e:?}");
     assert!(stored(&db.pool, "a-3").await.is_empty());
 }
+
+#[tokio::test]
+async fn event_ids_are_version_7_and_grow_in_the_order_events_are_appended() {
+    let db = TestDatabase::create().await;
+    let id = "a-ids";
+    let two: Vec<_> = (1..=2).map(|n| event(id, n, &format!("e{n}"))).collect();
+    append(&db.pool, "Thing", &two, None).await.unwrap();
+    append(&db.pool, "Thing", &[event(id, 3, "e3")], snapshot(3, 1)).await.unwrap();
+    append(&db.pool, "Thing", &[event(id, 4, "e4")], snapshot(4, 2)).await.unwrap();
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.iter().all(|e| e.get_version_num() == 7), "minted here, not the column's random default: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "they grow with time, so they go in at the index's right edge: {ids:?}");
+}
