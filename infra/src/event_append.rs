@@ -12,8 +12,10 @@
 //! the `events_event_id` index, as `position` does, where random ones dirty a random leaf
 //! page per event, and after every checkpoint each such page goes to the WAL whole. With
 //! two million events stored, an append after a checkpoint wrote 7.1 KB of WAL instead of
-//! 9.6 KB (bench/README.md, eighth round). The ids stay unique (74 random bits per
-//! millisecond), and nothing reads an order into them: commit order is `tx_id`'s.
+//! 9.6 KB (bench/README.md, eighth round). After the millisecond timestamp come a randomly
+//! seeded counter and random bits, so ids stay unique across processes; one that collided
+//! would be a unique violation, which the command service retries as a conflict. Nothing
+//! reads an order into them: commit order is `tx_id`'s.
 //!
 //! It also mends two faults of postgres-es's append:
 //! - A snapshot *update* that matched no row (another writer moved the snapshot on) is

@@ -120,5 +120,8 @@ async fn event_ids_are_version_7_and_grow_in_the_order_events_are_appended() {
             .unwrap();
     assert_eq!(ids.len(), 4);
     assert!(ids.iter().all(|e| e.get_version_num() == 7), "minted here, not the column's random default: {ids:?}");
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "they grow with time, so they go in at the index's right edge: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "they grow with time, so they go in at the index's right edge: {ids:?}"
+    );
 }
