@@ -1,15 +1,17 @@
 //! The authenticated caller of a request: the access token is verified (signature, expiry,
 //! issuer, audience, `typ`), the per-user rate limit applied, the session tables asked
 //! whether the token may still be used (registered, active account; session and token not
-//! revoked: one indexed query on the API's pool, behind a Redis cache of refusals only), and
-//! the request's metadata (request id, correlation id) and Idempotency-Key gathered into the
-//! [`Caller`] every use case takes.
+//! revoked: primary-key lookups on the API's pool, concurrent requests' checks answered by
+//! one statement, behind a Redis cache of refusals only), and the request's metadata
+//! (request id, correlation id) and Idempotency-Key gathered into the [`Caller`] every use
+//! case takes.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
 use colloquy_commands::api_keys::API_KEY_PREFIX;
+use colloquy_commands::sessions::SessionToken;
 use colloquy_commands::{Caller, IdempotencyKey};
 use uuid::Uuid;
 
@@ -111,7 +113,8 @@ impl Authenticated {
             let token = state.tokens.verify(&token)?;
             let user = token.user;
             state.limiter.check_user(user, token.session).await?;
-            match state.commands.access_allowed(user, token.session, token.jti).await {
+            match state.access.allowed(SessionToken { user_id: user, session_id: token.session, jti: token.jti }).await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     if let Err(e) = state.limiter.remember_refused(user, token.session, token.remaining_secs()).await {

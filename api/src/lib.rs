@@ -36,6 +36,13 @@ use tracing_actix_web::{RequestId, TracingLogger};
 use crate::errors::{ApiError, ErrorCode};
 use crate::state::AppState;
 
+/// Session-check statements in flight at once per API process. One: while it runs, the
+/// checks of requests arriving meanwhile queue and the next statement answers all of them,
+/// so the busier the process, the fewer statements per request (`session_checks_total` ÷
+/// `session_check_statements_total` on `/metrics` is the mean batch). A request waits at
+/// most for the statement in flight and its own.
+const SESSION_CHECK_LANES: usize = 1;
+
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -95,14 +102,18 @@ impl Application {
         let hub = crate::streams::hub::Hub::new();
         let hub_shutdown = tokio_util::sync::CancellationToken::new();
         hub.spawn(streams.clone(), hub_shutdown.clone());
+        let commands = Commands::new(pool.clone(), metrics.clone(), command_settings)
+            .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs))
+            .with_quotas(settings.quotas)
+            .with_models(ModelCatalog::new(
+                settings.assistant.models.keys().cloned(),
+                settings.assistant.default_model.clone(),
+            ));
+        // On this (the pool's) runtime, not on an HTTP worker's.
+        let access = commands.access_checks(SESSION_CHECK_LANES, metrics.clone());
         let state = web::Data::new(AppState {
-            commands: Commands::new(pool.clone(), metrics.clone(), command_settings)
-                .with_idempotency_lease(Duration::from_secs(settings.http.idempotency_lease_secs))
-                .with_quotas(settings.quotas)
-                .with_models(ModelCatalog::new(
-                    settings.assistant.models.keys().cloned(),
-                    settings.assistant.default_model.clone(),
-                )),
+            commands,
+            access,
             queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
             tokens,
             limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use colloquy_commands::access_checks::AccessChecks;
 use colloquy_commands::Commands;
 use colloquy_infra::file_storage::FileStorage;
 use colloquy_infra::ops::Scrape;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub queries: Queries,
     /// Access tokens.
     pub tokens: Tokens,
+    /// The session check of every authenticated request (concurrent ones share a statement).
+    pub access: AccessChecks,
     /// Rate limits.
     pub limiter: RateLimiter,
     /// Metrics and their probes.

@@ -3,6 +3,7 @@
 //! command metadata, idempotency, credential checks and authorisation; underneath, the
 //! command service loads an aggregate, lets it decide and appends its events.
 
+pub mod access_checks;
 pub mod api_chats;
 pub mod api_keys;
 pub mod assistant;

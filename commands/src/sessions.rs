@@ -73,6 +73,18 @@ enum Rotation {
     Reused,
 }
 
+/// What the session check asks about an access token (already verified: signature, expiry,
+/// claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionToken {
+    /// Its user (`sub`).
+    pub user_id: Uuid,
+    /// Its session (`sid`).
+    pub session_id: Uuid,
+    /// Its id (`jti`).
+    pub jti: Uuid,
+}
+
 /// The session tables.
 #[derive(Clone)]
 pub struct Sessions {
@@ -232,19 +244,29 @@ impl Sessions {
     /// the account is registered and not deactivated, the session exists, is the user's and
     /// is not revoked, and the token itself is not revoked. One query of primary-key lookups.
     pub async fn access_allowed(&self, user_id: Uuid, session_id: Uuid, jti: Uuid) -> Result<bool, sqlx::Error> {
+        let allowed = self.access_allowed_many(&[SessionToken { user_id, session_id, jti }]).await?;
+        Ok(allowed.first().copied().unwrap_or(false))
+    }
+
+    /// [`access_allowed`](Self::access_allowed) for several tokens in one statement (the
+    /// checks of concurrent requests, gathered by [`crate::access_checks::AccessChecks`]):
+    /// one answer per token, in their order.
+    pub async fn access_allowed_many(&self, tokens: &[SessionToken]) -> Result<Vec<bool>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (
                  SELECT 1
                    FROM auth_sessions s
                    JOIN user_credentials c ON c.user_id = s.user_id
-                  WHERE s.session_id = $1 AND s.user_id = $2
+                  WHERE s.session_id = t.session_id AND s.user_id = t.user_id
                     AND s.revoked_at IS NULL AND c.deactivated_at IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM revoked_access_tokens r WHERE r.jti = $3))",
+                    AND NOT EXISTS (SELECT 1 FROM revoked_access_tokens r WHERE r.jti = t.jti))
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) WITH ORDINALITY AS t(session_id, user_id, jti, n)
+              ORDER BY t.n",
         )
-        .bind(session_id)
-        .bind(user_id)
-        .bind(jti)
-        .fetch_one(&self.pool)
+        .bind(tokens.iter().map(|t| t.session_id).collect::<Vec<_>>())
+        .bind(tokens.iter().map(|t| t.user_id).collect::<Vec<_>>())
+        .bind(tokens.iter().map(|t| t.jti).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
         .await
     }
 
@@ -320,5 +342,16 @@ impl Commands {
     /// used. See [`Sessions::access_allowed`].
     pub async fn access_allowed(&self, user_id: Uuid, session_id: Uuid, jti: Uuid) -> Result<bool, Failure> {
         Ok(self.sessions.access_allowed(user_id, session_id, jti).await?)
+    }
+
+    /// A checker that answers the session checks of concurrent requests with one statement
+    /// (see [`AccessChecks`](crate::access_checks::AccessChecks)), started on the current
+    /// runtime: the one that owns this pool. At most `lanes` statements run at once.
+    pub fn access_checks(
+        &self,
+        lanes: usize,
+        metrics: colloquy_infra::metrics::Metrics,
+    ) -> crate::access_checks::AccessChecks {
+        crate::access_checks::AccessChecks::spawn(self.sessions.clone(), lanes, metrics)
     }
 }

@@ -16,6 +16,11 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Appends that lost an optimistic-concurrency race and were decided again, by aggregate.
     pub command_retries: IntCounterVec,
+    /// Session checks of access tokens (one per authenticated request).
+    pub session_checks: prometheus::IntCounter,
+    /// Statements those checks took (concurrent requests' checks share one): checks ÷
+    /// statements is the mean batch.
+    pub session_check_statements: prometheus::IntCounter,
     /// Events in the store the relay has not yet published.
     pub relay_lag_events: IntGauge,
     /// 1 while this process's relay holds the relay lock and publishes, 0 while it stands by.
@@ -79,6 +84,12 @@ impl Metrics {
             Opts::new("command_retries_total", "Appends retried after losing a concurrency race"),
             &["aggregate"],
         ));
+        let session_checks =
+            must(prometheus::IntCounter::new("session_checks_total", "Session checks of access tokens"));
+        let session_check_statements = must(prometheus::IntCounter::new(
+            "session_check_statements_total",
+            "Statements the session checks took (concurrent checks share one)",
+        ));
         let relay_lag_events = must(IntGauge::new("relay_lag_events", "Committed events not yet published to Kafka"));
         let relay_active = must(IntGauge::new("relay_active", "1 while this relay is the active one"));
         let relay_lock_attempts =
@@ -125,6 +136,8 @@ impl Metrics {
             Box::new(http_latency.clone()),
             Box::new(commands.clone()),
             Box::new(command_retries.clone()),
+            Box::new(session_checks.clone()),
+            Box::new(session_check_statements.clone()),
             Box::new(relay_lag_events.clone()),
             Box::new(relay_published.clone()),
             Box::new(relay_active.clone()),
@@ -149,6 +162,8 @@ impl Metrics {
             http_latency,
             commands,
             command_retries,
+            session_checks,
+            session_check_statements,
             relay_lag_events,
             relay_published,
             relay_active,
