@@ -100,21 +100,22 @@ async fn answer(sessions: Sessions, batch: Vec<Pending>, lane: OwnedSemaphorePer
     drop(lane);
     metrics.session_check_statements.inc();
     metrics.session_checks.inc_by(batch.len() as u64);
-    match outcome {
-        Ok(allowed) if allowed.len() == batch.len() => {
-            for (pending, allowed) in batch.into_iter().zip(allowed) {
-                let _ = pending.answer.send(Ok(allowed));
-            }
-        }
-        // One row per token is what the statement answers; anything else refuses them all.
-        Ok(allowed) => {
-            let e = Arc::new(sqlx::Error::Protocol(format!(
+    // One row per token is what the statement answers; anything else refuses them all.
+    let outcome = outcome.and_then(|allowed| {
+        if allowed.len() == batch.len() {
+            Ok(allowed)
+        } else {
+            Err(sqlx::Error::Protocol(format!(
                 "the session check answered {} rows for {} tokens",
                 allowed.len(),
                 batch.len()
-            )));
-            for pending in batch {
-                let _ = pending.answer.send(Err(AccessCheckError::Database(e.clone())));
+            )))
+        }
+    });
+    match outcome {
+        Ok(allowed) => {
+            for (pending, allowed) in batch.into_iter().zip(allowed) {
+                let _ = pending.answer.send(Ok(allowed));
             }
         }
         Err(e) => {

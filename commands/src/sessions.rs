@@ -13,12 +13,14 @@
 //! markers) is only a cache: with it gone, [`Commands::access_allowed`] still refuses.
 
 use colloquy_domain::user::UserStatus;
+use colloquy_infra::metrics::Metrics;
 use colloquy_infra::secrets;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::access_checks::AccessChecks;
 use crate::errors::{Failure, UseCaseError};
 use crate::users::LoginRejection;
 use crate::Commands;
@@ -249,7 +251,7 @@ impl Sessions {
     }
 
     /// [`access_allowed`](Self::access_allowed) for several tokens in one statement (the
-    /// checks of concurrent requests, gathered by [`crate::access_checks::AccessChecks`]):
+    /// checks of concurrent requests, gathered by [`AccessChecks`]):
     /// one answer per token, in their order.
     pub async fn access_allowed_many(&self, tokens: &[SessionToken]) -> Result<Vec<bool>, sqlx::Error> {
         sqlx::query_scalar(
@@ -345,13 +347,9 @@ impl Commands {
     }
 
     /// A checker that answers the session checks of concurrent requests with one statement
-    /// (see [`AccessChecks`](crate::access_checks::AccessChecks)), started on the current
+    /// (see [`AccessChecks`]), started on the current
     /// runtime: the one that owns this pool. At most `lanes` statements run at once.
-    pub fn access_checks(
-        &self,
-        lanes: usize,
-        metrics: colloquy_infra::metrics::Metrics,
-    ) -> crate::access_checks::AccessChecks {
-        crate::access_checks::AccessChecks::spawn(self.sessions.clone(), lanes, metrics)
+    pub fn access_checks(&self, lanes: usize, metrics: Metrics) -> AccessChecks {
+        AccessChecks::spawn(self.sessions.clone(), lanes, metrics)
     }
 }
