@@ -12,7 +12,7 @@
 //! events of the aggregate are skipped until an operator clears it (see
 //! [`crate::quarantine`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use colloquy_infra::event_store::{self, StoredEvent};
@@ -187,10 +187,81 @@ pub async fn apply_in_order(
     table: &str,
     event: &StoredEvent,
 ) -> Result<Applied, ApplyError> {
-    let mut outcomes = apply_all_in_order(conn, projection, state, table, std::slice::from_ref(event))
+    apply_one(conn, projection, &mut Progress::Stored(state), table, event).await
+}
+
+/// [`apply_in_order`] with its progress kept in `progress`.
+async fn apply_one(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    progress: &mut Progress<'_>,
+    table: &str,
+    event: &StoredEvent,
+) -> Result<Applied, ApplyError> {
+    let mut outcomes = apply_all(conn, projection, progress, table, std::slice::from_ref(event))
         .await
         .map_err(|failed| failed.error)?;
     Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
+}
+
+/// Where a batch reads and records how far each aggregate has been applied, and which
+/// aggregates are quarantined.
+pub enum Progress<'a> {
+    /// `projection_state` rows under this name, locked by each batch's transaction: projector
+    /// instances, reconciliation and a rebuild's switch-over may apply concurrently.
+    Stored(&'a str),
+    /// In memory, for a rebuild's pages: one builder applies them, in commit order, to a
+    /// table nobody else writes, so nothing needs locking, and [`HeldProgress::store`] writes
+    /// it all once, before the switch-over.
+    Held(&'a mut HeldProgress),
+}
+
+impl Progress<'_> {
+    /// The progress name (`projection_state.projection`, `projection_quarantine.projection`).
+    fn state(&self) -> &str {
+        match self {
+            Self::Stored(state) => state,
+            Self::Held(held) => &held.state,
+        }
+    }
+}
+
+/// A rebuild's progress, in memory (see [`Progress::Held`]).
+#[derive(Debug)]
+pub struct HeldProgress {
+    state: String,
+    last: HashMap<String, i64>,
+    /// Quarantined here, and recorded in `projection_quarantine` under `state` too.
+    quarantined: HashSet<String>,
+}
+
+impl HeldProgress {
+    /// Progress rows written per statement by [`store`](Self::store).
+    const STORE_CHUNK: usize = 10_000;
+
+    /// Nothing applied yet, under the progress name `state`.
+    pub fn new(state: impl Into<String>) -> Self {
+        Self { state: state.into(), last: HashMap::new(), quarantined: HashSet::new() }
+    }
+
+    /// Writes every aggregate's last applied sequence to `projection_state` under this
+    /// progress's name, which must hold none yet (a rebuild deletes them when it starts).
+    pub async fn store(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows: Vec<(&String, &i64)> = self.last.iter().collect();
+        for chunk in rows.chunks(Self::STORE_CHUNK) {
+            let (ids, sequences): (Vec<&str>, Vec<i64>) = chunk.iter().map(|(id, seq)| (id.as_str(), **seq)).unzip();
+            sqlx::query(
+                "INSERT INTO projection_state (projection, aggregate_id, last_sequence)
+                 SELECT $1, t.id, t.seq FROM UNNEST($2::text[], $3::bigint[]) AS t(id, seq)",
+            )
+            .bind(&self.state)
+            .bind(&ids)
+            .bind(&sequences)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// An event of a batch that could not be applied.
@@ -213,11 +284,32 @@ pub async fn apply_all_in_order(
     table: &str,
     events: &[StoredEvent],
 ) -> Result<Vec<Applied>, BatchFailure> {
+    apply_all(conn, projection, &mut Progress::Stored(state), table, events).await
+}
+
+/// [`apply_all_in_order`] with its progress kept in `progress`. Held progress changes only
+/// when the whole batch applied, like stored progress, which the caller's rollback undoes.
+async fn apply_all(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    progress: &mut Progress<'_>,
+    table: &str,
+    events: &[StoredEvent],
+) -> Result<Vec<Applied>, BatchFailure> {
     let fail = |index: usize| move |error: ApplyError| BatchFailure { index, error };
     let mut ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let loaded = lock_progress(conn, state, table, &ids).await.map_err(|e| fail(0)(e.into()))?;
+    let loaded = match progress {
+        Progress::Stored(state) => lock_progress(conn, state, table, &ids).await.map_err(|e| fail(0)(e.into()))?,
+        Progress::Held(held) => ids
+            .iter()
+            .map(|id| {
+                let seen = held.last.get(*id).copied().unwrap_or(0);
+                (id.to_string(), (seen, held.quarantined.contains(*id)))
+            })
+            .collect(),
+    };
     let mut last: HashMap<String, i64> = loaded.iter().map(|(id, (seq, _))| (id.clone(), *seq)).collect();
     // First decide what each event needs (reading missing predecessors from the store), then
     // apply everything new in one call, so the projection can write runs set-based.
@@ -285,8 +377,15 @@ pub async fn apply_all_in_order(
         }
     }
     // Only aggregates this batch advanced need their progress written.
-    let (ids, sequences): (Vec<String>, Vec<i64>) =
-        last.into_iter().filter(|(id, seq)| loaded.get(id).map(|(s, _)| s) != Some(seq)).unzip();
+    let advanced = last.into_iter().filter(|(id, seq)| loaded.get(id).map(|(s, _)| s) != Some(seq));
+    let state = match progress {
+        Progress::Stored(state) => *state,
+        Progress::Held(held) => {
+            held.last.extend(advanced);
+            return Ok(outcomes);
+        }
+    };
+    let (ids, sequences): (Vec<String>, Vec<i64>) = advanced.unzip();
     if !ids.is_empty() {
         sqlx::query(
             "UPDATE projection_state s SET last_sequence = t.seq
@@ -354,9 +453,20 @@ pub async fn apply_batch(
     table: &str,
     events: &[StoredEvent],
 ) -> Result<Vec<Applied>, sqlx::Error> {
+    apply_batch_to(conn, projection, &mut Progress::Stored(state), table, events).await
+}
+
+/// [`apply_batch`] with its progress kept in `progress`.
+pub async fn apply_batch_to(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    progress: &mut Progress<'_>,
+    table: &str,
+    events: &[StoredEvent],
+) -> Result<Vec<Applied>, sqlx::Error> {
     {
         let mut all = conn.begin().await?;
-        match apply_all_in_order(&mut all, projection, state, table, events).await {
+        match apply_all(&mut all, projection, progress, table, events).await {
             Ok(outcomes) => {
                 all.commit().await?;
                 return Ok(outcomes);
@@ -368,7 +478,7 @@ pub async fn apply_batch(
     let mut outcomes = Vec::with_capacity(events.len());
     for event in events {
         let mut one = conn.begin().await?;
-        match apply_in_order(&mut one, projection, state, table, event).await {
+        match apply_one(&mut one, projection, progress, table, event).await {
             Ok(outcome) => {
                 one.commit().await?;
                 outcomes.push(outcome);
@@ -378,10 +488,13 @@ pub async fn apply_batch(
                 let reason = bad.describe();
                 let sequence = bad.sequence.unwrap_or(event.sequence);
                 tracing::warn!(
-                    projection = state, aggregate_id = %event.aggregate_id, sequence, %reason,
+                    projection = progress.state(), aggregate_id = %event.aggregate_id, sequence, %reason,
                     "Poison event: aggregate quarantined."
                 );
-                quarantine::add(&mut *conn, state, event, sequence, bad.event_id, &reason).await?;
+                quarantine::add(&mut *conn, progress.state(), event, sequence, bad.event_id, &reason).await?;
+                if let Progress::Held(held) = progress {
+                    held.quarantined.insert(event.aggregate_id.clone());
+                }
                 outcomes.push(Applied::Poisoned { sequence, reason });
             }
             Err(ApplyError::Database(e)) => return Err(e),

@@ -6,16 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use colloquy_infra::event_store::{self, LogCursor};
+use colloquy_infra::event_store::{self, LogCursor, StoredEvent};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
 
-use crate::projection::{apply_batch, ApplyError, Projection};
+use crate::projection::{apply_batch, apply_batch_to, ApplyError, HeldProgress, Progress, Projection};
 use crate::quarantine::{self, Quarantined};
 
-/// Events read and applied per transaction while building. Each page locks and writes the
-/// progress of every aggregate it touches once, so larger pages write less progress: at
-/// 1,000 that was a third of a rebuild's database time (2026-11-30, 28k events of 1,000
-/// conversations); 5,000 events of about a kilobyte are a few megabytes in memory.
+/// Events read and applied per transaction while building. Pages of 1,000 spent a third of
+/// a rebuild's database time on progress rows (2026-11-30, 28k events of 1,000
+/// conversations), which larger pages wrote less often and which are now held in memory
+/// until the switch-over. A page is also the unit of the set-based insert. At most three
+/// pages are in memory (one applied, one waiting, one being read): 5,000 events of about a
+/// kilobyte each make that about fifteen megabytes.
 const PAGE: i64 = 5_000;
 
 /// Rebuild failures.
@@ -79,23 +82,30 @@ pub async fn rebuild_paged(
     sqlx::query("DELETE FROM projection_state WHERE projection = $1").bind(&state).execute(pool).await?;
     quarantine::forget(pool, &state).await?;
 
-    // Build outside any lock, a page per transaction.
+    // Build outside any lock, a page per transaction, with the progress held in memory: the
+    // pages come in commit order and nobody else writes the fresh table. The next page is
+    // read (and decoded) while this one is applied, so the two overlap on two cores.
+    let mut progress = HeldProgress::new(&state);
+    let (pages, mut ready) = mpsc::channel(1);
+    tokio::spawn(read_ahead(pool.clone(), types.clone(), page_size, pages));
     let mut cursor = LogCursor::default();
     let mut events = 0u64;
-    loop {
-        let page = event_store::read_committed(pool, cursor, Some(&types), page_size).await?;
-        let Some((_, last)) = page.last() else { break };
-        cursor = *last;
-        let batch: Vec<_> = page.into_iter().map(|(e, _)| e).collect();
+    while let Some(page) = ready.recv().await {
+        let (batch, last) = page?;
         let mut tx = pool.begin().await?;
         // A page is not worth a wait for the disk: a rebuild that stops (a crash, a restart)
         // starts again from an empty table, and the switch-over below commits durably,
         // flushing every page before it.
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-        apply_batch(&mut tx, projection, &state, &fresh, &batch).await?;
+        apply_batch_to(&mut tx, projection, &mut Progress::Held(&mut progress), &fresh, &batch).await?;
         tx.commit().await?;
         events += batch.len() as u64;
+        cursor = last;
     }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    progress.store(&mut tx).await?;
+    tx.commit().await?;
 
     // Switch: lock the live table (the live projector waits), catch up with what was
     // committed meanwhile, swap the tables and hand the rebuilt progress to the live name.
@@ -145,6 +155,30 @@ pub async fn rebuild_paged(
         );
     }
     Ok(RebuildReport { events, quarantined })
+}
+
+/// A page of events and the cursor after its last one.
+type Page = (Vec<StoredEvent>, LogCursor);
+
+/// Reads the committed events of `types` page by page from the start into `pages`, one page
+/// ahead of the builder; stops after the last page, after an error (sent on), or when the
+/// builder is gone.
+async fn read_ahead(pool: PgPool, types: Vec<String>, page_size: i64, pages: mpsc::Sender<Result<Page, RebuildError>>) {
+    let mut cursor = LogCursor::default();
+    loop {
+        let page = match event_store::read_committed(&pool, cursor, Some(&types), page_size).await {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = pages.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let Some((_, last)) = page.last() else { return };
+        cursor = *last;
+        if pages.send(Ok((page.into_iter().map(|(e, _)| e).collect(), cursor))).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// An index, constraint or owned sequence of a table, with what it is apart from its name.

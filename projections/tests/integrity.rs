@@ -68,6 +68,14 @@ async fn lock_waiters(pool: &PgPool, n: i64) {
     .await;
 }
 
+/// The read model refuses one title (as a migration might): a rename to it is poison.
+async fn refuse_cursed_titles(pool: &PgPool) {
+    sqlx::query("ALTER TABLE rm_conversations ADD CONSTRAINT no_cursed_titles CHECK (title <> 'cursed')")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// Waits until the commit-order reader (what rebuilds read) sees `count` events.
 async fn wait_until_readable(pool: &PgPool, count: usize) {
     eventually("the events past the fence", || async {
@@ -167,11 +175,7 @@ async fn a_poison_event_quarantines_only_its_aggregate_until_cleared_after_a_fix
     let db = TestDatabase::create().await;
     let pool = &db.pool;
     let owner = Uuid::new_v4();
-    // The read model refuses one title (as a migration might): a's rename is poison.
-    sqlx::query("ALTER TABLE rm_conversations ADD CONSTRAINT no_cursed_titles CHECK (title <> 'cursed')")
-        .execute(pool)
-        .await
-        .unwrap();
+    refuse_cursed_titles(pool).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     insert_event(pool, "Conversation", a, 1, started(a, owner, "Plans")).await;
     insert_event(pool, "Conversation", a, 2, posted(owner, "one")).await;
@@ -277,4 +281,69 @@ async fn reconciliation_applies_what_never_arrived_and_checks_each_event_once() 
     // The next pass starts where this one stopped: nothing left to compare.
     let next = reconcile::reconcile_once(pool, &ConversationsProjection, std::time::Duration::ZERO).await.unwrap();
     assert_eq!((next.checked, next.healed), (0, 0));
+}
+
+/// A rebuild keeps its progress in memory between pages: pages of one event show that what
+/// one page applied or quarantined is remembered by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_in_pages_of_one_carries_progress_and_quarantine_from_page_to_page() {
+    let db = TestDatabase::create().await;
+    let pool = &db.pool;
+    let owner = Uuid::new_v4();
+    refuse_cursed_titles(pool).await;
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    insert_event(pool, "Conversation", a, 1, started(a, owner, "Plans")).await;
+    insert_event(pool, "Conversation", a, 2, posted(owner, "one")).await;
+    insert_event(pool, "Conversation", a, 3, json!({"ConversationRenamed": {"title": "cursed"}})).await;
+    insert_event(pool, "Conversation", b, 1, started(b, owner, "Other")).await;
+    insert_event(pool, "Conversation", a, 4, posted(owner, "two")).await;
+    // c's second event commits in a transaction older than its first one's, so the commit
+    // order reads it first: a rebuild fills c's first event in from the store, and when the
+    // first event's own turn comes, a page later, it must be known as applied.
+    let mut older = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *older).await.unwrap();
+    insert_event(pool, "Conversation", c, 1, started(c, owner, "Late")).await;
+    insert_event(&mut *older, "Conversation", c, 2, posted(owner, "c one")).await;
+    older.commit().await.unwrap();
+    insert_event(pool, "Conversation", b, 2, posted(owner, "b one")).await;
+    wait_until_readable(pool, 8).await;
+    let order: Vec<(String, i64)> = event_store::read_committed(pool, Default::default(), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| (e.aggregate_id, e.sequence))
+        .collect();
+    let (c1, c2) =
+        (order.iter().position(|e| *e == (c.to_string(), 1)), order.iter().position(|e| *e == (c.to_string(), 2)));
+    assert!(c2 < c1, "c's second event is read first: {order:?}");
+
+    let p = ConversationsProjection;
+    let report = colloquy_projections::rebuild::rebuild_paged(pool, &p, 1).await.unwrap();
+    assert_eq!(report.events, 8);
+    let reported: Vec<(&str, i64)> = report.quarantined.iter().map(|q| (q.aggregate_id.as_str(), q.sequence)).collect();
+    assert_eq!(reported, [(a.to_string().as_str(), 3)], "only a, at its poison event");
+    // a stops before its poison event; its later message, a page on, is skipped.
+    let mut expected = vec![(a, 1, 2), (b, 1, 2), (c, 1, 2)];
+    expected.sort();
+    assert_eq!(counts(pool).await, expected);
+    let mut progress: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate_id, last_sequence FROM projection_state WHERE projection = 'conversations'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    progress.sort();
+    let mut expected_progress = vec![(a.to_string(), 2), (b.to_string(), 2), (c.to_string(), 2)];
+    expected_progress.sort();
+    assert_eq!(progress, expected_progress);
+    let leftover: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_state WHERE projection LIKE '%#rebuild'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(leftover, 0, "the rebuild's progress became the live projection's");
+
+    // The fix, then clearing: a catches up from its stored progress.
+    sqlx::query("ALTER TABLE rm_conversations DROP CONSTRAINT no_cursed_titles").execute(pool).await.unwrap();
+    quarantine::clear(pool, "conversations", &a.to_string()).await.unwrap().unwrap();
+    let applied = reconcile::catch_up(pool, &p, "Conversation", &a.to_string()).await.unwrap();
+    assert_eq!(applied.len(), 2, "{applied:?}");
 }
