@@ -347,3 +347,60 @@ async fn a_rebuild_in_pages_of_one_carries_progress_and_quarantine_from_page_to_
     let applied = reconcile::catch_up(pool, &p, "Conversation", &a.to_string()).await.unwrap();
     assert_eq!(applied.len(), 2, "{applied:?}");
 }
+
+/// A rebuild writes its progress in statements of 10,000 aggregates: more than that, across
+/// several pages, all get their row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_of_more_aggregates_than_one_progress_statement_records_each() {
+    let db = TestDatabase::create().await;
+    let pool = &db.pool;
+    let owner = Uuid::new_v4();
+    let conversations = 10_001;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'Conversation', c.id::text, 1, 'ConversationStarted', '1.0',
+                json_build_object('ConversationStarted', json_build_object(
+                    'conversation_id', c.id, 'owner_id', $1::uuid, 'title', 'Plans', 'kind', 'chat',
+                    'model', 'offline', 'system_prompt', null)),
+                '{}'
+           FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, $2)) c",
+    )
+    .bind(owner)
+    .bind(conversations)
+    .execute(pool)
+    .await
+    .unwrap();
+    let a = conversation(pool, owner, 2).await;
+    eventually("the events past the fence", || async {
+        let visible: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        (visible == i64::from(conversations) + 3).then_some(())
+    })
+    .await;
+
+    let report = rebuild(pool, &ConversationsProjection).await.unwrap();
+    assert_eq!(report.events, conversations as u64 + 3);
+    let (rows, progress, at_one): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM rm_conversations),
+                count(*), count(*) FILTER (WHERE last_sequence = 1)
+           FROM projection_state WHERE projection = 'conversations'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows, progress, at_one),
+        (i64::from(conversations) + 1, i64::from(conversations) + 1, i64::from(conversations))
+    );
+    let last: i64 = sqlx::query_scalar(
+        "SELECT last_sequence FROM projection_state WHERE projection = 'conversations' AND aggregate_id = $1",
+    )
+    .bind(a.to_string())
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(last, 3);
+}
