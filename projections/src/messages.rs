@@ -278,6 +278,10 @@ impl PostedRun {
             return Ok(());
         }
         let run = std::mem::take(self);
+        // In key order: every index of the table leads with the conversation, so a run's rows
+        // inserted conversation by conversation visit each index page once per conversation,
+        // not once per row. The rows are independent of each other, so the order changes
+        // nothing else; a rebuild of 26,645 events took about a fifth less (2026-12-01).
         sqlx::query(&format!(
             "INSERT INTO {table} (message_id, conversation_id, owner_id, sequence, role, content, created_at,
                                   status, reply_id, model, parent_id, edit_of, leaf_since)
@@ -286,7 +290,8 @@ impl PostedRun {
                FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[],
                            $7::uuid[], $8::text[], $9::uuid[], $10::uuid[])
                     AS r(message_id, conversation_id, owner_id, sequence, content, created_at, reply_id, model,
-                         parent_id, edit_of)"
+                         parent_id, edit_of)
+              ORDER BY r.conversation_id, r.sequence"
         ))
         .bind(&run.message_id)
         .bind(&run.conversation_id)
