@@ -256,12 +256,15 @@ async fn a_poison_event_is_dead_lettered_once_and_quarantines_only_its_aggregate
     produce(&app.settings, &[ea[0].clone(), ea[1].clone(), ea[2].clone(), ea[1].clone(), eo[0].clone(), eo[1].clone()])
         .await;
 
-    eventually("the other conversation's message, and a's later events skipped", || async {
+    // The projector counts outcomes when the batch commits and dead letters once Kafka has
+    // them, a moment later: wait for both.
+    eventually("the other conversation's message, a's later events skipped, the poison dead-lettered", || async {
         let skipped =
             metric(&app, "colloquy_projection_events_total{outcome=\"quarantined\",projection=\"conversations\"}")
                 .await;
+        let dead = metric(&app, "colloquy_dlq_messages_total{consumer=\"conversations\"}").await;
         let (_, count) = messages(app.pool(), other).await;
-        (skipped >= 2 && count == Some(1)).then_some(())
+        (skipped >= 2 && dead >= 1 && count == Some(1)).then_some(())
     })
     .await;
     assert_eq!(metric(&app, "colloquy_dlq_messages_total{consumer=\"conversations\"}").await, 1, "dead-lettered once");
