@@ -9,6 +9,10 @@
 //! the command is decided again on freshly loaded state. A refusal or a no-op decided on a
 //! cached copy is never answered as is (no append would have caught a stale copy): it is
 //! decided again on fresh state first.
+//!
+//! The append is our own ([`event_append`]), not cqrs-es's `commit`, so that a use case can
+//! hand it a guard (a quota reservation) that commits in the same statement as the events
+//! or not at all.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,11 +20,11 @@ use std::time::Duration;
 use colloquy_domain::decision::{Decided, PortError};
 use colloquy_domain::metadata;
 use colloquy_domain::registry::{Registered, RejectionOf};
-use colloquy_infra::event_append::snapshot_sequence;
+use colloquy_infra::event_append::{self, snapshot_sequence, AppendError, AppendGuard, SnapshotWrite};
 use colloquy_infra::metrics::Metrics;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{AggregateError, EventStore};
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent};
+use cqrs_es::{AggregateError, EventEnvelope, EventStore};
 use hashlink::LruCache;
 use rand::Rng;
 use sqlx::PgPool;
@@ -92,6 +96,10 @@ pub enum CommandError<R: std::error::Error> {
     /// Concurrent writers kept winning after every retry.
     #[error("the aggregate was changed concurrently; retry")]
     Conflict,
+    /// The append's guard refused it (see [`CommandService::execute_guarded`]); nothing was
+    /// written. The reason is the guard's, for it to explain.
+    #[error("refused by the append's guard: {0}")]
+    Refused(String),
     /// A port the decision needed failed.
     #[error(transparent)]
     Port(PortError),
@@ -106,6 +114,7 @@ impl<R: std::error::Error> CommandError<R> {
         match self {
             Self::Rejected(r) => CommandError::Rejected(f(r)),
             Self::Conflict => CommandError::Conflict,
+            Self::Refused(reason) => CommandError::Refused(reason),
             Self::Port(e) => CommandError::Port(e),
             Self::Store(e) => CommandError::Store(e),
         }
@@ -125,7 +134,9 @@ impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for StoreError {
 
 /// Handles commands for one aggregate type.
 pub struct CommandService<A: Registered> {
+    /// Loads (snapshot and later events); appends go through [`event_append`].
     store: PersistedEventStore<SnapshotTolerant, A>,
+    pool: PgPool,
     services: A::Services,
     metrics: Metrics,
     max_attempts: u32,
@@ -168,12 +179,12 @@ where
     /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load. A
     /// snapshot that no longer deserialises is replayed past and then replaced.
     pub fn new(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
-        let repo = SnapshotTolerant::new(pool, A::SNAPSHOT_EVERY);
+        let repo = SnapshotTolerant::new(pool.clone(), A::SNAPSHOT_EVERY);
         let store = match A::SNAPSHOT_EVERY {
             Some(every) => PersistedEventStore::new_snapshot_store(repo, every),
             None => PersistedEventStore::new_event_store(repo),
         };
-        Self { store, services, metrics, max_attempts: 8, stripes: stripes() }
+        Self { store, pool, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
     /// Without the in-process queue per aggregate: concurrent commands to one aggregate
@@ -199,10 +210,26 @@ where
         command: A::Command,
         meta: &CommandMeta,
     ) -> Result<Committed, CommandError<RejectionOf<A>>> {
-        let outcome = self.try_execute(aggregate_id, command, meta).await;
+        self.execute_guarded(aggregate_id, command, meta, None).await
+    }
+
+    /// Like [`execute`](Self::execute), with `guard`'s changes (a quota reservation) made in
+    /// the statement that appends the events: they commit together or not at all. A guard
+    /// that refuses is [`CommandError::Refused`] with its reason, and writes nothing. A
+    /// command that appends nothing (refused by the aggregate, or a no-op) never reaches
+    /// the guard.
+    #[instrument(skip_all, fields(aggregate = A::TYPE, %aggregate_id))]
+    pub async fn execute_guarded(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+        guard: Option<&dyn AppendGuard>,
+    ) -> Result<Committed, CommandError<RejectionOf<A>>> {
+        let outcome = self.try_execute(aggregate_id, command, meta, guard).await;
         let label = match &outcome {
             Ok(_) => "ok",
-            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Rejected(_) | CommandError::Refused(_)) => "rejected",
             Err(CommandError::Conflict) => "conflict",
             Err(CommandError::Port(_) | CommandError::Store(_)) => "error",
         };
@@ -215,6 +242,7 @@ where
         aggregate_id: &str,
         command: A::Command,
         meta: &CommandMeta,
+        guard: Option<&dyn AppendGuard>,
     ) -> Result<Committed, CommandError<RejectionOf<A>>> {
         let mut stripe = match self.stripes.get(stripe_of(aggregate_id)) {
             Some(stripe) => Some(stripe.lock().await),
@@ -261,12 +289,13 @@ where
                 return Ok(Committed { version, events: 0 });
             }
             let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
+            let appended = events.len();
             // Whether this append writes a snapshot (cqrs-es's rule), which a cached context
             // must follow to know its snapshot version.
-            let snapshots = snapshot_sequence(A::SNAPSHOT_EVERY, sequence, events.len()).is_some();
-            match self.store.commit(events, context, meta.to_map()).await {
-                Ok(committed) => {
-                    let version = committed.last().map_or(version, |e| e.sequence as i64);
+            let snapshots = snapshot_sequence(A::SNAPSHOT_EVERY, sequence, appended).is_some();
+            match self.append(&context, &decided, events, meta, guard).await {
+                Ok(()) => {
+                    let version = (sequence + appended) as i64;
                     tracing::debug!(version, attempt, from_cache, "Command committed.");
                     let after = EventStoreAggregateContext {
                         aggregate_id: aggregate_id.to_string(),
@@ -275,9 +304,14 @@ where
                         current_snapshot: if snapshots { Some(snapshot.map_or(1, |s| s + 1)) } else { snapshot },
                     };
                     self.keep(&mut stripe, after);
-                    return Ok(Committed { version, events: committed.len() });
+                    return Ok(Committed { version, events: appended });
                 }
-                Err(AggregateError::AggregateConflict) => {
+                Err(AppendError::Refused(reason)) => {
+                    // Nothing was written: the context is still the event store's.
+                    self.keep(&mut stripe, context);
+                    return Err(CommandError::Refused(reason));
+                }
+                Err(AppendError::Store(PersistenceError::OptimisticLockError)) => {
                     self.metrics.command_retries.with_label_values(&[A::TYPE]).inc();
                     if attempt >= self.max_attempts {
                         break;
@@ -289,11 +323,59 @@ where
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
                 // Whether it was written is unknown: nothing stays cached, the next command loads.
-                Err(e) => return Err(store_error(e)),
+                Err(AppendError::Store(e)) => return Err(store_error::<A::Error>(AggregateError::from(e))),
             }
         }
         tracing::warn!(attempts = self.max_attempts, "Command gave up after repeated conflicts.");
         Err(CommandError::Conflict)
+    }
+
+    /// Appends `events`, decided on `context`'s aggregate (leading to `decided`), with the
+    /// snapshot due under cqrs-es's rule (`snapshot_sequence`) and `guard`'s changes, in one
+    /// statement. Events are serialised as cqrs-es serialises them (`SerializedEvent` from
+    /// an `EventEnvelope`), so loads and consumers read them alike.
+    async fn append(
+        &self,
+        context: &EventStoreAggregateContext<A>,
+        decided: &A,
+        events: Vec<A::Event>,
+        meta: &CommandMeta,
+        guard: Option<&dyn AppendGuard>,
+    ) -> Result<(), AppendError> {
+        let sequence = context.current_sequence;
+        let snapshot = match snapshot_sequence(A::SNAPSHOT_EVERY, sequence, events.len()) {
+            None => None,
+            Some(boundary) => {
+                // The state at the boundary: `decided` when the events end there (a command
+                // of one event always does), otherwise the loaded state with the events up
+                // to it applied.
+                let state = if boundary == sequence + events.len() {
+                    serde_json::to_value(decided)
+                } else {
+                    let mut state = context.aggregate.clone();
+                    events.iter().take(boundary - sequence).for_each(|e| state.apply(e.clone()));
+                    serde_json::to_value(&state)
+                }
+                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+                let version = context.current_snapshot.map_or(1, |s| s + 1) as i64;
+                Some(SnapshotWrite { payload: state, sequence: boundary as i64, version })
+            }
+        };
+        let metadata = meta.to_map();
+        let serialized = events
+            .into_iter()
+            .zip(sequence + 1..)
+            .map(|(payload, sequence)| {
+                let envelope = EventEnvelope::<A> {
+                    aggregate_id: context.aggregate_id.clone(),
+                    sequence,
+                    payload,
+                    metadata: metadata.clone(),
+                };
+                SerializedEvent::try_from(&envelope)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        event_append::append_guarded(&self.pool, A::TYPE, &serialized, snapshot, guard).await
     }
 
     /// Keeps `context` (the aggregate as the event store has it) for the next command to it.

@@ -1,13 +1,14 @@
 //! Conversation use cases: start, rename, archive, unarchive, delete, post a message.
 //!
 //! Each reserves what its command will store against the caller's quotas (see
-//! [`crate::quotas`]) before running it, and gives the reservation back when the command is
-//! refused or fails.
+//! [`crate::quotas`]) in the statement that appends its events, so only commands whose
+//! events commit count.
 
 use colloquy_domain::conversation::{
     reply_id_for, ConversationCommand, ConversationError, ConversationKind, NewMessageId,
 };
 use colloquy_domain::values;
+use colloquy_infra::event_append::AppendGuard;
 use colloquy_infra::event_store;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -17,7 +18,7 @@ use crate::caller::Caller;
 use crate::command_service::{CommandError, Committed};
 use crate::errors::{Failure, UseCaseError};
 use crate::idempotency::Answer;
-use crate::quotas::{Charge, Quota, Reservation};
+use crate::quotas::{Charge, Quota, QuotaGuard};
 use crate::Commands;
 
 /// A new conversation.
@@ -301,8 +302,9 @@ impl Commands {
             .await
     }
 
-    /// Reserves `charges` against the caller's quotas, runs `command`, and keeps the
-    /// reservation only if the command committed events.
+    /// Runs `command` with `charges` reserved against the caller's quotas in the statement
+    /// that appends its events: they count only if the events commit, and a command the
+    /// aggregate refuses (or that changes nothing) never reaches the counters.
     pub(crate) async fn execute_charged(
         &self,
         caller: &Caller,
@@ -310,14 +312,13 @@ impl Commands {
         command: ConversationCommand,
         charges: &[Charge],
     ) -> Result<Committed, UseCaseError<ConversationError>> {
-        let reservation = self.quotas.reserve(caller.user, charges).await?;
-        self.execute_reserved(caller, conversation_id, command, reservation).await
+        self.execute_guarded(caller, conversation_id, command, self.quotas.guard(caller.user, charges, false)).await
     }
 
     /// Like [`execute_charged`](Self::execute_charged), for a command that will make a model
-    /// answer: refused with [`UseCaseError::TokenQuotaExceeded`] before anything is recorded
-    /// when the caller has spent the day's or the month's tokens (checked in the same round
-    /// trip as the reservation).
+    /// answer: refused with [`UseCaseError::TokenQuotaExceeded`], and nothing recorded,
+    /// when the caller has spent the day's or the month's tokens (checked in the same
+    /// statement).
     pub(crate) async fn execute_spending(
         &self,
         caller: &Caller,
@@ -325,28 +326,24 @@ impl Commands {
         command: ConversationCommand,
         charges: &[Charge],
     ) -> Result<Committed, UseCaseError<ConversationError>> {
-        let reservation = self.quotas.reserve_spending_tokens(caller.user, charges).await?;
-        self.execute_reserved(caller, conversation_id, command, reservation).await
+        self.execute_guarded(caller, conversation_id, command, self.quotas.guard(caller.user, charges, true)).await
     }
 
-    async fn execute_reserved(
+    async fn execute_guarded(
         &self,
         caller: &Caller,
         conversation_id: Uuid,
         command: ConversationCommand,
-        reservation: Reservation,
+        guard: Option<QuotaGuard>,
     ) -> Result<Committed, UseCaseError<ConversationError>> {
-        let outcome: Result<Committed, CommandError<ConversationError>> =
-            self.conversations.execute(&conversation_id.to_string(), command, &caller.meta).await;
-        match outcome {
-            Ok(committed) if committed.events > 0 => reservation.keep(),
-            _ => {
-                // The command's own answer matters more than a counter left too high.
-                if let Err(e) = reservation.release().await {
-                    tracing::warn!(error = ?e, "Could not give back a quota reservation.");
-                }
-            }
+        let id = conversation_id.to_string();
+        let outcome = self
+            .conversations
+            .execute_guarded(&id, command, &caller.meta, guard.as_ref().map(|g| g as &dyn AppendGuard))
+            .await;
+        match (outcome, &guard) {
+            (Err(CommandError::Refused(reason)), Some(guard)) => Err(guard.refused(&reason).into()),
+            (outcome, _) => Ok(outcome?),
         }
-        Ok(outcome?)
     }
 }

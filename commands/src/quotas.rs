@@ -1,20 +1,23 @@
 //! Per-user quotas: conversations, messages per UTC day, and bytes of stored text.
 //!
 //! Counters live in `user_quota_usage` (write-side state, like the credentials). A use case
-//! reserves what its command will use before running it, atomically and all-or-nothing
-//! (`used + n <= limit`, checked and added in one statement per quota, all in one
-//! transaction), and gives the reservation back if the command is refused or fails. So
-//! concurrent requests can never take a user past a limit, and only accepted commands
-//! count. Reservations run inside the Idempotency-Key's first run: a replayed answer
-//! consumes nothing.
+//! hands the command service a [`QuotaGuard`] for what its command will use, and the
+//! command's events are appended in the same statement that raises the counters,
+//! all-or-nothing (`used + n <= limit`, checked on the locked row). So concurrent requests
+//! can never take a user past a limit, and only commands whose events commit count: one the
+//! aggregate refuses never reaches the counters. Commands run inside the Idempotency-Key's
+//! first run: a replayed answer consumes nothing.
 //!
 //! Anything that stores text (files, when they land) adds a [`Charge`] of
 //! [`Quota::StoredBytes`].
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
+use colloquy_infra::event_append::AppendGuard;
 use colloquy_infra::settings::QuotaSettings;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
 use uuid::Uuid;
 
 /// A limited resource.
@@ -136,7 +139,7 @@ pub fn token_check(
     None
 }
 
-/// Why a reservation was not made.
+/// Why a command was refused for its quotas, or could not be counted.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
     /// A quota would be exceeded.
@@ -157,67 +160,117 @@ pub struct Quotas {
     limits: QuotaSettings,
 }
 
-/// Reserved amounts, held for one command. [`keep`](Self::keep) them when the command
-/// committed, [`release`](Self::release) them when it did not; dropped without either (the
-/// request was abandoned mid-way), they are given back in the background.
-#[must_use = "keep or release a reservation"]
-pub struct Reservation {
-    pool: PgPool,
+/// What a command will use of its user's quotas, reserved in the statement that appends the
+/// command's events (an [`AppendGuard`]): the counters rise with the events or not at all.
+///
+/// Each charge is an upsert of the user's counter row whose `WHERE` is evaluated on the
+/// locked, current row (`used + amount <= limit`), so concurrent commands cannot take a user
+/// past a limit. Rows are written in one order (by quota) so two commands cannot deadlock. A
+/// charge the upsert did not count would have exceeded its limit: the refusal names the
+/// first such quota, and `colloquy_refuse` rolls back the charges that were counted and the
+/// events with them.
+///
+/// A command that will make a model answer first has the tokens its user spent today and
+/// this month (`tokens_spent`, the usage ledger) checked against their limits in the same
+/// statement: if either is spent, nothing is reserved and the refusal carries the two sums.
+///
+/// The counter rows stay locked until the append commits, WAL flush included, so one user's
+/// concurrent commands take turns there (bench/README.md, eleventh round: with one user
+/// sending everything from 32 connections, and with 32 users).
+pub struct QuotaGuard {
     user: Uuid,
-    /// (quota, period, amount) as reserved.
-    held: Vec<(Quota, String, i64)>,
+    charges: Vec<Charge>,
+    limits: QuotaSettings,
+    spends_tokens: bool,
+    now: DateTime<Utc>,
 }
 
-/// Reserves every charge's amount in one prepared statement: an upsert whose `WHERE` is
-/// evaluated on the locked, current row, so concurrent reservations cannot overshoot, with
-/// rows written in the order given (sorted by quota) so two reservations cannot deadlock.
-/// It answers the charges it counted, with their periods; a charge missing from the answer
-/// would have exceeded its limit.
-///
-/// A command that will make a model answer (`$6`) first has the tokens its user spent today
-/// and this month (`tokens_spent`, the usage ledger) checked against their limits (`$8`,
-/// `$9`) in the same statement: if either is spent, nothing is reserved. Every answered row
-/// carries the two sums (null when not asked for); with nothing reserved, one row of nulls
-/// is answered (and the sums, when asked for).
-///
-/// A user's counter row is a hot spot: every command of theirs updates it, and concurrent
-/// ones queue on its lock. So the lock is held as briefly as possible: one round trip, one
-/// statement whose plan the session keeps (an earlier PL/pgSQL function, `reserve_quota`,
-/// cost a fifth of PostgreSQL's CPU under load in its interpreter and SPI; 2026-11-30), and
-/// a commit that does not wait for the WAL to reach the disk. Durability is unchanged: a
-/// reservation is kept only for a command whose events then commit, and that synchronous
-/// commit flushes the WAL up to and past the reservation's commit record. A crash can lose
-/// only reservations of commands that never committed, which would have been given back.
-/// (`set_config(..., true)` lasts to the end of this statement's own transaction.)
-const RESERVE: &str = "
-    WITH spent AS (
-        SELECT s.today, s.this_month FROM tokens_spent($1, $7) s WHERE $6
-    ), tokens_left AS (
-        SELECT NOT EXISTS (SELECT 1 FROM spent WHERE spent.this_month >= $9 OR spent.today >= $8) AS ok
-    ), no_flush_wait AS (
-        SELECT set_config('synchronous_commit', 'off', true)
-    ), reserved AS (
-        INSERT INTO user_quota_usage AS u (user_id, quota, period, used)
-        SELECT $1, w.quota, CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END,
-               w.amount
-          FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::boolean[]) WITH ORDINALITY
-               AS w(quota, amount, lim, daily, n)
-         WHERE w.amount <= w.lim AND (SELECT ok FROM tokens_left)
-         ORDER BY w.n
-        ON CONFLICT (user_id, quota, period) DO UPDATE SET used = u.used + EXCLUDED.used
-         WHERE u.used + EXCLUDED.used
-               <= (SELECT l.lim FROM unnest($2::text[], $4::bigint[]) AS l(quota, lim) WHERE l.quota = EXCLUDED.quota)
-        RETURNING u.quota, u.period
+/// The guard's expressions, parameters from `$first`: `$first` user, `+1..+4` quotas,
+/// amounts, limits and whether each is daily, `+5` whether tokens are checked, `+6` the day,
+/// `+7` and `+8` the tokens per day and month.
+fn guard_ctes(first: usize) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    let (user, quotas, amounts, limits, daily) = (p(0), p(1), p(2), p(3), p(4));
+    let (spends, day, per_day, per_month) = (p(5), p(6), p(7), p(8));
+    format!(
+        "wanted AS (
+             SELECT w.quota, w.amount, w.lim, w.daily, w.n
+               FROM unnest({quotas}::text[], {amounts}::bigint[], {limits}::bigint[], {daily}::boolean[])
+                    WITH ORDINALITY AS w(quota, amount, lim, daily, n)
+         ), spent AS (
+             SELECT s.today, s.this_month FROM tokens_spent({user}, {day}::date) s WHERE {spends}::boolean
+         ), tokens_left AS (
+             SELECT NOT EXISTS (SELECT 1 FROM spent WHERE spent.this_month >= {per_month}::bigint
+                                                       OR spent.today >= {per_day}::bigint) AS ok
+         ), reserved AS (
+             INSERT INTO user_quota_usage AS u (user_id, quota, period, used)
+             SELECT {user}::uuid, w.quota,
+                    CASE WHEN w.daily THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') ELSE '' END, w.amount
+               FROM wanted w
+              WHERE w.amount <= w.lim AND (SELECT ok FROM tokens_left)
+              ORDER BY w.n
+             ON CONFLICT (user_id, quota, period) DO UPDATE SET used = u.used + EXCLUDED.used
+              WHERE u.used + EXCLUDED.used <= (SELECT l.lim FROM wanted l WHERE l.quota = EXCLUDED.quota)
+             RETURNING u.quota
+         )"
     )
-    SELECT r.quota, r.period, s.today, s.this_month
-      FROM no_flush_wait
-      LEFT JOIN reserved r ON true
-      LEFT JOIN spent s ON true";
+}
 
-/// A row [`RESERVE`] answers: a quota counted and its period (both null when nothing was
-/// reserved), then the tokens spent today and this month (null
-/// when the command spends none).
-type ReservedRow = (Option<String>, Option<String>, Option<i64>, Option<i64>);
+/// Null when every charge was counted; otherwise `tokens <today> <this month>` when the
+/// tokens are spent, or `quota <name>` for the first charge (by quota) not counted.
+const GUARD_REFUSAL: &str = "
+    CASE WHEN NOT (SELECT ok FROM tokens_left)
+         THEN (SELECT 'tokens ' || s.today || ' ' || s.this_month FROM spent s)
+         ELSE (SELECT 'quota ' || w.quota FROM wanted w
+                WHERE w.quota NOT IN (SELECT r.quota FROM reserved r) ORDER BY w.n LIMIT 1)
+    END";
+
+impl AppendGuard for QuotaGuard {
+    fn ctes(&self, first: usize) -> String {
+        guard_ctes(first)
+    }
+
+    fn refusal(&self) -> &str {
+        GUARD_REFUSAL
+    }
+
+    fn bind(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        let tokens = |limit: u64| i64::try_from(limit).unwrap_or(i64::MAX);
+        args.add(self.user)?;
+        args.add(self.charges.iter().map(|c| c.quota.name()).collect::<Vec<_>>())?;
+        args.add(self.charges.iter().map(|c| c.amount).collect::<Vec<_>>())?;
+        args.add(self.charges.iter().map(|c| c.quota.limit(&self.limits)).collect::<Vec<_>>())?;
+        args.add(self.charges.iter().map(|c| c.quota.daily()).collect::<Vec<_>>())?;
+        args.add(self.spends_tokens)?;
+        args.add(self.now.date_naive())?;
+        args.add(tokens(self.limits.tokens_per_day))?;
+        args.add(tokens(self.limits.tokens_per_month))?;
+        Ok(())
+    }
+}
+
+impl QuotaGuard {
+    /// What the guard's refusal `reason` means to the caller.
+    pub fn refused(&self, reason: &str) -> ReserveError {
+        let unexplained = || ReserveError::Database(sqlx::Error::Protocol(format!("unknown quota refusal: {reason}")));
+        if let Some(sums) = reason.strip_prefix("tokens ") {
+            let mut sums = sums.split(' ').map(|n| n.parse::<u64>().ok());
+            let (Some(Some(today)), Some(Some(this_month))) = (sums.next(), sums.next()) else {
+                return unexplained();
+            };
+            return token_check(&self.limits, self.now, today, this_month)
+                .map_or_else(unexplained, ReserveError::TokensSpent);
+        }
+        let quota = reason.strip_prefix("quota ").and_then(|name| self.charges.iter().find(|c| c.quota.name() == name));
+        match quota {
+            Some(charge) => ReserveError::Exceeded(QuotaExceeded {
+                quota: charge.quota,
+                limit: u64::try_from(charge.quota.limit(&self.limits)).unwrap_or_default(),
+            }),
+            None => unexplained(),
+        }
+    }
+}
 
 const GIVE_BACK: &str = "
     UPDATE user_quota_usage SET used = greatest(used - $4, 0)
@@ -239,26 +292,11 @@ impl Quotas {
         self.limits
     }
 
-    /// Reserves every charge for `user`, or none: the first quota that would be exceeded
-    /// is named in the error.
-    pub async fn reserve(&self, user: Uuid, charges: &[Charge]) -> Result<Reservation, ReserveError> {
-        self.reserve_checked(user, charges, false).await
-    }
-
-    /// Like [`reserve`](Self::reserve), for a command that will make a model answer: when
-    /// `user` has spent the day's or the month's tokens ([`tokens_exhausted`](Self::tokens_exhausted)),
-    /// nothing is reserved and the error says which. Checked and reserved in one call.
-    pub async fn reserve_spending_tokens(&self, user: Uuid, charges: &[Charge]) -> Result<Reservation, ReserveError> {
-        self.reserve_checked(user, charges, true).await
-    }
-
-    async fn reserve_checked(
-        &self,
-        user: Uuid,
-        charges: &[Charge],
-        spends_tokens: bool,
-    ) -> Result<Reservation, ReserveError> {
-        // One lock order for every transaction (by quota), so concurrent reservations of
+    /// The guard that reserves `charges` for `user` with a command's events, or `None`
+    /// when there is nothing to reserve or check. `spends_tokens`: the command will make a
+    /// model answer, and is refused when `user` has spent the day's or the month's tokens.
+    pub fn guard(&self, user: Uuid, charges: &[Charge], spends_tokens: bool) -> Option<QuotaGuard> {
+        // One lock order for every statement (by quota), so concurrent reservations of
         // several quotas cannot deadlock.
         let mut charges: Vec<Charge> = charges.iter().copied().filter(|c| c.amount > 0).collect();
         charges.sort_by_key(|c| c.quota);
@@ -270,53 +308,13 @@ impl Quotas {
             }
             same
         });
-        let mut held = Vec::with_capacity(charges.len());
-        if charges.is_empty() {
-            if spends_tokens {
-                if let Some(spent) = self.tokens_exhausted(user).await? {
-                    return Err(ReserveError::TokensSpent(spent));
-                }
-            }
-            return Ok(Reservation { pool: self.pool.clone(), user, held });
-        }
-        let now = Utc::now();
-        let limits: Vec<i64> = charges.iter().map(|c| c.quota.limit(&self.limits)).collect();
-        let tokens = |limit: u64| i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<ReservedRow> = sqlx::query_as(RESERVE)
-            .bind(user)
-            .bind(charges.iter().map(|c| c.quota.name()).collect::<Vec<_>>())
-            .bind(charges.iter().map(|c| c.amount).collect::<Vec<_>>())
-            .bind(&limits)
-            .bind(charges.iter().map(|c| c.quota.daily()).collect::<Vec<_>>())
-            .bind(spends_tokens)
-            .bind(now.date_naive())
-            .bind(tokens(self.limits.tokens_per_day))
-            .bind(tokens(self.limits.tokens_per_month))
-            .fetch_all(&self.pool)
-            .await?;
-        let counted: Vec<(String, String)> =
-            rows.iter().filter_map(|(quota, period, ..)| Some((quota.clone()?, period.clone()?))).collect();
-        if spends_tokens {
-            let spent = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or_default();
-            let (today, this_month) = rows.first().map_or((0, 0), |(_, _, t, m)| (spent(*t), spent(*m)));
-            if let Some(exceeded) = token_check(&self.limits, now, today, this_month) {
-                // The function reserved nothing then; should it ever disagree, nothing stays.
-                give_back_all(&self.pool, user, &held_all(&charges, &counted)).await?;
-                return Err(ReserveError::TokensSpent(exceeded));
-            }
-        }
-        for (charge, limit) in charges.iter().zip(&limits) {
-            match counted.iter().find(|(quota, _)| quota == charge.quota.name()) {
-                Some((_, period)) => held.push((charge.quota, period.clone(), charge.amount)),
-                None => {
-                    // All or nothing: what was counted is given back (only ever at a limit).
-                    give_back_all(&self.pool, user, &held_all(&charges, &counted)).await?;
-                    let limit = u64::try_from(*limit).unwrap_or_default();
-                    return Err(ReserveError::Exceeded(QuotaExceeded { quota: charge.quota, limit }));
-                }
-            }
-        }
-        Ok(Reservation { pool: self.pool.clone(), user, held })
+        (spends_tokens || !charges.is_empty()).then(|| QuotaGuard {
+            user,
+            charges,
+            limits: self.limits,
+            spends_tokens,
+            now: Utc::now(),
+        })
     }
 
     /// Gives back `amount` of a quota that never resets (a deleted conversation's place).
@@ -356,54 +354,6 @@ impl Quotas {
         .fetch_optional(&self.pool)
         .await?;
         Ok(used.unwrap_or(0))
-    }
-}
-
-impl Reservation {
-    /// The command committed: what was reserved stays used.
-    pub fn keep(mut self) {
-        self.held.clear();
-    }
-
-    /// The command was refused or failed: give everything back.
-    pub async fn release(mut self) -> Result<(), sqlx::Error> {
-        let held = std::mem::take(&mut self.held);
-        give_back_all(&self.pool, self.user, &held).await
-    }
-}
-
-/// The charges the reservation statement counted, with their periods.
-fn held_all(charges: &[Charge], counted: &[(String, String)]) -> Vec<(Quota, String, i64)> {
-    charges
-        .iter()
-        .filter_map(|c| {
-            counted.iter().find(|(q, _)| q == c.quota.name()).map(|(_, period)| (c.quota, period.clone(), c.amount))
-        })
-        .collect()
-}
-
-async fn give_back_all(pool: &PgPool, user: Uuid, held: &[(Quota, String, i64)]) -> Result<(), sqlx::Error> {
-    for (quota, period, amount) in held {
-        sqlx::query(GIVE_BACK).bind(user).bind(quota.name()).bind(period).bind(*amount).execute(pool).await?;
-    }
-    Ok(())
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        // Abandoned between reserve and keep/release (the request's future was dropped):
-        // the command may or may not have committed; give back, erring on the user's side.
-        let (pool, user, held) = (self.pool.clone(), self.user, std::mem::take(&mut self.held));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = give_back_all(&pool, user, &held).await {
-                    tracing::warn!(error = ?e, %user, "Could not give back an abandoned quota reservation.");
-                }
-            });
-        }
     }
 }
 

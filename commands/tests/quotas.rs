@@ -1,6 +1,7 @@
 //! Per-user quotas through the use cases, on a real database: the N+1-th conversation is
-//! refused, concurrent requests never overshoot, refused commands give back what they
-//! reserved, replayed answers consume nothing, deletion frees a place.
+//! refused, concurrent requests never overshoot, refused commands count nothing (neither
+//! those the aggregate refuses nor those past one quota, whose other charges would fit),
+//! replayed answers consume nothing, deletion frees a place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use colloquy_commands::conversations::{Lifecycle, PostMessage, StartConversation};
@@ -106,11 +107,11 @@ async fn concurrent_creations_never_exceed_the_quota() {
 }
 
 #[tokio::test]
-async fn a_refused_command_gives_its_reservation_back() {
+async fn a_refused_command_counts_nothing() {
     let db = TestDatabase::create().await;
     let commands = commands(&db.pool, limits(1, 2, 1 << 20));
     let user = register(&db.pool).await;
-    // Refused by the aggregate (empty title): the place it reserved is free again.
+    // Refused by the aggregate (empty title): it takes no place.
     let refused = commands.start_conversation(&caller(user), start("  ")).await;
     assert!(
         matches!(refused, Err(UseCaseError::Rejected { rejection: ConversationError::InvalidTitle { .. }, .. })),
@@ -139,7 +140,19 @@ async fn a_refused_command_gives_its_reservation_back() {
         .post_message(&caller(user), conversation, PostMessage { id: None, content: "3".into(), model: None })
         .await;
     assert_eq!(exceeded(&third), Some(QuotaExceeded { quota: Quota::MessagesPerDay, limit: 2 }), "{third:?}");
+    // Its bytes would have fitted: counted in the same statement, they went back with it.
     assert_eq!(commands.quotas().used(user, Quota::StoredBytes).await.unwrap(), bytes_before + 6);
+    assert_eq!(commands.quotas().used(user, Quota::MessagesPerDay).await.unwrap(), 2);
+    let posted: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserMessagePosted'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(posted, 2, "the refused message is not in the event store");
+    // The conversation takes commands as before: the refusal left its state untouched.
+    commands
+        .rename_conversation(&caller(user), conversation, "Renamed".into())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

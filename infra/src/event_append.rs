@@ -26,10 +26,20 @@
 //!   cross a boundary (an import of 25 messages at every-20 snapshots) stored the state
 //!   after event 20 as the state after event 28, and every later load skipped events 21 to
 //!   28. Here the caller says which sequence the snapshot holds.
+//!
+//! An append can carry an [`AppendGuard`]: a change that must commit with the events or not
+//! at all, written into the same statement (a quota reservation: `commands/src/quotas.rs`).
+//! Its common table expressions run with the append, and its refusal (or an append that
+//! wrote fewer events than it was given) ends the statement with `colloquy_refuse`, which
+//! rolls back the guard's changes and the events together. One statement instead of two
+//! saves the command a round trip, a transaction and sqlx's check of the connection on its
+//! return to the pool (bench/README.md, eleventh round).
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
 
 /// The snapshot written together with an append.
 #[derive(Debug, Clone)]
@@ -83,6 +93,100 @@ static APPEND_WITH_FIRST_SNAPSHOT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(append_with_first_snapshot_sql);
 static APPEND_WITH_NEXT_SNAPSHOT: std::sync::LazyLock<String> = std::sync::LazyLock::new(append_with_next_snapshot_sql);
 
+/// A change that commits with an append or not at all, run in the append's own statement.
+pub trait AppendGuard: Send + Sync {
+    /// Common table expressions (`name AS (...)`, separated by commas, without `WITH`) run
+    /// with the append. Their parameters are numbered from `$first` on, in the order
+    /// [`bind`](Self::bind) adds them.
+    fn ctes(&self, first: usize) -> String;
+    /// A `text` expression over those expressions: null when the append may go ahead,
+    /// otherwise why not, which [`append_guarded`] answers as [`AppendError::Refused`]. It
+    /// must not be `append_conflict` (the append's own reason).
+    fn refusal(&self) -> &str;
+    /// Adds the parameters of [`ctes`](Self::ctes), in order.
+    fn bind(&self, args: &mut PgArguments) -> Result<(), BoxDynError>;
+}
+
+/// Why a guarded append wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The guard's refusal, as its expression said it.
+    #[error("the append was refused: {0}")]
+    Refused(String),
+    /// A conflict or a failure of the store, as for an unguarded append.
+    #[error(transparent)]
+    Store(#[from] PersistenceError),
+}
+
+/// The reason `colloquy_refuse` is given when an append wrote fewer events than it was given
+/// (its snapshot moved meanwhile): a conflict.
+const APPEND_CONFLICT: &str = "append_conflict";
+
+/// The SQLSTATE `colloquy_refuse` raises (`migrations/20261203000010_colloquy_refuse.sql`).
+const REFUSED: &str = "CQ001";
+
+/// Which statement an append runs, by the snapshot it writes.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Events,
+    FirstSnapshot,
+    NextSnapshot,
+}
+
+impl Shape {
+    fn of(snapshot: Option<&SnapshotWrite>) -> Self {
+        match snapshot {
+            None => Self::Events,
+            Some(s) if s.version <= 1 => Self::FirstSnapshot,
+            Some(_) => Self::NextSnapshot,
+        }
+    }
+
+    fn unguarded_sql(self) -> &'static str {
+        match self {
+            Self::Events => APPEND.as_str(),
+            Self::FirstSnapshot => APPEND_WITH_FIRST_SNAPSHOT.as_str(),
+            Self::NextSnapshot => APPEND_WITH_NEXT_SNAPSHOT.as_str(),
+        }
+    }
+
+    /// The statement with `guard`'s expressions in it: every table it writes is written in
+    /// one statement, which either commits whole or, refused, not at all.
+    fn guarded_sql(self, guard: &dyn AppendGuard) -> String {
+        let (first, moved, only_if_moved, first_snapshot) = match self {
+            Self::Events => (9, "", "", ""),
+            Self::FirstSnapshot => (
+                12,
+                "",
+                "",
+                ", snapshot AS (
+                     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+                     VALUES ($1, $2, $9, $10, $11::json) RETURNING 1)",
+            ),
+            Self::NextSnapshot => (
+                12,
+                "moved AS (
+                     UPDATE snapshots SET last_sequence = $9, current_snapshot = $10, payload = $11::json
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $10 - 1
+                     RETURNING 1),",
+                "WHERE EXISTS (SELECT 1 FROM moved)",
+                "",
+            ),
+        };
+        format!(
+            "WITH {ctes}, {moved}
+                  appended AS ({INSERT_EVENTS} {EVENTS} {only_if_moved} ORDER BY e.n RETURNING 1) {first_snapshot}
+             SELECT CASE WHEN g.refusal IS NOT NULL THEN colloquy_refuse(g.refusal)
+                         WHEN (SELECT count(*) FROM appended) <> cardinality($3::bigint[])
+                              THEN colloquy_refuse('{APPEND_CONFLICT}')
+                         ELSE true END
+               FROM (SELECT ({refusal})::text AS refusal) g",
+            ctes = guard.ctes(first),
+            refusal = guard.refusal(),
+        )
+    }
+}
+
 /// Appends `events` (all of one aggregate, in sequence order) and `snapshot` atomically, in
 /// one statement. Another writer's event at one of these sequences, or a snapshot that
 /// moved meanwhile, is an [`PersistenceError::OptimisticLockError`] and writes nothing.
@@ -92,12 +196,28 @@ pub async fn append(
     events: &[SerializedEvent],
     snapshot: Option<SnapshotWrite>,
 ) -> Result<(), PersistenceError> {
+    append_guarded(pool, aggregate_type, events, snapshot, None).await.map_err(|e| match e {
+        AppendError::Store(e) => e,
+        AppendError::Refused(reason) => PersistenceError::UnknownError(reason.into()),
+    })
+}
+
+/// Like [`append`], with `guard`'s changes in the same statement: they commit with the
+/// events, and when the guard refuses, or the events cannot all be appended, neither the
+/// events nor the guard's changes are written.
+pub async fn append_guarded(
+    pool: &PgPool,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+    snapshot: Option<SnapshotWrite>,
+    guard: Option<&dyn AppendGuard>,
+) -> Result<(), AppendError> {
     let Some(first) = events.first() else {
         return Ok(());
     };
     let aggregate_id = first.aggregate_id.as_str();
     if events.iter().any(|e| e.aggregate_id != aggregate_id) {
-        return Err(PersistenceError::UnknownError("one append holds the events of several aggregates".into()));
+        return Err(PersistenceError::UnknownError("one append holds the events of several aggregates".into()).into());
     }
     let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
@@ -107,33 +227,45 @@ pub async fn append(
     let metadata = events.iter().map(|e| json(&e.metadata)).collect::<Result<Vec<_>, _>>()?;
     // In the order of the events: one process mints v7 ids in increasing order.
     let ids: Vec<uuid::Uuid> = events.iter().map(|_| uuid::Uuid::now_v7()).collect();
-    let sql = match &snapshot {
-        None => APPEND.as_str(),
-        Some(s) if s.version <= 1 => APPEND_WITH_FIRST_SNAPSHOT.as_str(),
-        Some(_) => APPEND_WITH_NEXT_SNAPSHOT.as_str(),
-    };
-    let mut query = sqlx::query(sql)
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&ids);
-    if let Some(s) = &snapshot {
-        query = query.bind(s.sequence).bind(s.version).bind(json(&s.payload)?);
-    }
-    let done = query.execute(pool).await.map_err(persistence_error)?;
-    let written = match &snapshot {
-        // The last statement of the `WITH` is the snapshot's insert: one row.
-        Some(s) if s.version <= 1 => done.rows_affected() == 1,
-        _ => done.rows_affected() == events.len() as u64,
-    };
-    if written {
+    let shape = Shape::of(snapshot.as_ref());
+    let bound = |args: &mut PgArguments| -> Result<(), BoxDynError> {
+        args.add(aggregate_type)?;
+        args.add(aggregate_id)?;
+        args.add(&sequences)?;
+        args.add(&types)?;
+        args.add(&versions)?;
+        args.add(&payloads)?;
+        args.add(&metadata)?;
+        args.add(&ids)?;
+        if let Some(s) = &snapshot {
+            args.add(s.sequence)?;
+            args.add(s.version)?;
+            args.add(json(&s.payload)?)?;
+        }
+        if let Some(guard) = guard {
+            guard.bind(args)?;
+        }
         Ok(())
-    } else {
-        Err(PersistenceError::OptimisticLockError)
+    };
+    let mut args = PgArguments::default();
+    bound(&mut args).map_err(PersistenceError::UnknownError)?;
+    let Some(guard) = guard else {
+        let done = sqlx::query_with(shape.unguarded_sql(), args).execute(pool).await.map_err(persistence_error)?;
+        let written = match shape {
+            // The last statement of the `WITH` is the snapshot's insert: one row.
+            Shape::FirstSnapshot => done.rows_affected() == 1,
+            Shape::Events | Shape::NextSnapshot => done.rows_affected() == events.len() as u64,
+        };
+        return if written { Ok(()) } else { Err(PersistenceError::OptimisticLockError.into()) };
+    };
+    let sql = shape.guarded_sql(guard);
+    match sqlx::query_with(&sql, args).execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(REFUSED) => match db.message() {
+            APPEND_CONFLICT => Err(PersistenceError::OptimisticLockError.into()),
+            reason => Err(AppendError::Refused(reason.to_string())),
+        },
+        Err(e) => Err(persistence_error(e).into()),
     }
 }
 

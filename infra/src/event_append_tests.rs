@@ -125,3 +125,63 @@ async fn event_ids_are_version_7_and_grow_in_the_order_events_are_appended() {
         "they grow with time, so they go in at the index's right edge: {ids:?}"
     );
 }
+
+/// A guard that adds its number to `guard_log` and refuses a negative one.
+struct Tally(i32);
+
+impl AppendGuard for Tally {
+    fn ctes(&self, first: usize) -> String {
+        format!("tallied AS (INSERT INTO guard_log (n) VALUES (${first}::int) RETURNING n)")
+    }
+
+    fn refusal(&self) -> &str {
+        "CASE WHEN (SELECT n FROM tallied) < 0 THEN 'negative ' || (SELECT n FROM tallied) END"
+    }
+
+    fn bind(&self, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(self.0)
+    }
+}
+
+async fn tallied(pool: &PgPool) -> Vec<i32> {
+    sqlx::query_scalar("SELECT n FROM guard_log ORDER BY n").fetch_all(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_guard_commits_with_the_events_and_a_refusal_or_a_conflict_writes_neither() {
+    let db = TestDatabase::create().await;
+    sqlx::query("CREATE TABLE guard_log (n int NOT NULL)").execute(&db.pool).await.unwrap();
+    let id = "a-guarded";
+    let guarded = |events: Vec<SerializedEvent>, snapshot: Option<SnapshotWrite>, n: i32| {
+        let pool = db.pool.clone();
+        async move { append_guarded(&pool, "Thing", &events, snapshot, Some(&Tally(n))).await }
+    };
+
+    // Each shape of the statement, with its guard's change.
+    guarded(vec![event(id, 1, "e1"), event(id, 2, "e2")], None, 1).await.unwrap();
+    guarded(vec![event(id, 3, "e3")], snapshot(3, 1), 2).await.unwrap();
+    guarded(vec![event(id, 4, "e4")], snapshot(4, 2), 3).await.unwrap();
+    assert_eq!(stored(&db.pool, id).await.len(), 4);
+    assert_eq!(snapshot_row(&db.pool, id).await, Some((4, 2, json!({"at": 4}))));
+    assert_eq!(tallied(&db.pool).await, vec![1, 2, 3]);
+
+    // Refused, in each shape: neither the events nor the guard's change stay.
+    for snapshot in [None, snapshot(5, 3)] {
+        let e = guarded(vec![event(id, 5, "e5")], snapshot, -7).await.unwrap_err();
+        assert!(matches!(&e, AppendError::Refused(reason) if reason == "negative -7"), "{e:?}");
+    }
+    let e = guarded(vec![event("a-fresh", 1, "x")], snapshot(1, 1), -8).await.unwrap_err();
+    assert!(matches!(&e, AppendError::Refused(reason) if reason == "negative -8"), "{e:?}");
+    assert!(stored(&db.pool, "a-fresh").await.is_empty());
+
+    // Conflicts: a taken sequence, a first snapshot already there, a next snapshot that
+    // moved (the statement writes no event then, and must undo the guard's change too).
+    let conflicts = [(event(id, 4, "taken"), None), (event(id, 5, "e5"), snapshot(5, 1)), (event(id, 5, "e5"), snapshot(5, 9))];
+    for (event, snapshot) in conflicts {
+        let e = guarded(vec![event], snapshot, 4).await.unwrap_err();
+        assert!(matches!(e, AppendError::Store(PersistenceError::OptimisticLockError)), "{e:?}");
+    }
+    assert_eq!(stored(&db.pool, id).await.len(), 4);
+    assert_eq!(snapshot_row(&db.pool, id).await, Some((4, 2, json!({"at": 4}))));
+    assert_eq!(tallied(&db.pool).await, vec![1, 2, 3], "nothing refused or conflicting was tallied");
+}
