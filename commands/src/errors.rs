@@ -56,11 +56,11 @@ impl<R: std::error::Error> UseCaseError<R> {
             CommandError::Conflict => Self::Conflict,
             // A guard's refusal is explained by the use case that set the guard (quotas);
             // one that reaches here unexplained is a fault.
-            CommandError::Refused(reason) => Self::Failed(Failure::Store(StoreError::from(Box::<
-                dyn std::error::Error + Send + Sync,
-            >::from(format!(
-                "unexplained refusal of an append: {reason}"
-            ))))),
+            CommandError::Refused(reason) => {
+                Self::Failed(Failure::Store(StoreError::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                    format!("unexplained refusal of an append: {reason}"),
+                ))))
+            }
             CommandError::Port(e) => Self::Failed(Failure::Port(e)),
             CommandError::Store(e) => Self::Failed(Failure::Store(e)),
         }

@@ -149,10 +149,7 @@ async fn a_refused_command_counts_nothing() {
         .unwrap();
     assert_eq!(posted, 2, "the refused message is not in the event store");
     // The conversation takes commands as before: the refusal left its state untouched.
-    commands
-        .rename_conversation(&caller(user), conversation, "Renamed".into())
-        .await
-        .unwrap();
+    commands.rename_conversation(&caller(user), conversation, "Renamed".into()).await.unwrap();
 }
 
 #[tokio::test]

@@ -176,7 +176,8 @@ async fn a_guard_commits_with_the_events_and_a_refusal_or_a_conflict_writes_neit
 
     // Conflicts: a taken sequence, a first snapshot already there, a next snapshot that
     // moved (the statement writes no event then, and must undo the guard's change too).
-    let conflicts = [(event(id, 4, "taken"), None), (event(id, 5, "e5"), snapshot(5, 1)), (event(id, 5, "e5"), snapshot(5, 9))];
+    let conflicts =
+        [(event(id, 4, "taken"), None), (event(id, 5, "e5"), snapshot(5, 1)), (event(id, 5, "e5"), snapshot(5, 9))];
     for (event, snapshot) in conflicts {
         let e = guarded(vec![event], snapshot, 4).await.unwrap_err();
         assert!(matches!(e, AppendError::Store(PersistenceError::OptimisticLockError)), "{e:?}");
