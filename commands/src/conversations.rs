@@ -337,6 +337,11 @@ impl Commands {
         guard: Option<QuotaGuard>,
     ) -> Result<Committed, UseCaseError<ConversationError>> {
         let id = conversation_id.to_string();
+        // The caller's turn before the aggregate's: nothing takes them the other way round.
+        let _turn = match &guard {
+            Some(_) => Some(self.quotas.turn(caller.user).await),
+            None => None,
+        };
         let outcome = self
             .conversations
             .execute_guarded(&id, command, &caller.meta, guard.as_ref().map(|g| g as &dyn AppendGuard))

@@ -11,6 +11,8 @@
 //! Anything that stores text (files, when they land) adds a [`Charge`] of
 //! [`Quota::StoredBytes`].
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use colloquy_infra::event_append::AppendGuard;
 use colloquy_infra::settings::QuotaSettings;
@@ -158,7 +160,11 @@ pub enum ReserveError {
 pub struct Quotas {
     pool: PgPool,
     limits: QuotaSettings,
+    turns: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Quotas::turn`]: users share one only by their id's hash.
+const TURNS: usize = 1024;
 
 /// What a command will use of its user's quotas, reserved in the statement that appends the
 /// command's events (an [`AppendGuard`]): the counters rise with the events or not at all.
@@ -175,8 +181,8 @@ pub struct Quotas {
 /// statement: if either is spent, nothing is reserved and the refusal carries the two sums.
 ///
 /// The counter rows stay locked until the append commits, WAL flush included, so one user's
-/// concurrent commands take turns there (bench/README.md, eleventh round: with one user
-/// sending everything from 32 connections, and with 32 users).
+/// concurrent commands take turns there; on one instance they take turns before that, in
+/// [`Quotas::turn`] (bench/README.md, eleventh round).
 pub struct QuotaGuard {
     user: Uuid,
     charges: Vec<Charge>,
@@ -279,7 +285,21 @@ const GIVE_BACK: &str = "
 impl Quotas {
     /// Counters on `pool`, checked against `limits`.
     pub fn new(pool: PgPool, limits: QuotaSettings) -> Self {
-        Self { pool, limits }
+        let turns = (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { pool, limits, turns }
+    }
+
+    /// Waits for `user`'s turn on this instance to run a command with a [`QuotaGuard`],
+    /// which is theirs while the returned guard lives. The guard's counter rows are locked
+    /// from its statement's update to its commit, WAL flush included, so a user's charged
+    /// commands take turns in PostgreSQL anyway. Waiting there, each would hold a pooled
+    /// connection, and their upserts would keep colliding on the rows (every release wakes
+    /// a waiter that rechecks and may wait again). Waiting here holds nothing: with one
+    /// user sending from 32 connections, PostgreSQL sees at most one of their commands per
+    /// instance (bench/README.md, eleventh round).
+    pub async fn turn(&self, user: Uuid) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = (user.as_u128() % self.turns.len() as u128) as usize;
+        self.turns[stripe].lock().await
     }
 
     /// The pool the counters are on.
