@@ -379,7 +379,21 @@ impl Quotas {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_users_turns_come_one_at_a_time_and_other_users_do_not_wait() {
+        let pool = PgPool::connect_lazy("postgres://127.0.0.1/unused").unwrap_or_else(|e| panic!("{e}"));
+        let quotas = Quotas::new(pool, QuotaSettings::default());
+        let (ada, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let ada_first = quotas.turn(ada).await;
+        assert!(quotas.turn(ada).now_or_never().is_none(), "Ada's second command waits for her first");
+        assert!(quotas.turn(bob).now_or_never().is_some(), "Bob does not wait for Ada");
+        drop(ada_first);
+        assert!(quotas.turn(ada).now_or_never().is_some(), "her next one goes once the first is done");
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap_or_default()
