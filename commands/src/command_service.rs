@@ -203,7 +203,6 @@ where
     }
 
     /// Decides `command` against the current state and appends the resulting events.
-    #[instrument(skip_all, fields(aggregate = A::TYPE, %aggregate_id))]
     pub async fn execute(
         &self,
         aggregate_id: &str,
