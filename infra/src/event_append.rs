@@ -68,22 +68,24 @@ fn append_sql() -> String {
     format!("{INSERT_EVENTS} {EVENTS} ORDER BY e.n")
 }
 
-/// The first snapshot of an aggregate: a second writer's fails on the snapshot's key.
+/// An aggregate's first snapshot: a second writer's fails on the snapshot's key.
+const INSERT_SNAPSHOT: &str = "
+    INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+    VALUES ($1, $2, $9, $10, $11::json)";
+
+/// A later snapshot replaces the one before it; no row when another writer moved it on.
+const MOVE_SNAPSHOT: &str = "
+    UPDATE snapshots SET last_sequence = $9, current_snapshot = $10, payload = $11::json
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $10 - 1";
+
 fn append_with_first_snapshot_sql() -> String {
-    format!(
-        "WITH appended AS ({INSERT_EVENTS} {EVENTS} ORDER BY e.n RETURNING 1)
-         INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-         VALUES ($1, $2, $9, $10, $11::json)"
-    )
+    format!("WITH appended AS ({INSERT_EVENTS} {EVENTS} ORDER BY e.n RETURNING 1) {INSERT_SNAPSHOT}")
 }
 
-/// A later snapshot replaces the one before it, and the events go in only if it did.
+/// The events go in only if the snapshot moved.
 fn append_with_next_snapshot_sql() -> String {
     format!(
-        "WITH moved AS (
-             UPDATE snapshots SET last_sequence = $9, current_snapshot = $10, payload = $11::json
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $10 - 1
-             RETURNING 1)
+        "WITH moved AS ({MOVE_SNAPSHOT} RETURNING 1)
          {INSERT_EVENTS} {EVENTS} WHERE EXISTS (SELECT 1 FROM moved) ORDER BY e.n"
     )
 }
@@ -154,23 +156,13 @@ impl Shape {
     /// one statement, which either commits whole or, refused, not at all.
     fn guarded_sql(self, guard: &dyn AppendGuard) -> String {
         let (first, moved, only_if_moved, first_snapshot) = match self {
-            Self::Events => (9, "", "", ""),
-            Self::FirstSnapshot => (
-                12,
-                "",
-                "",
-                ", snapshot AS (
-                     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-                     VALUES ($1, $2, $9, $10, $11::json) RETURNING 1)",
-            ),
+            Self::Events => (9, String::new(), "", String::new()),
+            Self::FirstSnapshot => (12, String::new(), "", format!(", snapshot AS ({INSERT_SNAPSHOT} RETURNING 1)")),
             Self::NextSnapshot => (
                 12,
-                "moved AS (
-                     UPDATE snapshots SET last_sequence = $9, current_snapshot = $10, payload = $11::json
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $10 - 1
-                     RETURNING 1),",
+                format!("moved AS ({MOVE_SNAPSHOT} RETURNING 1),"),
                 "WHERE EXISTS (SELECT 1 FROM moved)",
-                "",
+                String::new(),
             ),
         };
         format!(
