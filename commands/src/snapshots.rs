@@ -12,7 +12,9 @@
 //!
 //! It also appends through [`event_append`]: one statement per command instead of
 //! postgres-es's transaction of three or more, with its snapshot labelled by the sequence
-//! it holds.
+//! it holds. The command service no longer reaches this `persist` (it appends itself, so
+//! that a guard shares the statement); it stays because cqrs-es's repository trait requires
+//! it, and anything that uses cqrs-es's `commit` still gets the one-statement append.
 
 use std::future::Future;
 
