@@ -77,10 +77,10 @@ async fn revoked_tokens_stay_refused_with_redis_emptied() {
     let session = login(&app, &email).await;
     let logged_out = session["access_token"].as_str().unwrap().to_string();
     let (_, staying) = app.user().await;
-    // Reads start while the session check runs (`Checking`). The list is read first (it
-    // succeeds), so that a read that succeeds is what the refused check must hold back; the
-    // profile (no projector runs here) and an unknown conversation are reads that fail with
-    // 404, and the refusal must still be what answers.
+    // Reads by revoked tokens: the list is read first (it succeeds), so that a read that
+    // succeeds is what the refusal must hold back; the profile (no projector runs here) and
+    // an unknown conversation are reads that would fail with 404, and the refusal must still
+    // be what answers.
     let reads = ["/conversations", "/users/me"];
     for token in [&leaving, &logged_out] {
         assert_eq!(app.get("/conversations", token).await.0, 200, "before");
@@ -91,7 +91,7 @@ async fn revoked_tokens_stay_refused_with_redis_emptied() {
     let (s, _, _) = app.send(Method::POST, "/auth/logout", Some(&logged_out), None).await;
     assert_eq!(s, 204);
     // With no refusal cached (a cached one answers before PostgreSQL is asked): the session
-    // check itself holds back the reads that ran while it did.
+    // check itself refuses, whatever the read would have answered.
     let unknown = format!("/conversations/{}", Uuid::new_v4());
     for token in [&leaving, &logged_out] {
         for path in reads.into_iter().chain([unknown.as_str()]) {

@@ -5,21 +5,14 @@
 //! one statement, behind a Redis cache of refusals only), and the request's metadata
 //! (request id, correlation id) and Idempotency-Key gathered into the [`Caller`] every use
 //! case takes.
-//!
-//! Read-only routes take [`Checking`] and read while the session check runs, so that a
-//! cached query makes two round trips one after the other (the rate limit, then the longer
-//! of the session check and the read) instead of three; they answer only once the check
-//! passed.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
-use colloquy_commands::access_checks::{AccessCheckError, AskedCheck};
 use colloquy_commands::api_keys::API_KEY_PREFIX;
 use colloquy_commands::sessions::SessionToken;
 use colloquy_commands::{Caller, IdempotencyKey};
-use futures::FutureExt;
 use uuid::Uuid;
 
 use crate::errors::{ApiError, ErrorCode};
@@ -111,90 +104,31 @@ impl Authenticated {
     /// WebSocket route also takes `?access_token=`, which browsers can set): the same checks
     /// as every other route.
     pub fn authenticate(req: &HttpRequest, token: Option<String>) -> <Self as FromRequest>::Future {
-        let checking = Checking::start(req, token);
-        Box::pin(async move { checking.await?.confirm().await })
-    }
-}
-
-/// A caller on the way to [`Authenticated`]: the token is verified and the request passed the
-/// rate limit (and the Redis cache of refused sessions); the session check in PostgreSQL is
-/// asked for and runs meanwhile. Nothing reaches PostgreSQL before the rate limit admitted
-/// the request.
-///
-/// A read-only route takes this instead of [`Authenticated`] and reads while the check runs
-/// ([`Checking::read`]): a cached query then waits for the longer of the two round trips, not
-/// for both, and answers nothing before the check passed. A route that changes anything, or
-/// spends more than a read (a model, an embedding), takes [`Authenticated`].
-pub struct Checking {
-    state: web::Data<AppState>,
-    token: AccessToken,
-    check: AskedCheck,
-    idempotency_key: Result<Option<IdempotencyKey>, ApiError>,
-    request_id: String,
-    correlation_id: String,
-}
-
-impl FromRequest for Checking {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        Self::start(req, bearer_token(req))
-    }
-}
-
-impl Checking {
-    fn start(req: &HttpRequest, token: Option<String>) -> <Self as FromRequest>::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let idempotency_key = idempotency_key(req);
-        let (request_id, correlation_id) = (request_id(req), correlation_id(req));
+        let key = idempotency_key(req);
+        let (request, correlation) = (request_id(req), correlation_id(req));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             let token = token.ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
             let token = state.tokens.verify(&token)?;
-            state.limiter.check_user(token.user, token.session).await?;
-            let asked = state
-                .access
-                .ask(SessionToken { user_id: token.user, session_id: token.session, jti: token.jti })
-                .await
-                .map_err(unavailable)?;
-            Ok(Self { state, token, check: asked, idempotency_key, request_id, correlation_id })
+            let user = token.user;
+            state.limiter.check_user(user, token.session).await?;
+            match state.access.allowed(SessionToken { user_id: user, session_id: token.session, jti: token.jti }).await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = state.limiter.remember_refused(user, token.session, token.remaining_secs()).await {
+                        tracing::warn!(error = ?e, "Could not cache a refused session.");
+                    }
+                    return Err(ApiError::unauthorized("the access token was revoked or its account is not active"));
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "Could not check the access token's session.");
+                    return Err(ApiError::new(ErrorCode::Unavailable, "authentication is temporarily unavailable"));
+                }
+            }
+            let caller = Caller::user(user, correlation, &request).with_idempotency_key(key?);
+            Ok(Self { user, token, caller })
         })
     }
-
-    /// The user the token names (not yet confirmed by the session check).
-    pub fn user(&self) -> Uuid {
-        self.token.user
-    }
-
-    /// Waits for the session check: the caller, or 401 when the token was revoked or its
-    /// account is not active (remembered in Redis for the token's remaining lifetime).
-    pub async fn confirm(self) -> Result<Authenticated, ApiError> {
-        let Self { state, token, check, idempotency_key, request_id, correlation_id } = self;
-        let user = token.user;
-        if !check.answer().await.map_err(unavailable)? {
-            if let Err(e) = state.limiter.remember_refused(user, token.session, token.remaining_secs()).await {
-                tracing::warn!(error = ?e, "Could not cache a refused session.");
-            }
-            return Err(ApiError::unauthorized("the access token was revoked or its account is not active"));
-        }
-        let caller = Caller::user(user, correlation_id, &request_id).with_idempotency_key(idempotency_key?);
-        Ok(Authenticated { user, token, caller })
-    }
-
-    /// Runs `read` while the session check runs, and answers its outcome once the check
-    /// passed. A refused check answers 401 (dropping the read if it is still running), even
-    /// where the read failed.
-    pub async fn read<T, E>(self, read: impl Future<Output = Result<T, E>>) -> Result<T, ApiError>
-    where
-        ApiError: From<E>,
-    {
-        let (_, outcome) = futures::future::try_join(self.confirm(), read.map(Ok)).await?;
-        Ok(outcome?)
-    }
-}
-
-fn unavailable(e: AccessCheckError) -> ApiError {
-    tracing::error!(error = ?e, "Could not check the access token's session.");
-    ApiError::new(ErrorCode::Unavailable, "authentication is temporarily unavailable")
 }

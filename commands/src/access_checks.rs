@@ -43,16 +43,6 @@ pub struct AccessChecks {
     queue: mpsc::Sender<Pending>,
 }
 
-/// A check on its way to its statement (see [`AccessChecks::ask`]).
-pub struct AskedCheck(oneshot::Receiver<Result<bool, AccessCheckError>>);
-
-impl AskedCheck {
-    /// Whether the token may still be used, once the statement answered.
-    pub async fn answer(self) -> Result<bool, AccessCheckError> {
-        self.0.await.map_err(|_| AccessCheckError::Stopped)?
-    }
-}
-
 /// A check waiting for its statement.
 struct Pending {
     token: SessionToken,
@@ -71,17 +61,9 @@ impl AccessChecks {
 
     /// Whether `token` may still be used (see [`Sessions::access_allowed`]).
     pub async fn allowed(&self, token: SessionToken) -> Result<bool, AccessCheckError> {
-        self.ask(token).await?.answer().await
-    }
-
-    /// Asks for `token`'s check and returns once it is queued, without its answer: the
-    /// statement runs whether or not [`AskedCheck::answer`] is awaited yet, so a caller can
-    /// do other work meanwhile. Dropping the [`AskedCheck`] before its statement started
-    /// withdraws the check.
-    pub async fn ask(&self, token: SessionToken) -> Result<AskedCheck, AccessCheckError> {
         let (answer, answered) = oneshot::channel();
         self.queue.send(Pending { token, answer }).await.map_err(|_| AccessCheckError::Stopped)?;
-        Ok(AskedCheck(answered))
+        answered.await.map_err(|_| AccessCheckError::Stopped)?
     }
 
     /// Checks waiting for a lane (not counting those of statements in flight).

@@ -206,40 +206,6 @@ async fn checks_queued_behind_a_statement_share_the_next_one_and_see_what_commit
 }
 
 #[tokio::test]
-async fn an_asked_check_runs_unawaited_and_one_dropped_before_its_statement_is_withdrawn() {
-    let db = TestDatabase::create().await;
-    let commands = commands(&db);
-    let ada = signed_in(&commands, "ada@example.com").await;
-    let metrics = Metrics::new();
-    let checks = commands.access_checks(1, metrics.clone());
-
-    // Asked and not awaited: its statement runs anyway (the API reads meanwhile).
-    let asked = checks.ask(token(&ada, Uuid::new_v4())).await.unwrap();
-    eventually("the unawaited check's statement", || {
-        let done = metrics.session_checks.get() == 1;
-        async move { done.then_some(()) }
-    })
-    .await;
-    assert!(asked.answer().await.unwrap());
-
-    // Behind a statement held by a lock: three asked, two dropped (their requests were
-    // refused by the rate limit, or went away) before their statement started.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_credentials IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    let in_flight = checks.ask(token(&ada, Uuid::new_v4())).await.unwrap();
-    eventually("the second check to be in flight", || a_check_waits_for_the_lock(&db)).await;
-    let kept = checks.ask(token(&ada, Uuid::new_v4())).await.unwrap();
-    for _ in 0..2 {
-        drop(checks.ask(token(&ada, Uuid::new_v4())).await.unwrap());
-    }
-    lock.commit().await.unwrap();
-    assert!(in_flight.answer().await.unwrap());
-    assert!(kept.answer().await.unwrap());
-    assert_eq!(metrics.session_checks.get(), 3, "the dropped checks were never run");
-    assert_eq!(metrics.session_check_statements.get(), 3);
-}
-
-#[tokio::test]
 async fn a_check_that_cannot_reach_the_database_is_an_error_not_an_answer() {
     let db = TestDatabase::create().await;
     let commands = commands(&db);

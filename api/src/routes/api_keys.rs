@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::errors::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -44,9 +44,8 @@ pub async fn post_api_key(
 /// Lists the caller's live API keys.
 #[utoipa::path(get, path = "/api/v1/users/me/api-keys", tag = "users",
     responses((status = 200, body = ApiKeyPage)), security(("bearer" = [])))]
-pub async fn get_api_keys(state: web::Data<AppState>, me: Checking) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(ApiKeyPage { items: me.read(state.commands.list_api_keys(user)).await? }))
+pub async fn get_api_keys(state: web::Data<AppState>, me: Authenticated) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(ApiKeyPage { items: state.commands.list_api_keys(me.user).await? }))
 }
 
 /// Revokes one of the caller's API keys: requests carrying it are refused from now on.

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Freshness;
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::body::parse;
 use crate::errors::{ApiError, ErrorBody};
 use crate::requests::answer;
@@ -206,7 +206,7 @@ pub async fn post_message(
     responses((status = 200, body = ConversationPage)), security(("bearer" = [])))]
 pub async fn get_conversations(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
@@ -217,8 +217,7 @@ pub async fn get_conversations(
         min_version: q.min_version,
         conversation_id: q.conversation_id,
     };
-    let user = me.user();
-    let body = me.read(state.queries.conversations(user, list)).await?;
+    let body = state.queries.conversations(me.user, list).await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
@@ -227,12 +226,11 @@ pub async fn get_conversations(
     responses((status = 200, body = conversations::ConversationSummary)), security(("bearer" = [])))]
 pub async fn get_conversation(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     id: web::Path<Uuid>,
     q: web::Query<Freshness>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(me.read(state.queries.conversation(user, *id, q.min_version)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.conversation(me.user, *id, q.min_version).await?))
 }
 
 /// A path through a conversation's messages, in order: the active path (where the
@@ -243,12 +241,11 @@ pub async fn get_conversation(
     responses((status = 200, body = MessagePage)), security(("bearer" = [])))]
 pub async fn get_messages(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     id: web::Path<Uuid>,
     q: web::Query<MessagesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    let path = me.read(state.queries.messages(user, *id, q.leaf, q.after, q.limit, q.min_version)).await?;
+    let path = state.queries.messages(me.user, *id, q.leaf, q.after, q.limit, q.min_version).await?;
     Ok(HttpResponse::Ok().json(MessagePage { leaf_id: path.leaf_id, items: path.messages }))
 }
 

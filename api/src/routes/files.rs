@@ -18,7 +18,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Freshness;
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::errors::{ApiError, ErrorBody, ErrorCode};
 use crate::requests::answer;
 use crate::state::AppState;
@@ -178,11 +178,10 @@ async fn receive_part(
     responses((status = 200, body = FilePage)), security(("bearer" = [])))]
 pub async fn get_files(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(me.read(state.queries.files(user, q.cursor.as_deref(), q.limit)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.files(me.user, q.cursor.as_deref(), q.limit).await?))
 }
 
 /// One of the caller's files, with its processing status.
@@ -190,12 +189,11 @@ pub async fn get_files(
     responses((status = 200, body = FileSummary)), security(("bearer" = [])))]
 pub async fn get_file(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     id: web::Path<Uuid>,
     q: web::Query<Freshness>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(me.read(state.queries.file(user, *id, q.min_version)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.file(me.user, *id, q.min_version).await?))
 }
 
 /// The file's bytes, as an attachment of the type decided at upload.

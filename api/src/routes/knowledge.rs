@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Freshness;
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::body::parse;
 use crate::errors::{ApiError, ErrorCode};
 use crate::requests::answer;
@@ -183,17 +183,16 @@ pub async fn post_document(
     responses((status = 200, body = DocumentPage)), security(("bearer" = [])))]
 pub async fn get_documents(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
     let list = ListDocuments {
         tag: q.tag.as_deref(),
         category: q.category.as_deref(),
         cursor: q.cursor.as_deref(),
         limit: q.limit,
     };
-    Ok(HttpResponse::Ok().json(me.read(state.queries.documents(user, list)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.documents(me.user, list).await?))
 }
 
 /// One of the caller's knowledge documents.
@@ -201,12 +200,11 @@ pub async fn get_documents(
     responses((status = 200, body = DocumentSummary)), security(("bearer" = [])))]
 pub async fn get_document(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     id: web::Path<Uuid>,
     q: web::Query<Freshness>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(me.read(state.queries.document(user, *id, q.min_version)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.document(me.user, *id, q.min_version).await?))
 }
 
 /// Revises one of the caller's knowledge documents.

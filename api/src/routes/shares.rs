@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::errors::{ApiError, ErrorBody};
 use crate::requests::answer;
 use crate::state::AppState;
@@ -41,11 +41,10 @@ pub struct SharePage {
     responses((status = 200, body = SharePage), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_shares(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(SharePage { items: me.read(state.queries.shares(user, *id)).await? }))
+    Ok(HttpResponse::Ok().json(SharePage { items: state.queries.shares(me.user, *id).await? }))
 }
 
 /// Revokes a share: its link stops working.

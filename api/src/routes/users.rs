@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::Freshness;
-use crate::auth::{Authenticated, Checking};
+use crate::auth::Authenticated;
 use crate::body::parse;
 use crate::errors::{ApiError, ErrorBody};
 use crate::requests::answer;
@@ -43,11 +43,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     responses((status = 200, body = users::UserProfile), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_me(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     q: web::Query<Freshness>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    let body = me.read(state.queries.profile(user, q.min_version)).await?;
+    let body = state.queries.profile(me.user, q.min_version).await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
@@ -91,11 +90,10 @@ pub struct UsageQuery {
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_usage(
     state: web::Data<AppState>,
-    me: Checking,
+    me: Authenticated,
     q: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = me.user();
-    Ok(HttpResponse::Ok().json(me.read(state.queries.usage(user, q.from, q.to)).await?))
+    Ok(HttpResponse::Ok().json(state.queries.usage(me.user, q.from, q.to).await?))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
