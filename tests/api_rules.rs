@@ -156,12 +156,6 @@ async fn idempotency_key_replays_and_rejects_reuse() {
     assert_eq!(app.event_count().await, before + 1);
 }
 
-/// The app's count of session checks (`/metrics`).
-async fn session_checks(app: &TestApp) -> u64 {
-    let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix("colloquy_session_checks_total ")).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limit_answers_429_with_retry_after() {
     let mut settings = isolated_settings();
@@ -174,7 +168,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     )
     .await;
     let (_, token) = app.user().await;
-    let checks_before = session_checks(&app).await;
+    let checks_before = app.metric("colloquy_session_checks_total").await;
     let mut statuses = Vec::new();
     for _ in 0..10 {
         let (s, _, h) = app.send(Method::GET, "/conversations", Some(&token), None).await;
@@ -188,7 +182,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
     // Only the admitted requests reached PostgreSQL's session check.
-    assert_eq!(session_checks(&app).await - checks_before, 5);
+    assert_eq!(app.metric("colloquy_session_checks_total").await - checks_before, 5);
     // Another user has their own budget.
     let (_, other) = app.user().await;
     assert_eq!(app.get("/conversations", &other).await.0, 200);

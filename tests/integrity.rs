@@ -225,13 +225,6 @@ async fn verify_reports_missing_and_forged_records_and_passes_on_a_healthy_strea
     assert_eq!(kafka["duplicates"].as_u64(), Some(1), "duplicates are counted, not judged");
 }
 
-/// A counter of the app's `/metrics`, 0 when absent.
-async fn metric(app: &TestApp, series: &str) -> u64 {
-    let text = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    let prefix = format!("{series} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_event_is_dead_lettered_once_and_quarantines_only_its_aggregate() {
     let mut settings = isolated_settings();
@@ -260,15 +253,14 @@ async fn a_poison_event_is_dead_lettered_once_and_quarantines_only_its_aggregate
     // them, a moment later: wait for both.
     eventually("the other conversation's message, a's later events skipped, the poison dead-lettered", || async {
         let skipped =
-            metric(&app, "colloquy_projection_events_total{outcome=\"quarantined\",projection=\"conversations\"}")
-                .await;
-        let dead = metric(&app, "colloquy_dlq_messages_total{consumer=\"conversations\"}").await;
+            app.metric("colloquy_projection_events_total{outcome=\"quarantined\",projection=\"conversations\"}").await;
+        let dead = app.metric("colloquy_dlq_messages_total{consumer=\"conversations\"}").await;
         let (_, count) = messages(app.pool(), other).await;
         (skipped >= 2 && dead >= 1 && count == Some(1)).then_some(())
     })
     .await;
-    assert_eq!(metric(&app, "colloquy_dlq_messages_total{consumer=\"conversations\"}").await, 1, "dead-lettered once");
-    assert_eq!(metric(&app, "colloquy_dlq_messages_total{consumer=\"messages\"}").await, 0);
+    assert_eq!(app.metric("colloquy_dlq_messages_total{consumer=\"conversations\"}").await, 1, "dead-lettered once");
+    assert_eq!(app.metric("colloquy_dlq_messages_total{consumer=\"messages\"}").await, 0);
     let dead = consume_until(&app.settings, &Topics::new(&app.settings.kafka).dlq(), |r| !r.is_empty()).await;
     assert!(header(&dead[0].2, "dlq_error").contains("no_cursed_titles"), "{}", header(&dead[0].2, "dlq_error"));
     let listed = colloquy_projections::quarantine::list(app.pool(), None).await.unwrap();

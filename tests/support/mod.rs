@@ -172,6 +172,13 @@ impl TestApp {
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(self.pool()).await.unwrap()
     }
+
+    /// A counter of the app's `/metrics` (`series` with its labels), 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
 }
 
 impl ApiClient {
