@@ -771,6 +771,8 @@ struct LoadResult {
     drain: Option<Duration>,
     /// CPU per command and cores busy, per process, over the load phase.
     cpu: Vec<(String, f64, f64)>,
+    /// Context switches per command of colloquy's processes over the load phase.
+    switches: Vec<(String, f64)>,
     /// The reading user's queries during the load.
     queries: CachedQueries,
 }
@@ -896,6 +898,7 @@ async fn load(
         lag_poll_errors: 0,
         drain: None,
         cpu: Vec::new(),
+        switches: Vec::new(),
         queries: CachedQueries::default(),
     };
     let mut last_stop = start;
@@ -913,7 +916,13 @@ async fn load(
     // Throughput counts until the last connection's last response, not until the last
     // lag checker finished.
     result.elapsed = last_stop - start;
-    result.cpu = cpu_before.per_unit(&cpu::CpuSample::take(labels), result.tally.ok, result.elapsed);
+    let cpu_after = cpu::CpuSample::take(labels);
+    result.cpu = cpu_before.per_unit(&cpu_after, result.tally.ok, result.elapsed);
+    // colloquy's own processes: PostgreSQL's backends come and go, and the broker's,
+    // Redis's and the clients' threads are not colloquy's to change.
+    result.switches = cpu_before.switches_per_unit(&cpu_after, result.tally.ok, |kind| {
+        !matches!(kind, "postgres" | "redis" | "bench clients") && !kind.starts_with("broker")
+    });
     result.queries = tokio::task::spawn_blocking(move || queries.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the cached-query reader panicked"))??;
@@ -1382,6 +1391,7 @@ impl Report {
             let (p50, p99) = (percentile(&mut load.latencies, 0.50), percentile(&mut load.latencies, 0.99));
             writeln!(out, "latency p50: {}  p99: {}", show(p50, t), show(p99, t))?;
             writeln!(out, "CPU per command: {}", cpu::describe(&load.cpu))?;
+            writeln!(out, "context switches per command: {}", cpu::describe_switches(&load.switches))?;
             let (p50, p99) = (percentile(&mut load.lags, 0.50), percentile(&mut load.lags, 0.99));
             lag_p99 = millis(p99);
             writeln!(
