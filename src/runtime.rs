@@ -203,8 +203,9 @@ pub async fn start(settings: &Settings, deps: &Deps, which: Processes) -> anyhow
         }
     }
     if let (true, Some(redis)) = (which.api, &deps.redis) {
-        // Each HTTP worker opens a pool of its own on its runtime (`postgres::pool_for_worker`).
-        let app = Application::build(settings.clone(), deps.pool.clone(), redis.clone(), scrape, embedder.clone())?;
+        // The API gets its own pool, opened from this runtime (see `connect_for_http`).
+        let api_pool = colloquy_infra::postgres::connect_for_http(&settings.database).await?;
+        let app = Application::build(settings.clone(), api_pool, redis.clone(), scrape, embedder.clone())?;
         port = Some(app.port());
         http = Some(app.handle());
         tracing::info!(port = app.port(), "API listening.");

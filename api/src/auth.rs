@@ -1,10 +1,10 @@
 //! The authenticated caller of a request: the access token is verified (signature, expiry,
 //! issuer, audience, `typ`), the per-user rate limit applied, the session tables asked
 //! whether the token may still be used (registered, active account; session and token not
-//! revoked: primary-key lookups on the HTTP worker's pool, the checks of its concurrent
-//! requests answered by one statement, behind a Redis cache of refusals only), and the
-//! request's metadata (request id, correlation id) and Idempotency-Key gathered into the
-//! [`Caller`] every use case takes.
+//! revoked: primary-key lookups on the API's pool, concurrent requests' checks answered by
+//! one statement, behind a Redis cache of refusals only), and the request's metadata
+//! (request id, correlation id) and Idempotency-Key gathered into the [`Caller`] every use
+//! case takes.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -28,12 +28,20 @@ use colloquy_infra::ops::Scrape;
 use colloquy_infra::redis_store::RedisStore;
 use colloquy_infra::reply_streams::ReplyStreams;
 use colloquy_infra::Settings;
+use colloquy_projections::queries::Queries;
 use colloquy_providers::embeddings::Embedder;
 use sqlx::PgPool;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 use crate::errors::{ApiError, ErrorCode};
-use crate::state::Shared;
+use crate::state::AppState;
+
+/// Session-check statements in flight at once per API process. One: while it runs, the
+/// checks of requests arriving meanwhile queue and the next statement answers all of them,
+/// so the busier the process, the fewer statements per request (`session_checks_total` ÷
+/// `session_check_statements_total` on `/metrics` is the mean batch). A request waits at
+/// most for the statement in flight and its own.
+const SESSION_CHECK_LANES: usize = 1;
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +74,7 @@ pub struct Application {
 impl Application {
     /// Builds the app and binds its port (0 picks a free one). `scrape` serves `/metrics`;
     /// `embedder` (the knowledge base's) serves vector search, which answers
-    /// `embedder_unavailable` without one. Each HTTP worker opens its own connections to
-    /// the servers of `pool` and `redis` when it starts (`database.max_connections` split
-    /// between the workers); `redis` itself serves the reply streams.
+    /// `embedder_unavailable` without one.
     pub fn build(
         settings: Settings,
         pool: PgPool,
@@ -103,15 +109,14 @@ impl Application {
                 settings.assistant.models.keys().cloned(),
                 settings.assistant.default_model.clone(),
             ));
-        let workers = match settings.http.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let worker_count = u32::try_from(workers).unwrap_or(u32::MAX);
-        let shared = Arc::new(Shared {
-            pool_per_worker: settings.database.max_connections.div_ceil(worker_count).max(1),
+        // On this (the pool's) runtime, not on an HTTP worker's.
+        let access = commands.access_checks(SESSION_CHECK_LANES, metrics.clone());
+        let state = web::Data::new(AppState {
             commands,
-            tokens: Arc::new(tokens),
+            access,
+            queries: Queries::new(pool.clone(), redis.clone(), metrics.clone(), wait),
+            tokens,
+            limiter: rate_limit::RateLimiter::new(redis.clone(), settings.rate_limit.clone()),
             settings: settings.clone(),
             scrape,
             pool,
@@ -120,17 +125,12 @@ impl Application {
             hub,
             storage,
             embedder,
-            min_version_wait: wait,
         });
         let json_limit = settings.http.json_limit_bytes;
-        let server = HttpServer::new(move || {
+        let mut server = HttpServer::new(move || {
             let metrics = metrics.clone();
-            let shared = shared.clone();
             App::new()
-                .data_factory(move || {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(shared.for_worker().await) }
-                })
+                .app_data(state.clone())
                 .app_data(proxies.clone())
                 .app_data(body::json_config(json_limit))
                 .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::not_found("resource").into()))
@@ -173,8 +173,10 @@ impl Application {
         })
         .listen(listener)?
         .shutdown_timeout(settings.http.shutdown_timeout_secs)
-        .disable_signals()
-        .workers(workers);
+        .disable_signals();
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
         Ok(Self { port, server: server.run(), _hub: hub_shutdown.drop_guard() })
     }
 

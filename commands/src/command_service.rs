@@ -15,7 +15,6 @@
 //! or not at all.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use colloquy_domain::decision::{Decided, PortError};
@@ -141,9 +140,7 @@ pub struct CommandService<A: Registered> {
     services: A::Services,
     metrics: Metrics,
     max_attempts: u32,
-    /// Shared by every copy of the service made by [`on_pool`](Self::on_pool): one queue per
-    /// aggregate and one cache per process, whichever pool a command runs on.
-    stripes: Arc<[tokio::sync::Mutex<Stripe<A>>]>,
+    stripes: Vec<tokio::sync::Mutex<Stripe<A>>>,
 }
 
 /// Striped in-process locks: commands to one aggregate on one instance queue up instead of
@@ -160,7 +157,7 @@ struct Stripe<A: Registered> {
     committed: LruCache<String, EventStoreAggregateContext<A>>,
 }
 
-fn stripes<A: Registered>() -> Arc<[tokio::sync::Mutex<Stripe<A>>]> {
+fn stripes<A: Registered>() -> Vec<tokio::sync::Mutex<Stripe<A>>> {
     (0..STRIPES).map(|_| tokio::sync::Mutex::new(Stripe { committed: LruCache::new(CACHED_PER_STRIPE) })).collect()
 }
 
@@ -182,37 +179,19 @@ where
     /// `A::SNAPSHOT_EVERY` events (load cost stays flat), or a full replay on every load. A
     /// snapshot that no longer deserialises is replayed past and then replaced.
     pub fn new(pool: PgPool, services: A::Services, metrics: Metrics) -> Self {
-        Self { store: Self::store_on(pool.clone()), pool, services, metrics, max_attempts: 8, stripes: stripes() }
-    }
-
-    fn store_on(pool: PgPool) -> PersistedEventStore<SnapshotTolerant, A> {
-        let repo = SnapshotTolerant::new(pool, A::SNAPSHOT_EVERY);
-        match A::SNAPSHOT_EVERY {
+        let repo = SnapshotTolerant::new(pool.clone(), A::SNAPSHOT_EVERY);
+        let store = match A::SNAPSHOT_EVERY {
             Some(every) => PersistedEventStore::new_snapshot_store(repo, every),
             None => PersistedEventStore::new_event_store(repo),
-        }
-    }
-
-    /// The same service on another pool, with `services` on that pool: its in-process queues
-    /// and cache of committed aggregates are shared with this one (each of the API's HTTP
-    /// workers runs commands on a pool of its own, and a command must still queue behind
-    /// another worker's command to the same aggregate).
-    pub fn on_pool(&self, pool: PgPool, services: A::Services) -> Self {
-        Self {
-            store: Self::store_on(pool.clone()),
-            pool,
-            services,
-            metrics: self.metrics.clone(),
-            max_attempts: self.max_attempts,
-            stripes: self.stripes.clone(),
-        }
+        };
+        Self { store, pool, services, metrics, max_attempts: 8, stripes: stripes() }
     }
 
     /// Without the in-process queue per aggregate: concurrent commands to one aggregate
     /// race to the primary key as they would from separate instances (for tests of the
     /// optimistic-concurrency path).
     pub fn without_local_queue(mut self) -> Self {
-        self.stripes = Arc::new([]);
+        self.stripes = Vec::new();
         self
     }
 

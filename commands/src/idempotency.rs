@@ -74,11 +74,6 @@ impl Idempotency {
         Self { pool, ttl_hours, lease_secs: IN_PROGRESS_LEASE_SECS }
     }
 
-    /// The same keys on another pool.
-    pub(crate) fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, ..self.clone() }
-    }
-
     /// The same keys with another in-progress lease (see [`IN_PROGRESS_LEASE_SECS`]).
     pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
         self.lease_secs = lease.as_secs_f64();

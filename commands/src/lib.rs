@@ -100,28 +100,6 @@ impl Commands {
         }
     }
 
-    /// The same use cases on another pool, sharing this process's in-process state: each
-    /// aggregate's queue and cache of committed aggregates, the password hashes' slots and
-    /// the users' quota turns. The API gives each HTTP worker its own pool (opened on that
-    /// worker's runtime, so a statement's answer wakes the worker's own thread, not a
-    /// thread of another runtime that then wakes it), and still one queue per aggregate.
-    pub fn on_pool(&self, pool: PgPool) -> Self {
-        let messages = Arc::new(EventStoreMessages::new(pool.clone()));
-        Self {
-            users: self.users.on_pool(pool.clone(), ()),
-            conversations: self.conversations.on_pool(pool.clone(), ConversationServices::new(messages)),
-            files: self.files.on_pool(pool.clone(), ()),
-            knowledge: self.knowledge.on_pool(pool.clone(), ()),
-            credentials: credentials::Credentials::new(pool.clone()),
-            sessions: self.sessions.on_pool(pool.clone()),
-            hasher: self.hasher.clone(),
-            idempotency: self.idempotency.on_pool(pool.clone()),
-            quotas: self.quotas.on_pool(pool.clone()),
-            models: self.models.clone(),
-            pool,
-        }
-    }
-
     /// How long an unfinished request holds its Idempotency-Key before the same request may
     /// run again (default [`idempotency::IN_PROGRESS_LEASE_SECS`]).
     pub fn with_idempotency_lease(mut self, lease: std::time::Duration) -> Self {

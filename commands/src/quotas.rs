@@ -289,11 +289,6 @@ impl Quotas {
         Self { pool, limits, turns }
     }
 
-    /// The same quotas on another pool, taking turns with this one's commands.
-    pub(crate) fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, ..self.clone() }
-    }
-
     /// Waits for `user`'s turn on this instance to run a command with a [`QuotaGuard`],
     /// which is theirs while the returned guard lives. The guard's counter rows are locked
     /// from its statement's update to its commit, WAL flush included, so a user's charged

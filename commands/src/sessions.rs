@@ -111,11 +111,6 @@ impl Sessions {
         Self { pool, refresh_ttl_secs: refresh_ttl_secs.max(1) }
     }
 
-    /// The same tables on another pool.
-    pub(crate) fn on_pool(&self, pool: PgPool) -> Self {
-        Self { pool, ..self.clone() }
-    }
-
     /// Records a refresh token of `session_id` (its hash only), valid for the refresh TTL.
     async fn insert_refresh_token(
         &self,

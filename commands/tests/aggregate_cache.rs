@@ -122,28 +122,3 @@ async fn one_instance_writing_alone_snapshots_on_time_from_its_kept_copy_and_wri
     .unwrap();
     assert_eq!((last_sequence, version), (3 * every as i64, 3));
 }
-
-#[tokio::test]
-async fn copies_on_other_pools_share_the_queue_of_each_aggregate() {
-    let db = TestDatabase::create().await;
-    let metrics = Metrics::new();
-    let settings = CommandSettings { hash_concurrency: 2, ..Default::default() };
-    let first = Commands::new(db.pool.clone(), metrics.clone(), settings);
-    let other_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with((*db.pool.connect_options()).clone())
-        .await
-        .unwrap();
-    // As the API's HTTP workers have them: one copy per pool.
-    let second = first.on_pool(other_pool);
-    let (caller, id) = owner_and_conversation(&first).await;
-    let posts = (0..40).map(|i| {
-        let (commands, caller) = (if i % 2 == 0 { &first } else { &second }, &caller);
-        async move { commands.post_message(caller, id, message(&format!("m{i}"))).await.map(|c| c.value.version) }
-    });
-    let mut versions: Vec<i64> = futures::future::try_join_all(posts).await.unwrap();
-    versions.sort_unstable();
-    assert_eq!(versions, (2..=41).collect::<Vec<i64>>());
-    // Queued in-process, whichever copy took them: none raced another to the append.
-    assert_eq!(metrics.command_retries.with_label_values(&[Conversation::TYPE]).get(), 0);
-}

@@ -89,30 +89,20 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DatabaseErro
     pool_options(settings).connect(&settings.url).await.map_err(connect_error(settings))
 }
 
-/// The pool of one of the HTTP API's workers: `size` connections to the server `process`
-/// connects to, opened now, on the calling runtime, which must be the worker's.
+/// A pool for the HTTP API, whose handlers run on actix's per-worker runtimes.
 ///
-/// actix runs each HTTP worker on a runtime of its own, and a connection is bound to the
-/// runtime that opened it: its answers are read by that runtime's I/O driver. On a pool
-/// shared by the workers (opened on the process's main runtime), every answer woke a thread
-/// of the main runtime, which then woke the worker's thread: two wake-ups per round trip,
-/// each a wait for a core when the cores are busy. A worker's own pool is read by the
-/// worker's own thread, and only that worker's requests use it, so it lives exactly as long
-/// as they do (actix ends its workers one by one at shutdown).
-///
-/// Opening every connection up front keeps connection set-up out of request latency. A
-/// server that cannot be reached now does not stop the worker: its pool then opens
-/// connections when they are first asked for, and those requests get the error.
-pub async fn pool_for_worker(process: &PgPool, settings: &DatabaseSettings, size: u32) -> PgPool {
-    let options = pool_options(settings).max_connections(size).min_connections(size);
-    let connect = (*process.connect_options()).clone();
-    match options.clone().connect_with(connect.clone()).await {
-        Ok(pool) => pool,
-        Err(e) => {
-            tracing::warn!(error = %e, "An HTTP worker could not open its connections; it opens them on demand.");
-            options.connect_lazy_with(connect)
-        }
-    }
+/// A connection is bound to the runtime that opened it and breaks when that runtime ends;
+/// actix workers end one by one at shutdown (idle ones first), so a connection one of them
+/// opened could fail a request still running on another. Opening every connection up
+/// front, from the caller's long-lived runtime (`min_connections = max_connections`), means
+/// handlers only ever borrow connections that outlive them. It also keeps connection set-up
+/// out of request latency.
+pub async fn connect_for_http(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
+    pool_options(settings)
+        .min_connections(settings.max_connections)
+        .connect(&settings.url)
+        .await
+        .map_err(connect_error(settings))
 }
 
 /// The advisory lock that serialises creating (and first migrating) the database `name`,

@@ -38,35 +38,22 @@ pub fn connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo
     Ok(info)
 }
 
-/// How a connection reconnects.
-///
-/// redis 0.32 hands `factor` to backon as the growth of the delay between attempts
-/// (starting at 1 s), and its default of 100 made a start-up against a stopped server wait
-/// two minutes, and a reconnection up to a minute: grow by 2, at most 2 s.
-fn manager_config() -> redis::aio::ConnectionManagerConfig {
-    redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(std::time::Duration::from_secs(2))
-        .set_response_timeout(std::time::Duration::from_secs(2))
-        .set_number_of_retries(2)
-        .set_factor(2)
-        .set_max_delay(2_000)
-}
-
 impl RedisStore {
     /// Connects (fails if the server is unreachable now). `rediss://` URLs connect over TLS.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisConnectError> {
         let error = |source| RedisConnectError { url: redact_url(&settings.url), source };
         let client = redis::Client::open(connection_info(settings).map_err(error)?).map_err(error)?;
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config()).await.map_err(error)?;
+        // redis 0.32 hands `factor` to backon as the growth of the delay between attempts
+        // (starting at 1 s), and its default of 100 made a start-up against a stopped
+        // server wait two minutes, and a reconnection up to a minute: grow by 2, at most 2 s.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(std::time::Duration::from_secs(2))
+            .set_response_timeout(std::time::Duration::from_secs(2))
+            .set_number_of_retries(2)
+            .set_factor(2)
+            .set_max_delay(2_000);
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await.map_err(error)?;
         Ok(Self { conn, client, prefix: settings.key_prefix.clone() })
-    }
-
-    /// The same server and prefix over a connection of its own, opened now on the calling
-    /// runtime, whose I/O driver then reads its answers (the API's HTTP workers each open
-    /// one on their own runtime: see `postgres::pool_for_worker`).
-    pub async fn connect_again(&self) -> Result<Self, redis::RedisError> {
-        let conn = ConnectionManager::new_with_config(self.client.clone(), manager_config()).await?;
-        Ok(Self { conn, client: self.client.clone(), prefix: self.prefix.clone() })
     }
 
     /// The full key for `parts`, e.g. `key(&["user", id])` → `colloquy:user:<id>`.

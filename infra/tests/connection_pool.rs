@@ -1,14 +1,12 @@
 //! When a pooled connection is checked before it is lent (`postgres::pool_options`): one
 //! that sat idle is pinged and replaced if the server dropped it; one in steady use is lent
 //! without that round trip, so a break since its last use fails one statement, after which
-//! the pool replaces the connection. And the pools of the API's HTTP workers
-//! (`postgres::pool_for_worker`): opened up front when the server answers, on demand when it
-//! does not.
+//! the pool replaces the connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use colloquy_infra::postgres::{pool_for_worker, pool_options_pinging_after};
+use colloquy_infra::postgres::pool_options_pinging_after;
 use colloquy_infra::settings::DatabaseSettings;
 use colloquy_infra::testing::{eventually, TestDatabase};
 use sqlx::PgPool;
@@ -74,25 +72,4 @@ async fn a_connection_in_steady_use_is_lent_without_a_ping() {
     // ...and is discarded: the next statement gets a new connection.
     let second = backend_pid(&pool).await.unwrap();
     assert_ne!(first, second);
-}
-
-#[tokio::test]
-async fn a_workers_pool_opens_its_connections_up_front_on_the_process_pools_server() {
-    let db = TestDatabase::create().await;
-    let settings = DatabaseSettings { url: db.url.clone(), max_connections: 2, ..Default::default() };
-    let pool = pool_for_worker(&db.pool, &settings, 3).await;
-    assert_eq!(pool.size(), 3, "every connection is open before the first request");
-    assert_eq!(pool.options().get_max_connections(), 3);
-    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
-    assert_eq!(Some(database.as_str()), db.url.rsplit('/').next());
-}
-
-#[tokio::test]
-async fn a_worker_whose_server_is_unreachable_still_starts_and_fails_requests_only() {
-    let unreachable = "postgres://postgres@127.0.0.1:1/nowhere";
-    let process = sqlx::postgres::PgPoolOptions::new().connect_lazy(unreachable).unwrap();
-    let settings = DatabaseSettings { url: unreachable.into(), acquire_timeout_secs: 1, ..Default::default() };
-    let pool = pool_for_worker(&process, &settings, 2).await;
-    assert_eq!(pool.size(), 0);
-    assert!(pool.acquire().await.is_err(), "a request gets the error");
 }
