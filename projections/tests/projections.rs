@@ -956,6 +956,27 @@ async fn the_cached_first_page_is_refreshed_when_a_projection_touches_its_owner(
     assert_eq!(page(&queries.conversations(user, ListConversations::default()).await.unwrap()).0, [second, first]);
 }
 
+#[tokio::test]
+async fn a_value_read_before_a_change_and_stored_after_it_is_never_served() {
+    let redis = TestRedis::connect().await;
+    let user = Uuid::new_v4();
+    assert_eq!(cache::get(&redis.store, user, "profile").await.unwrap(), (0, None));
+    cache::put(&redis.store, user, 0, "profile", "fresh at 0").await.unwrap();
+    assert_eq!(cache::get(&redis.store, user, "profile").await.unwrap(), (0, Some("fresh at 0".into())));
+
+    // A reader looks up at generation 0 and loads; a change bumps the generation; the
+    // reader stores what it loaded before the change.
+    cache::invalidate(&redis.store, user).await.unwrap();
+    cache::put(&redis.store, user, 0, "profile", "stale").await.unwrap();
+    assert_eq!(cache::get(&redis.store, user, "profile").await.unwrap(), (1, None), "the stale value is not served");
+
+    // The next reader stores at the current generation, and is served.
+    cache::put(&redis.store, user, 1, "profile", "fresh at 1").await.unwrap();
+    assert_eq!(cache::get(&redis.store, user, "profile").await.unwrap(), (1, Some("fresh at 1".into())));
+    // Another user's generation is their own.
+    assert_eq!(cache::get(&redis.store, Uuid::new_v4(), "profile").await.unwrap(), (0, None));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_is_the_owners_alone_and_outlives_a_delete() {
     let db = TestDatabase::create().await;
