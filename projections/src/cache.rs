@@ -48,11 +48,8 @@ pub async fn invalidate(redis: &RedisStore, user: Uuid) -> Result<(), redis::Red
 /// user's hash tag, so they share a cluster slot).
 pub async fn get(redis: &RedisStore, user: Uuid, name: &str) -> Result<(u64, Option<String>), redis::RedisError> {
     let mut conn = redis.conn.clone();
-    let (generation, value): (Option<u64>, Option<String>) = redis::cmd("MGET")
-        .arg(gen_key(redis, user))
-        .arg(value_key(redis, user, name))
-        .query_async(&mut conn)
-        .await?;
+    let (generation, value): (Option<u64>, Option<String>) =
+        redis::cmd("MGET").arg(gen_key(redis, user)).arg(value_key(redis, user, name)).query_async(&mut conn).await?;
     let generation = generation.unwrap_or(0);
     Ok((generation, value.and_then(|value| body_at(value, generation))))
 }
